@@ -1,0 +1,54 @@
+# Task runner. Every target installs what it needs first, so on a fresh machine
+# `make demo` and `make check` are the only two commands anyone has to know.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+RUN := $(UV) run --frozen
+
+.PHONY: help install demo check lint types test test-unit test-integration schemas sandbox bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen
+	@touch $@
+
+install: $(VENV)/.synced ## create .venv with the locked dependencies
+
+demo: install ## run the worker on embedded defaults (no services needed) and print each outcome
+	$(RUN) debit-worker demo
+
+check: lint types test ## lint + types + the whole test suite (what CI runs)
+
+lint: install ## ruff
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+types: install ## mypy --strict
+	$(RUN) mypy
+
+test: install ## every test: unit and integration (needs RabbitMQ, PostgreSQL, Redis)
+	$(RUN) pytest
+
+test-unit: install ## unit tests only (no services)
+	$(RUN) pytest tests/unit
+
+test-integration: install ## integration tests only
+	$(RUN) pytest tests/integration
+
+schemas: install ## regenerate the committed JSON Schema files from the models
+	$(RUN) python -m schemas.generate
+
+sandbox: install ## run the local Stripe sandbox on 127.0.0.1:12111
+	$(RUN) debit-worker sandbox
+
+clean: ## remove the virtualenvs and caches
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

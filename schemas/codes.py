@@ -1,0 +1,123 @@
+"""The failure-code catalogue: every way a debit can be refused, as a stable machine code.
+
+Codes are part of the public contract (v1): they are only ever added, never renamed or
+removed. Each carries what it means and what the producer should do about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FailureCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    ACCOUNT_NOT_FOUND = "account_not_found"
+    ACCOUNT_INELIGIBLE = "account_ineligible"
+    CONSENT_MISSING = "consent_missing"
+    REGION_UNSUPPORTED = "region_unsupported"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    AMOUNT_EXCEEDS_LIMIT = "amount_exceeds_limit"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    REFUND_NOT_FOUND = "refund_not_found"
+    REFUND_CURRENCY_MISMATCH = "refund_currency_mismatch"
+    REFUND_RECOVERY_EXCEEDS_REFUND = "refund_recovery_exceeds_refund"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    STRIPE_REJECTED = "stripe_rejected"
+
+    @property
+    def info(self) -> CodeInfo:
+        return CATALOGUE[self]
+
+    @property
+    def retry_may_succeed(self) -> bool:
+        """Whether a *new* request (new request_id) for the same debit could succeed later."""
+        return CATALOGUE[self].retry_may_succeed
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInfo:
+    meaning: str
+    producer_action: str
+    retry_may_succeed: bool
+
+
+CATALOGUE: dict[FailureCode, CodeInfo] = {
+    FailureCode.INVALID_REQUEST: CodeInfo(
+        meaning="The command does not match the DebitRequested schema; `field_errors` names "
+        "each offending field.",
+        producer_action="Fix the producer; resending the same bytes fails the same way.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.ACCOUNT_NOT_FOUND: CodeInfo(
+        meaning="Stripe knows no connected account with this id, or it is not connected to "
+        "this platform.",
+        producer_action="Check the account id; do not retry with the same id.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.ACCOUNT_INELIGIBLE: CodeInfo(
+        meaning="The platform is not liable for this account's negative balances "
+        "(controller.losses.payments is not 'application', e.g. a Standard account), so "
+        "Stripe does not allow debiting it.",
+        producer_action="Bill this account another way (e.g. Stripe Billing).",
+        retry_may_succeed=False,
+    ),
+    FailureCode.CONSENT_MISSING: CodeInfo(
+        meaning="The platform holds no unrevoked record of the account's consent to be debited.",
+        producer_action="Obtain and record consent (`debit-worker consent grant`), then send a "
+        "new request.",
+        retry_may_succeed=True,
+    ),
+    FailureCode.REGION_UNSUPPORTED: CodeInfo(
+        meaning="Platform and account are neither in the same region nor in a supported "
+        "cross-border corridor.",
+        producer_action="Collect the funds another way, or ask Stripe to enable the corridor "
+        "and update the worker's rule tables.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.CURRENCY_MISMATCH: CodeInfo(
+        meaning="The debit's currency is not the account's default currency.",
+        producer_action="Resend in the account's default currency.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.AMOUNT_EXCEEDS_LIMIT: CodeInfo(
+        meaning="The amount is above the per-debit cap (100,000 USD or its configured "
+        "equivalent), or the currency has no configured cap.",
+        producer_action="Split the debit, or ask the operator to configure the currency.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.INSUFFICIENT_BALANCE: CodeInfo(
+        meaning="The account's available balance in this currency is lower than the amount; "
+        "Stripe never lets a debit make it negative.",
+        producer_action="Send a new request later, when the balance has grown.",
+        retry_may_succeed=True,
+    ),
+    FailureCode.REFUND_NOT_FOUND: CodeInfo(
+        meaning="The refund named by a refund_recovery is unknown to Stripe.",
+        producer_action="Check the refund id.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.REFUND_CURRENCY_MISMATCH: CodeInfo(
+        meaning="The refund named by a refund_recovery is in another currency than the debit.",
+        producer_action="Recover in the refund's currency.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.REFUND_RECOVERY_EXCEEDS_REFUND: CodeInfo(
+        meaning="This recovery plus the recoveries already made or in flight for the same "
+        "refund would exceed the refunded amount.",
+        producer_action="Recover at most the remainder; in-flight recoveries may still fail "
+        "and free room.",
+        retry_may_succeed=True,
+    ),
+    FailureCode.IDEMPOTENCY_CONFLICT: CodeInfo(
+        meaning="A request with this request_id was already received with different content.",
+        producer_action="Use a new request_id for a different debit; never reuse one.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.STRIPE_REJECTED: CodeInfo(
+        meaning="Stripe refused the debit for another permanent reason; `stripe_error` "
+        "carries Stripe's type, code and request id.",
+        producer_action="Read stripe_error.code; contact the operator if it is unclear.",
+        retry_may_succeed=False,
+    ),
+}

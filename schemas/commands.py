@@ -1,0 +1,144 @@
+"""DebitRequested: the command a producer publishes to ask for one account debit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Annotated, Final, Self
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
+
+# Stripe allows 50 metadata keys; the worker writes these itself, so producers get the rest.
+WORKER_METADATA_KEYS: Final = frozenset({"request_id", "reason", "refund"})
+MAX_METADATA_KEYS: Final = 50 - len(WORKER_METADATA_KEYS)
+MAX_METADATA_KEY_LENGTH: Final = 40
+MAX_METADATA_VALUE_LENGTH: Final = 500
+# A schema-level sanity bound that stays exact in every JSON parser (JavaScript included);
+# the real per-currency cap is a policy rule.
+MAX_AMOUNT: Final = 999_999_999_999
+
+RequestId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"),
+    Field(
+        description="Chosen by the producer, unique per intended debit; the idempotency "
+        "anchor. 1-128 characters: letters, digits, '.', '_', ':', '-'; starts with a letter "
+        "or digit.",
+        examples=["fee-2026-11-acct_1PZk3f2eZvKYlo2C"],
+    ),
+]
+AccountId = Annotated[
+    str,
+    StringConstraints(pattern=r"^acct_[A-Za-z0-9]{1,64}$"),
+    Field(description="The connected account to debit.", examples=["acct_1PZk3f2eZvKYlo2C"]),
+]
+RefundId = Annotated[
+    str,
+    StringConstraints(pattern=r"^(re|pyr)_[A-Za-z0-9]{1,64}$"),
+    Field(description="The Stripe refund this debit recovers.", examples=["re_3PZk9a2eZvKYlo2C"]),
+]
+Currency = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z]{3}$"),
+    Field(description="ISO 4217 code, lower-case.", examples=["usd"]),
+]
+Amount = Annotated[
+    int,
+    Strict(),
+    Field(
+        gt=0,
+        le=MAX_AMOUNT,
+        description="Positive integer in the currency's minor unit (cents for usd; yen for "
+        "the zero-decimal jpy).",
+        examples=[2500],
+    ),
+]
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    reserved = WORKER_METADATA_KEYS.intersection(value)
+    if reserved:
+        raise ValueError(f"keys reserved for the worker: {', '.join(sorted(reserved))}")
+    for key, item in value.items():
+        if not key or len(key) > MAX_METADATA_KEY_LENGTH or "[" in key or "]" in key:
+            raise ValueError(
+                f"key {key!r} must be 1-{MAX_METADATA_KEY_LENGTH} characters without '[' or ']'"
+            )
+        if len(item) > MAX_METADATA_VALUE_LENGTH:
+            raise ValueError(
+                f"value of {key!r} is longer than {MAX_METADATA_VALUE_LENGTH} characters"
+            )
+    return value
+
+
+Metadata = Annotated[
+    dict[str, str],
+    Field(
+        max_length=MAX_METADATA_KEYS,
+        description=f"Copied to the Stripe payment. At most {MAX_METADATA_KEYS} keys of at most "
+        f"{MAX_METADATA_KEY_LENGTH} characters, values of at most {MAX_METADATA_VALUE_LENGTH}; "
+        "the keys request_id, reason and refund are written by the worker.",
+    ),
+    AfterValidator(_check_metadata),
+]
+
+
+class DebitReason(StrEnum):
+    PLATFORM_CHARGE = "platform_charge"
+    REFUND_RECOVERY = "refund_recovery"
+    ADJUSTMENT = "adjustment"
+
+
+class DebitRequested(BaseModel):
+    """Pull `amount` of `currency` out of connected account `account` into the platform."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        title="DebitRequested",
+        json_schema_extra={"$comment": "Command, version 1. Additive changes only within v1."},
+    )
+
+    request_id: RequestId
+    account: AccountId
+    amount: Amount
+    currency: Currency
+    reason: DebitReason
+    refund: RefundId | None = Field(
+        default=None,
+        description="Required when reason is refund_recovery, forbidden otherwise.",
+    )
+    description: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = Field(
+        default=None, description="Shown on the payment in the Stripe dashboard."
+    )
+    metadata: Metadata = Field(default_factory=dict)
+    requested_at: AwareDatetime | None = Field(
+        default=None, description="When the producer decided on the debit (RFC 3339)."
+    )
+
+    @model_validator(mode="after")
+    def _refund_matches_reason(self) -> Self:
+        if self.reason is DebitReason.REFUND_RECOVERY and self.refund is None:
+            raise ValueError("refund is required when reason is refund_recovery")
+        if self.reason is not DebitReason.REFUND_RECOVERY and self.refund is not None:
+            raise ValueError(
+                f"refund is only allowed with reason refund_recovery, not {self.reason}"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of what the debit *does*; `requested_at` is left out so a producer's resend of
+        the same intent is not a conflict."""
+        content = self.model_dump(mode="json", exclude={"requested_at"})
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
