@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Annotated, Final, Self
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
     AfterValidator,
@@ -65,29 +65,40 @@ Amount = Annotated[
 ]
 
 
+_METADATA_KEY_PATTERN: Final = r"^[^\[\]]+$"
+
+# Lengths are checked by the types (so the error names the key); the pattern and the reserved
+# keys by `_check_metadata`, because pydantic would render a key pattern as patternProperties,
+# which lets non-matching keys through in JSON Schema. `_metadata_json_schema` states both.
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_LENGTH)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_LENGTH)]
+
+
 def _check_metadata(value: dict[str, str]) -> dict[str, str]:
     reserved = WORKER_METADATA_KEYS.intersection(value)
     if reserved:
         raise ValueError(f"keys reserved for the worker: {', '.join(sorted(reserved))}")
-    for key, item in value.items():
-        if not key or len(key) > MAX_METADATA_KEY_LENGTH or "[" in key or "]" in key:
-            raise ValueError(
-                f"key {key!r} must be 1-{MAX_METADATA_KEY_LENGTH} characters without '[' or ']'"
-            )
-        if len(item) > MAX_METADATA_VALUE_LENGTH:
-            raise ValueError(
-                f"value of {key!r} is longer than {MAX_METADATA_VALUE_LENGTH} characters"
-            )
+    for key in value:
+        if "[" in key or "]" in key:
+            raise ValueError(f"key {key!r} must not contain '[' or ']'")
     return value
 
 
+def _metadata_json_schema(schema: dict[str, Any]) -> None:
+    names = schema.setdefault("propertyNames", {})
+    names["pattern"] = _METADATA_KEY_PATTERN
+    names["not"] = {"enum": sorted(WORKER_METADATA_KEYS)}
+
+
 Metadata = Annotated[
-    dict[str, str],
+    dict[MetadataKey, MetadataValue],
     Field(
         max_length=MAX_METADATA_KEYS,
-        description=f"Copied to the Stripe payment. At most {MAX_METADATA_KEYS} keys of at most "
-        f"{MAX_METADATA_KEY_LENGTH} characters, values of at most {MAX_METADATA_VALUE_LENGTH}; "
-        "the keys request_id, reason and refund are written by the worker.",
+        description=f"Copied to the Stripe payment. At most {MAX_METADATA_KEYS} keys of "
+        f"1-{MAX_METADATA_KEY_LENGTH} characters without '[' or ']', values of at most "
+        f"{MAX_METADATA_VALUE_LENGTH}; the keys request_id, reason and refund are written by "
+        "the worker.",
+        json_schema_extra=_metadata_json_schema,
     ),
     AfterValidator(_check_metadata),
 ]
@@ -106,7 +117,16 @@ class DebitRequested(BaseModel):
         frozen=True,
         extra="forbid",
         title="DebitRequested",
-        json_schema_extra={"$comment": "Command, version 1. Additive changes only within v1."},
+        json_schema_extra={
+            "$comment": "Command, version 1. Additive changes only within v1.",
+            # The refund/reason rule of `_refund_matches_reason`, for non-Python producers.
+            "if": {
+                "properties": {"reason": {"const": DebitReason.REFUND_RECOVERY.value}},
+                "required": ["reason"],
+            },
+            "then": {"properties": {"refund": {"type": "string"}}, "required": ["refund"]},
+            "else": {"properties": {"refund": {"type": "null"}}},
+        },
     )
 
     request_id: RequestId

@@ -16,13 +16,23 @@ DEFAULT_SOURCE: Final = "urn:debit-worker"
 # Fixed forever: event ids are uuid5 names in this namespace, so they are reproducible.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("8c1d6a52-4c36-5b52-9f3e-2f7a1b0d5e61")
 
-_EVENT_CONFIG = ConfigDict(frozen=True, extra="forbid")
+# The $id base of the committed JSON Schema files (schemas/json/, `python -m schemas.generate`).
+SCHEMA_BASE_URI: Final = "https://debit-worker.dev/schemas/"
+SUCCEEDED_DATASCHEMA: Final = f"{SCHEMA_BASE_URI}debit-succeeded.v1.json"
+FAILED_DATASCHEMA: Final = f"{SCHEMA_BASE_URI}debit-failed.v1.json"
+
+# Events are read by consumers built against an older v1: they must tolerate fields added
+# later within v1 (tolerant reader), so unknown fields are ignored, not refused. In the JSON
+# Schema every field is required because the worker always writes every field (null if unset).
+_EVENT_CONFIG = ConfigDict(
+    frozen=True, extra="ignore", json_schema_serialization_defaults_required=True
+)
 
 
 class DebitSucceeded(BaseModel):
     """The money moved: Stripe created the payment on the platform."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", title="DebitSucceeded")
+    model_config = ConfigDict(**_EVENT_CONFIG, title="DebitSucceeded")
 
     request_id: RequestId
     account: AccountId
@@ -70,7 +80,7 @@ class FieldError(BaseModel):
 class DebitFailed(BaseModel):
     """No money moved, and none will for this request_id."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", title="DebitFailed")
+    model_config = ConfigDict(**_EVENT_CONFIG, title="DebitFailed")
 
     request_id: RequestId
     account: str | None = Field(
@@ -99,13 +109,13 @@ def event_id(source: str, request_id: str, event_type: str) -> str:
 class CloudEvent(BaseModel):
     """CloudEvents 1.0, structured mode (application/cloudevents+json)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", title="CloudEvent")
+    model_config = ConfigDict(**_EVENT_CONFIG, title="CloudEvent")
 
     specversion: Literal["1.0"] = "1.0"
-    id: str
-    source: str
-    type: str
-    subject: str = Field(description="The request_id the event is about.")
+    id: str = Field(min_length=1, description="Unique per source; dedupe on (source, id).")
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    subject: str = Field(min_length=1, description="The request_id the event is about.")
     time: AwareDatetime
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: str | None = None
@@ -130,7 +140,7 @@ def succeeded_event(data: DebitSucceeded, *, source: str = DEFAULT_SOURCE) -> De
         source=source,
         subject=data.request_id,
         time=data.succeeded_at,
-        dataschema="debit-succeeded.v1.json",
+        dataschema=SUCCEEDED_DATASCHEMA,
         data=data,
     )
 
@@ -141,7 +151,7 @@ def failed_event(data: DebitFailed, *, source: str = DEFAULT_SOURCE) -> DebitFai
         source=source,
         subject=data.request_id,
         time=data.failed_at,
-        dataschema="debit-failed.v1.json",
+        dataschema=FAILED_DATASCHEMA,
         data=data,
     )
 
