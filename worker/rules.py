@@ -1,0 +1,352 @@
+"""The configurable tables behind the debit policy: regions, corridors and per-currency caps.
+
+Stripe lets a platform debit a connected account only when both are in the same region or
+in a supported cross-border corridor, and never for more than 100,000 USD (or the
+equivalent). Stripe's sales team can widen the corridors for one platform, and exchange
+rates move, so these are data, not code: `RuleTables()` holds Stripe's published values and
+`RuleTables.from_file(path)` loads an operator's override (see worker/rules.example.yaml
+and docs/rules.md).
+
+Vocabulary: a *term* is either a country code ("US", two upper-case letters) or the name of
+a group of countries defined under `groups` ("EU"). Domestic regions and both sides of a
+corridor are terms, so "EU" stands for all of its member states wherever it appears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Final, Self
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
+_COUNTRY: Final = re.compile(r"[A-Z]{2}")
+_GROUP: Final = re.compile(r"[A-Z][A-Z0-9_]{1,31}")
+_CURRENCY: Final = re.compile(r"[a-z]{3}")
+
+
+# Pydantic turns only ValueError (not TypeError) raised by a validator into a validation error,
+# hence the TRY004 exemptions below.
+
+
+def _string(value: object, what: str, example: str) -> str:
+    if isinstance(value, bool):
+        # JSON true/false, or YAML read by a tool that treats NO/ON/YES as booleans.
+        raise ValueError(  # noqa: TRY004
+            f"{what} must be a string such as {example!r}, not the boolean {value}"
+        )
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string such as {example!r}, not {value!r}")  # noqa: TRY004
+    return value
+
+
+def _country_code(value: object) -> str:
+    text = _string(value, "a country code", "FR")
+    if not _COUNTRY.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a country code: expected two upper-case letters (ISO 3166-1 "
+            "alpha-2), such as 'FR'"
+        )
+    return text
+
+
+def _term(value: object) -> str:
+    text = _string(value, "a country code or group name", "FR")
+    if not _GROUP.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is neither a country code (two upper-case letters, such as 'FR') nor a "
+            "group name (upper-case letters, digits and '_', such as 'EU')"
+        )
+    return text
+
+
+def _group_name(value: object) -> str:
+    text = _string(value, "a group name", "EU")
+    if not _GROUP.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a group name: expected 2-32 upper-case letters, digits or '_', "
+            "starting with a letter, such as 'EU'"
+        )
+    return text
+
+
+def _currency_code(value: object) -> str:
+    text = _string(value, "a currency", "usd")
+    if not _CURRENCY.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a currency: expected a lower-case ISO 4217 code, such as 'usd'"
+        )
+    return text
+
+
+def _cap(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(  # noqa: TRY004
+            f"a cap must be a whole number of minor units (e.g. 10000000 for 100,000.00 USD), "
+            f"not {value!r}"
+        )
+    if value <= 0:
+        raise ValueError(f"a cap must be positive, not {value}")
+    return value
+
+
+CountryCode = Annotated[str, BeforeValidator(_country_code)]
+Term = Annotated[str, BeforeValidator(_term)]
+GroupName = Annotated[str, BeforeValidator(_group_name)]
+CurrencyCode = Annotated[str, BeforeValidator(_currency_code)]
+Cap = Annotated[int, BeforeValidator(_cap)]
+
+
+# The 27 member states of the European Union.
+EU_MEMBER_STATES: Final = (
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
+    "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
+)  # fmt: skip
+DEFAULT_GROUPS: Final[Mapping[str, tuple[str, ...]]] = {"EU": EU_MEMBER_STATES}
+
+# Domestic availability: platform and account both in the same one of these.
+DEFAULT_DOMESTIC_REGIONS: Final = ("US", "CA", "JP", "AU", "HK", "NZ", "EU", "GB")
+
+# Cross-border availability, platform → the places its accounts may be in. Directional:
+# US → HK does not allow HK → US.
+DEFAULT_CORRIDORS: Final[Mapping[str, tuple[str, ...]]] = {
+    "US": ("HK",),
+    "GB": ("EU", "CH", "NO"),
+    "EU": ("GB", "CH", "NO"),
+    "AU": ("NZ",),
+    "NZ": ("AU",),
+    "CH": ("EU", "NO"),
+    "NO": ("EU", "CH"),
+}
+
+# Per-debit caps in minor units, each about 100,000 USD.
+#
+# REVIEWED RATES, dated 2026-11. Each cap is 100,000 USD converted at an assumed rate (units
+# of the currency per USD, shown on the right) near the strong end of its recent range, then
+# rounded DOWN to a round figure, so that the cap stays at or below 100,000 USD when the
+# currency strengthens a little. These are not live rates: the operator must review them
+# against a current source (at least quarterly, and after any large move) and override them
+# in the rules file (DEBIT_WORKER_RULES_FILE). A currency missing here is refused, never
+# converted on the fly.
+DEFAULT_CAPS: Final[Mapping[str, int]] = {
+    "usd": 10_000_000,  # 100,000.00 USD, Stripe's own limit
+    "eur": 8_500_000,  # 85,000.00 EUR; rate ~0.86
+    "gbp": 7_400_000,  # 74,000.00 GBP; rate ~0.75
+    "cad": 13_500_000,  # 135,000.00 CAD; rate ~1.37
+    "aud": 15_000_000,  # 150,000.00 AUD; rate ~1.52
+    "nzd": 16_500_000,  # 165,000.00 NZD; rate ~1.70
+    "hkd": 77_500_000,  # 775,000.00 HKD; pegged band 7.75-7.85
+    "jpy": 14_000_000,  # 14,000,000 JPY (zero-decimal); rate ~145
+    "chf": 7_900_000,  # 79,000.00 CHF; rate ~0.80
+    "nok": 100_000_000,  # 1,000,000.00 NOK; rate ~10.1
+    "sek": 94_000_000,  # 940,000.00 SEK; rate ~9.5
+    "dkk": 63_500_000,  # 635,000.00 DKK; rate ~6.4 (pegged to EUR)
+    "pln": 36_000_000,  # 360,000.00 PLN; rate ~3.65
+    "czk": 20_500_000,  # 205,000.00 CZK; rate ~20.9
+    "huf": 3_300_000_000,  # 33,000,000.00 HUF (two-decimal on Stripe's API); rate ~335
+    "ron": 43_000_000,  # 430,000.00 RON; rate ~4.35
+    "bgn": 16_500_000,  # 165,000.00 BGN; rate ~1.68 (pegged to EUR; Bulgaria joins the euro)
+}
+
+
+class Availability(StrEnum):
+    """Why a platform may debit an account in a given country."""
+
+    DOMESTIC = "domestic"
+    CROSS_BORDER = "cross_border"
+
+
+class RuleFileError(ValueError):
+    """The operator's rules file cannot be read or does not describe valid tables."""
+
+
+class RuleTables(BaseModel):
+    """Regions, corridors and caps. Treat an instance as read-only; build a new one to change it.
+
+    `RuleTables()` holds Stripe's published availability and the reviewed caps above.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    groups: dict[GroupName, tuple[CountryCode, ...]] = Field(
+        default_factory=lambda: dict(DEFAULT_GROUPS),
+        description="Named groups of countries, usable wherever a country code is.",
+    )
+    domestic_regions: tuple[Term, ...] = Field(
+        default=DEFAULT_DOMESTIC_REGIONS,
+        description="Platform and account in the same one of these: a domestic debit.",
+    )
+    corridors: dict[Term, tuple[Term, ...]] = Field(
+        default_factory=lambda: dict(DEFAULT_CORRIDORS),
+        description="Platform location → account locations allowed cross-border.",
+    )
+    caps: dict[CurrencyCode, Cap] = Field(
+        default_factory=lambda: dict(DEFAULT_CAPS),
+        description="Largest single debit per currency, in minor units.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        for name, countries in self.groups.items():
+            if not countries:
+                raise ValueError(f"groups.{name} is empty")
+            _reject_duplicates(countries, f"groups.{name}")
+            nested = [country for country in countries if country in self.groups]
+            if nested:
+                raise ValueError(f"groups.{name} lists the group {nested[0]}; groups cannot nest")
+        _reject_duplicates(self.domestic_regions, "domestic_regions")
+        for platform, accounts in self.corridors.items():
+            _reject_duplicates(accounts, f"corridors.{platform}")
+        terms = [*self.domestic_regions, *self.corridors]
+        terms += [term for accounts in self.corridors.values() for term in accounts]
+        for term in terms:
+            if term not in self.groups and not _COUNTRY.fullmatch(term):
+                raise ValueError(
+                    f"{term!r} is used as a place but is neither a two-letter country code nor "
+                    "a group defined under groups"
+                )
+        seen: dict[str, str] = {}
+        for region in self.domestic_regions:
+            for country in self.members(region):
+                if country in seen:
+                    raise ValueError(
+                        f"{country} is in two domestic regions ({seen[country]} and {region}); "
+                        "a country may belong to one region only"
+                    )
+                seen[country] = region
+        return self
+
+    # --- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: object, *, source: str = "rule tables") -> RuleTables:
+        """Validate already-parsed tables; every problem is reported in one RuleFileError."""
+        if not isinstance(data, Mapping):
+            raise RuleFileError(
+                f"{source}: expected a mapping with the keys groups, domestic_regions, "
+                f"corridors and caps, not {type(data).__name__}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            problems = "\n".join(f"  - {_describe(detail)}" for detail in error.errors())
+            raise RuleFileError(f"{source} is invalid:\n{problems}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> RuleTables:
+        """Load the operator's tables from a .yaml/.yml or .json file.
+
+        Each top-level section given replaces that whole section of the defaults; a section
+        left out keeps its default. Raises RuleFileError with every problem found.
+        """
+        file = Path(path)
+        if file.suffix.lower() not in {".yaml", ".yml", ".json"}:
+            raise RuleFileError(f"{file}: a rules file must end in .yaml, .yml or .json")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as error:
+            raise RuleFileError(f"{file}: cannot read the rules file: {error.strerror}") from None
+        try:
+            data: object = (
+                json.loads(text)
+                if file.suffix.lower() == ".json"
+                else yaml.load(text, Loader=_RulesLoader)  # noqa: S506 (a SafeLoader subclass)
+            )
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise RuleFileError(f"{file}: not valid {file.suffix[1:].upper()}: {error}") from None
+        return cls.from_mapping(data, source=str(file))
+
+    # --- questions -----------------------------------------------------------------------
+
+    def members(self, term: str) -> frozenset[str]:
+        """The countries a term stands for: a group's members, or the country itself."""
+        return frozenset(self.groups.get(term, (term,)))
+
+    def region_of(self, country: str) -> str | None:
+        """The domestic region the country belongs to ("EU" for "FR"), or None (e.g. "CH")."""
+        country = country.upper()
+        for region in self.domestic_regions:
+            if country in self.members(region):
+                return region
+        return None
+
+    def corridor_destinations(self, platform_country: str) -> frozenset[str]:
+        """Every country a platform in `platform_country` may debit cross-border."""
+        platform_country = platform_country.upper()
+        destinations: set[str] = set()
+        for origin, accounts in self.corridors.items():
+            if platform_country in self.members(origin):
+                for term in accounts:
+                    destinations |= self.members(term)
+        return frozenset(destinations)
+
+    def availability(self, platform_country: str, account_country: str) -> Availability | None:
+        """Domestic, cross-border, or None when debits between the two are not supported."""
+        region = self.region_of(platform_country)
+        if region is not None and region == self.region_of(account_country):
+            return Availability.DOMESTIC
+        if account_country.upper() in self.corridor_destinations(platform_country):
+            return Availability.CROSS_BORDER
+        return None
+
+    def debit_allowed_between(self, platform_country: str, account_country: str) -> bool:
+        """Whether a platform in one country may debit an account in the other (directional)."""
+        return self.availability(platform_country, account_country) is not None
+
+    def cap_for(self, currency: str) -> int | None:
+        """The largest single debit in minor units, or None when the currency has no cap."""
+        return self.caps.get(currency.lower())
+
+
+def _reject_duplicates(items: tuple[str, ...], where: str) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{where} lists {item} twice")
+        seen.add(item)
+
+
+def _describe(detail: ErrorDetails) -> str:
+    where = ""
+    for part in detail["loc"]:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif part == "[key]":
+            where += " (as a key)"
+        else:
+            where += f".{part}" if where else str(part)
+    message = detail["msg"].removeprefix("Value error, ")
+    if detail["type"] == "extra_forbidden":
+        message = "unknown section; expected groups, domestic_regions, corridors or caps"
+    elif detail["type"] not in {"value_error", "assertion_error"}:
+        message = f"{message} (got {_short(detail['input'])})"
+    return f"{where}: {message}" if where else message
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _RulesLoader(yaml.SafeLoader):
+    """A SafeLoader where only true/false are booleans, as in YAML 1.2.
+
+    PyYAML follows YAML 1.1, which reads an unquoted NO (Norway) as false; in a file made of
+    country codes that is a trap, so yes/no/on/off stay strings here.
+    """
+
+
+_BOOL_TAG: Final = "tag:yaml.org,2002:bool"
+_RulesLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RulesLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
