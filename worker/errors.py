@@ -1,0 +1,54 @@
+"""Errors shaped by what the worker does next.
+
+- :class:`PermanentFailure`: the debit will not happen; record it and emit ``DebitFailed``.
+- :class:`TransientFailure`: nothing is decided; retry later with the *same* idempotency key.
+- :class:`OutcomeUnknown`: Stripe may or may not have moved the money; only a repeat of the
+  same call (same key) may decide, so it is retried like a transient failure and is never
+  reported as failed.
+- :class:`OperatorActionNeeded`: the worker itself is misconfigured (bad key, missing
+  permission); no money moved; retried, and loudly reported, until an operator fixes it.
+"""
+
+from __future__ import annotations
+
+from schemas.codes import FailureCode
+from schemas.events import FieldError, StripeErrorInfo
+
+
+class DebitWorkerError(Exception):
+    """Base of every error the worker raises on purpose."""
+
+
+class PermanentFailure(DebitWorkerError):
+    def __init__(
+        self,
+        code: FailureCode,
+        message: str,
+        *,
+        stripe_error: StripeErrorInfo | None = None,
+        field_errors: tuple[FieldError, ...] = (),
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.stripe_error = stripe_error
+        self.field_errors = field_errors
+
+
+class TransientFailure(DebitWorkerError):
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class OutcomeUnknown(TransientFailure):
+    """The request may have reached Stripe; repeat it with the same key to learn its fate."""
+
+
+class OperatorActionNeeded(TransientFailure):
+    """Stripe refused *us* (401/403): fix the key or its permissions; no money moved."""
+
+
+class RequestBusy(TransientFailure):
+    """Another worker holds this request's lease; look again when it has expired."""

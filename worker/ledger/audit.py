@@ -1,0 +1,62 @@
+"""The audit trail: one row per state change, written in the same transaction as the change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from worker.ledger.tables import audit_log
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: datetime
+    entity: str
+    entity_id: str
+    action: str
+    actor: str
+    detail: dict[str, Any]
+
+
+def write_audit(
+    conn: Connection,
+    *,
+    at: datetime,
+    entity: str,
+    entity_id: str,
+    action: str,
+    actor: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        insert(audit_log).values(
+            at=at,
+            entity=entity,
+            entity_id=entity_id,
+            action=action,
+            actor=actor,
+            detail=detail or {},
+        )
+    )
+
+
+def read_audit(conn: Connection, entity: str, entity_id: str) -> list[AuditEntry]:
+    rows = conn.execute(
+        select(audit_log)
+        .where(audit_log.c.entity == entity, audit_log.c.entity_id == entity_id)
+        .order_by(audit_log.c.id)
+    ).mappings()
+    return [
+        AuditEntry(
+            at=row["at"],
+            entity=row["entity"],
+            entity_id=row["entity_id"],
+            action=row["action"],
+            actor=row["actor"],
+            detail=dict(row["detail"]),
+        )
+        for row in rows
+    ]

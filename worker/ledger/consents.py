@@ -1,0 +1,97 @@
+"""Consent records: an account's legally binding agreement to be debited, and its revocation.
+
+Stripe does not check consent; the platform must. Every grant and revocation is audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, or_, select, update
+
+from worker.facts import ConsentRecord
+from worker.ledger.audit import write_audit
+from worker.ledger.tables import consents
+
+
+def _consent(row: Any) -> ConsentRecord:
+    return ConsentRecord(
+        account_id=row["account"],
+        agreement_ref=row["agreement_ref"],
+        granted_at=row["granted_at"],
+        granted_by=row["granted_by"],
+        revoked_at=row["revoked_at"],
+        revoked_by=row["revoked_by"],
+    )
+
+
+class ConsentStore:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def grant(self, account: str, agreement_ref: str, actor: str) -> ConsentRecord:
+        now = self._clock()
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(consents).values(
+                    account=account, agreement_ref=agreement_ref, granted_at=now, granted_by=actor
+                )
+            )
+            write_audit(
+                conn,
+                at=now,
+                entity="consent",
+                entity_id=account,
+                action="granted",
+                actor=actor,
+                detail={"agreement_ref": agreement_ref},
+            )
+        return ConsentRecord(account, agreement_ref, now, actor)
+
+    def revoke(self, account: str, actor: str) -> int:
+        """Revoke every active consent of the account; returns how many were active."""
+        now = self._clock()
+        with self._engine.begin() as conn:
+            count = conn.execute(
+                update(consents)
+                .where(consents.c.account == account, consents.c.revoked_at.is_(None))
+                .values(revoked_at=now, revoked_by=actor)
+            ).rowcount
+            write_audit(
+                conn,
+                at=now,
+                entity="consent",
+                entity_id=account,
+                action="revoked",
+                actor=actor,
+                detail={"consents_revoked": count},
+            )
+        return int(count)
+
+    def active(self, account: str, at: datetime) -> ConsentRecord | None:
+        with self._engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(consents)
+                    .where(
+                        consents.c.account == account,
+                        consents.c.granted_at <= at,
+                        or_(consents.c.revoked_at.is_(None), consents.c.revoked_at > at),
+                    )
+                    .order_by(consents.c.granted_at.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .one_or_none()
+            )
+        return None if row is None else _consent(row)
+
+    def list(self, account: str | None = None) -> list[ConsentRecord]:
+        query = select(consents).order_by(consents.c.account, consents.c.granted_at)
+        if account is not None:
+            query = query.where(consents.c.account == account)
+        with self._engine.connect() as conn:
+            return [_consent(row) for row in conn.execute(query).mappings()]

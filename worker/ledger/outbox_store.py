@@ -1,0 +1,114 @@
+"""The outbox: events recorded with the outcome they announce, published after commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, func, select, update
+
+from schemas.events import CloudEvent
+from worker.ledger.database import insert_ignoring_duplicates
+from worker.ledger.tables import outbox
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    event_id: str
+    request_id: str
+    event_type: str
+    routing_key: str
+    body: str
+
+    @classmethod
+    def of(cls, event: CloudEvent, routing_key: str) -> OutboxEvent:
+        return cls(
+            event_id=event.id,
+            request_id=event.subject,
+            event_type=event.type,
+            routing_key=routing_key,
+            body=event.model_dump_json(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    row_id: int
+    event: OutboxEvent
+    created_at: datetime
+
+
+def insert_event(conn: Connection, event: OutboxEvent, now: datetime) -> bool:
+    return insert_ignoring_duplicates(
+        conn,
+        outbox,
+        {
+            "event_id": event.event_id,
+            "request_id": event.request_id,
+            "event_type": event.event_type,
+            "routing_key": event.routing_key,
+            "body": event.body,
+            "created_at": now,
+            "publish_attempts": 0,
+        },
+    )
+
+
+def _pending(row: dict[str, object]) -> PendingEvent:
+    return PendingEvent(
+        row_id=int(str(row["id"])),
+        event=OutboxEvent(
+            event_id=str(row["event_id"]),
+            request_id=str(row["request_id"]),
+            event_type=str(row["event_type"]),
+            routing_key=str(row["routing_key"]),
+            body=str(row["body"]),
+        ),
+        created_at=row["created_at"],  # type: ignore[arg-type]
+    )
+
+
+class OutboxStore:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def add(self, event: OutboxEvent) -> bool:
+        with self._engine.begin() as conn:
+            return insert_event(conn, event, self._clock())
+
+    def for_request(self, request_id: str) -> list[PendingEvent]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox).where(outbox.c.request_id == request_id).order_by(outbox.c.id)
+            ).mappings()
+            return [_pending(dict(row)) for row in rows]
+
+    def unsent(self, *, older_than_seconds: float, limit: int) -> list[PendingEvent]:
+        """Oldest first; rows younger than the threshold are left to their inline publish."""
+        cutoff = self._clock() - timedelta(seconds=older_than_seconds)
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox)
+                .where(outbox.c.sent_at.is_(None), outbox.c.created_at <= cutoff)
+                .order_by(outbox.c.id)
+                .limit(limit)
+            ).mappings()
+            return [_pending(dict(row)) for row in rows]
+
+    def mark_sent(self, row_id: int) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row_id, outbox.c.sent_at.is_(None))
+                .values(sent_at=self._clock(), publish_attempts=outbox.c.publish_attempts + 1)
+            )
+
+    def count_unsent(self) -> int:
+        with self._engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
+                ).scalar_one()
+            )

@@ -1,0 +1,392 @@
+"""Debit requests in the ledger: claiming, the decision to attempt, and the final outcome.
+
+Every transition is one transaction guarded by a conditional UPDATE, so redeliveries and
+concurrent workers can never move a request backwards or record two outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, or_, select, update
+
+from schemas.commands import DebitRequested
+from worker.facts import RefundFacts
+from worker.ledger.audit import write_audit
+from worker.ledger.database import insert_ignoring_duplicates
+from worker.ledger.outbox_store import OutboxEvent, insert_event
+from worker.ledger.tables import TERMINAL, Status, debit_requests, refund_budgets
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    request_id: str
+    fingerprint: str
+    command: dict[str, Any]
+    status: Status
+    attempts: int
+    idempotency_key: str | None
+    payment_id: str | None
+    failure_code: str | None
+    failure_message: str | None
+    received_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+
+
+def _record(row: Any) -> RequestRecord:
+    return RequestRecord(
+        request_id=row["request_id"],
+        fingerprint=row["fingerprint"],
+        command=dict(row["command"]),
+        status=Status(row["status"]),
+        attempts=row["attempts"],
+        idempotency_key=row["idempotency_key"],
+        payment_id=row["payment_id"],
+        failure_code=row["failure_code"],
+        failure_message=row["failure_message"],
+        received_at=row["received_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        lease_owner=row["lease_owner"],
+        lease_until=row["lease_until"],
+    )
+
+
+class ClaimKind(StrEnum):
+    NEW = "new"  # first sight: decide the policy
+    RESUMED = "resumed"  # seen before, not finished: carry on from its status
+    FINISHED = "finished"  # already has an outcome: re-emit it
+    CONFLICT = "conflict"  # same request_id, other content
+    BUSY = "busy"  # another worker holds the lease
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    kind: ClaimKind
+    record: RequestRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    payment_id: str
+    transfer_id: str | None
+    balance_transaction: str | None
+
+
+class RecoveryBudgetExceeded(Exception):
+    def __init__(self, refunded: int, reserved: int) -> None:
+        super().__init__(f"refunded {refunded}, already recovered or in flight {reserved}")
+        self.refunded = refunded
+        self.reserved = reserved
+
+
+class RequestLedger:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def claim(self, command: DebitRequested, owner: str, lease_seconds: float) -> Claim:
+        now = self._clock()
+        lease_until = now + timedelta(seconds=lease_seconds)
+        with self._engine.begin() as conn:
+            fresh = insert_ignoring_duplicates(
+                conn,
+                debit_requests,
+                {
+                    "request_id": command.request_id,
+                    "fingerprint": command.fingerprint(),
+                    "account": command.account,
+                    "amount": command.amount,
+                    "currency": command.currency,
+                    "reason": str(command.reason),
+                    "refund": command.refund,
+                    "command": command.model_dump(mode="json"),
+                    "status": Status.RECEIVED,
+                    "attempts": 0,
+                    "lease_owner": owner,
+                    "lease_until": lease_until,
+                    "received_at": now,
+                    "updated_at": now,
+                },
+            )
+            if fresh:
+                write_audit(
+                    conn,
+                    at=now,
+                    entity="request",
+                    entity_id=command.request_id,
+                    action="received",
+                    actor=owner,
+                )
+                return Claim(ClaimKind.NEW, self._get(conn, command.request_id))
+            record = self._get(conn, command.request_id)
+            if record.fingerprint != command.fingerprint():
+                return Claim(ClaimKind.CONFLICT, record)
+            if record.status in TERMINAL:
+                return Claim(ClaimKind.FINISHED, record)
+            took = conn.execute(
+                update(debit_requests)
+                .where(
+                    debit_requests.c.request_id == command.request_id,
+                    or_(
+                        debit_requests.c.lease_until.is_(None),
+                        debit_requests.c.lease_until < now,
+                        debit_requests.c.lease_owner == owner,
+                    ),
+                )
+                .values(lease_owner=owner, lease_until=lease_until, updated_at=now)
+            ).rowcount
+            if not took:
+                return Claim(ClaimKind.BUSY, record)
+            return Claim(ClaimKind.RESUMED, self._get(conn, command.request_id))
+
+    def begin_attempt(
+        self, request_id: str, owner: str, idempotency_key: str, refund: RefundFacts | None
+    ) -> bool:
+        """received → attempting, reserving the recovery against its refund in the same
+        transaction. False when the request is no longer ours to move.
+
+        Raises RecoveryBudgetExceeded when a concurrent recovery took the room first.
+        """
+        now = self._clock()
+        with self._engine.begin() as conn:
+            moved = conn.execute(
+                update(debit_requests)
+                .where(
+                    debit_requests.c.request_id == request_id,
+                    debit_requests.c.status == Status.RECEIVED,
+                    debit_requests.c.lease_owner == owner,
+                )
+                .values(status=Status.ATTEMPTING, idempotency_key=idempotency_key, updated_at=now)
+            ).rowcount
+            if not moved:
+                return False
+            if refund is not None:
+                amount = conn.execute(
+                    select(debit_requests.c.amount).where(debit_requests.c.request_id == request_id)
+                ).scalar_one()
+                self._reserve(conn, refund, amount, now)  # raises: the transaction rolls back
+            write_audit(
+                conn,
+                at=now,
+                entity="request",
+                entity_id=request_id,
+                action="attempting",
+                actor=owner,
+                detail={"idempotency_key": idempotency_key},
+            )
+            return True
+
+    def _reserve(self, conn: Connection, refund: RefundFacts, amount: int, now: datetime) -> None:
+        insert_ignoring_duplicates(
+            conn,
+            refund_budgets,
+            {
+                "refund_id": refund.refund_id,
+                "currency": refund.currency,
+                "refunded_amount": refund.amount,
+                "reserved_amount": 0,
+                "updated_at": now,
+            },
+        )
+        budget = refund_budgets.c
+        reserved = conn.execute(
+            update(refund_budgets)
+            .where(
+                budget.refund_id == refund.refund_id,
+                budget.reserved_amount + amount <= refund.amount,
+            )
+            .values(
+                reserved_amount=budget.reserved_amount + amount,
+                refunded_amount=refund.amount,
+                updated_at=now,
+            )
+        ).rowcount
+        if not reserved:
+            current = conn.execute(
+                select(budget.reserved_amount).where(budget.refund_id == refund.refund_id)
+            ).scalar_one()
+            raise RecoveryBudgetExceeded(refund.amount, current)
+
+    def reserved_for_refund(self, refund_id: str) -> int:
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                select(refund_budgets.c.reserved_amount).where(
+                    refund_budgets.c.refund_id == refund_id
+                )
+            ).scalar_one_or_none()
+        return int(value or 0)
+
+    def count_attempt(self, request_id: str) -> int:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(debit_requests)
+                .where(debit_requests.c.request_id == request_id)
+                .values(attempts=debit_requests.c.attempts + 1, updated_at=self._clock())
+            )
+            return int(
+                conn.execute(
+                    select(debit_requests.c.attempts).where(
+                        debit_requests.c.request_id == request_id
+                    )
+                ).scalar_one()
+            )
+
+    def record_succeeded(
+        self, request_id: str, owner: str, success: Success, event: OutboxEvent
+    ) -> bool:
+        return self._finish(
+            request_id,
+            owner,
+            Status.SUCCEEDED,
+            event,
+            {
+                "payment_id": success.payment_id,
+                "transfer_id": success.transfer_id,
+                "balance_transaction": success.balance_transaction,
+            },
+        )
+
+    def record_failed(
+        self,
+        request_id: str,
+        owner: str,
+        *,
+        code: str,
+        message: str,
+        stripe_error: dict[str, Any] | None,
+        event: OutboxEvent,
+    ) -> bool:
+        return self._finish(
+            request_id,
+            owner,
+            Status.FAILED,
+            event,
+            {"failure_code": code, "failure_message": message, "stripe_error": stripe_error},
+        )
+
+    def _finish(
+        self,
+        request_id: str,
+        owner: str,
+        status: Status,
+        event: OutboxEvent,
+        values: dict[str, Any],
+    ) -> bool:
+        """Record the outcome and its event in one transaction; False if already finished."""
+        now = self._clock()
+        with self._engine.begin() as conn:
+            before = self._get(conn, request_id)
+            moved = conn.execute(
+                update(debit_requests)
+                .where(
+                    debit_requests.c.request_id == request_id,
+                    debit_requests.c.status.not_in([s.value for s in TERMINAL]),
+                )
+                .values(
+                    status=status,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                    **values,
+                )
+            ).rowcount
+            if not moved:
+                return False
+            refund = before.command.get("refund")
+            if status is Status.FAILED and before.status is not Status.RECEIVED and refund:
+                # The reservation made when the attempt began is given back.
+                conn.execute(
+                    update(refund_budgets)
+                    .where(refund_budgets.c.refund_id == refund)
+                    .values(
+                        reserved_amount=refund_budgets.c.reserved_amount - before.command["amount"],
+                        updated_at=now,
+                    )
+                )
+            insert_event(conn, event, now)
+            detail = {k: v for k, v in values.items() if v is not None}
+            write_audit(
+                conn,
+                at=now,
+                entity="request",
+                entity_id=request_id,
+                action=str(status),
+                actor=owner,
+                detail=detail,
+            )
+            return True
+
+    def mark_needs_reconciliation(self, request_id: str, owner: str, why: str) -> None:
+        now = self._clock()
+        with self._engine.begin() as conn:
+            moved = conn.execute(
+                update(debit_requests)
+                .where(
+                    debit_requests.c.request_id == request_id,
+                    debit_requests.c.status == Status.ATTEMPTING,
+                )
+                .values(
+                    status=Status.NEEDS_RECONCILIATION,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            ).rowcount
+            if moved:
+                write_audit(
+                    conn,
+                    at=now,
+                    entity="request",
+                    entity_id=request_id,
+                    action=str(Status.NEEDS_RECONCILIATION),
+                    actor=owner,
+                    detail={"why": why},
+                )
+
+    def release(self, request_id: str, owner: str) -> None:
+        """Give up the lease early (e.g. before a delayed retry) so others need not wait."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(debit_requests)
+                .where(
+                    debit_requests.c.request_id == request_id,
+                    debit_requests.c.lease_owner == owner,
+                )
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        with self._engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(debit_requests).where(debit_requests.c.request_id == request_id)
+                )
+                .mappings()
+                .one_or_none()
+            )
+        return None if row is None else _record(row)
+
+    def count_by_status(self) -> dict[str, int]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(debit_requests.c.status, func.count()).group_by(debit_requests.c.status)
+            ).all()
+        return {str(status): int(count) for status, count in rows}
+
+    @staticmethod
+    def _get(conn: Connection, request_id: str) -> RequestRecord:
+        row = (
+            conn.execute(select(debit_requests).where(debit_requests.c.request_id == request_id))
+            .mappings()
+            .one()
+        )
+        return _record(row)

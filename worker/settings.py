@@ -1,0 +1,119 @@
+"""Every setting the worker reads, in one validated object.
+
+Read from the environment (prefix ``DEBIT_WORKER_``) or a ``.env`` file. Secrets may instead
+come from files: set ``DEBIT_WORKER_SECRETS_DIR`` to a directory holding one file per secret,
+named like the setting (``stripe_api_key``), as container secrets are mounted.
+Nothing is read at import time: call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/debit_worker"
+# Stripe's documented per-account limits: sandbox (test mode) 25 requests/s, live 100.
+TEST_MODE_RATE = 25.0
+LIVE_MODE_RATE = 100.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DEBIT_WORKER_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    broker_url: str = Field(
+        default=DEFAULT_BROKER_URL, description="AMQP URL of RabbitMQ ('memory://' embeds one)."
+    )
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the ledger database."
+    )
+    stripe_api_key: SecretStr = Field(description="Stripe secret (sk_…) or restricted (rk_…) key.")
+    stripe_api_base: AnyUrl | None = Field(
+        default=None, description="Override Stripe's API address (the local sandbox in tests)."
+    )
+    stripe_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    stripe_max_network_retries: int = Field(
+        default=2, ge=0, le=10, description="In-call retries by the SDK, with the same key."
+    )
+    stripe_rate_limit: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stripe requests per second for this platform; default from the key's "
+        "mode (test 25, live 100).",
+    )
+    platform_country: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z]{2}$",
+        description="The platform's country; read once from GET /v1/account when unset.",
+    )
+    account_cache_ttl_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    consent_required: bool = Field(
+        default=True, description="Refuse debits without a recorded consent (consent_missing)."
+    )
+    balance_precheck: bool = Field(
+        default=False, description="Read the balance before each debit (costs a Stripe read)."
+    )
+    rules_file: Path | None = Field(
+        default=None, description="YAML/JSON file overriding regions, corridors and caps."
+    )
+    event_source: str = Field(default="urn:debit-worker", min_length=1)
+    sentry_dsn: SecretStr | None = None
+    sentry_environment: str = "production"
+    concurrency: int = Field(default=64, ge=1, le=1024, description="Worker threads.")
+    max_attempts: int = Field(
+        default=12,
+        ge=1,
+        le=100,
+        description="Attempts before an unresolved debit is escalated to needs_reconciliation.",
+    )
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    claim_lease_seconds: float = Field(
+        default=120.0, gt=0, description="How long one worker owns a request it is processing."
+    )
+    relay_interval_seconds: float = Field(default=5.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _key_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("sk_", "rk_")):
+            raise ValueError("must be a Stripe secret key (sk_…) or restricted key (rk_…)")
+        return value
+
+    @property
+    def live_mode(self) -> bool:
+        return "_live_" in self.stripe_api_key.get_secret_value()
+
+    @property
+    def effective_stripe_rate(self) -> float:
+        if self.stripe_rate_limit is not None:
+            return self.stripe_rate_limit
+        return LIVE_MODE_RATE if self.live_mode else TEST_MODE_RATE
+
+
+class SettingsError(Exception):
+    """Configuration is missing or invalid; the message says which setting and how to fix it."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; `overrides` win (used by the CLI and tests)."""
+    secrets_dir = os.environ.get("DEBIT_WORKER_SECRETS_DIR")
+    try:
+        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(part) for part in err["loc"])
+            env = f"DEBIT_WORKER_{name.upper()}"
+            problems.append(f"  {env}: {err['msg']}")
+        raise SettingsError("invalid configuration:\n" + "\n".join(problems)) from None
