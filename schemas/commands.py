@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final
 
 from pydantic import (
     AfterValidator,
@@ -15,7 +15,8 @@ from pydantic import (
     Field,
     Strict,
     StringConstraints,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 
 # Stripe allows 50 metadata keys; the worker writes these itself, so producers get the rest.
@@ -134,8 +135,10 @@ class DebitRequested(BaseModel):
     amount: Amount
     currency: Currency
     reason: DebitReason
+    # validate_default: the reason/refund rule must also run when refund is left out.
     refund: RefundId | None = Field(
         default=None,
+        validate_default=True,
         description="Required when reason is refund_recovery, forbidden otherwise.",
     )
     description: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = Field(
@@ -146,15 +149,18 @@ class DebitRequested(BaseModel):
         default=None, description="When the producer decided on the debit (RFC 3339)."
     )
 
-    @model_validator(mode="after")
-    def _refund_matches_reason(self) -> Self:
-        if self.reason is DebitReason.REFUND_RECOVERY and self.refund is None:
+    # A field validator (not a model validator) so the error's loc names `refund`.
+    @field_validator("refund")
+    @classmethod
+    def _refund_matches_reason(cls, refund: str | None, info: ValidationInfo) -> str | None:
+        reason = info.data.get("reason")
+        if reason is None:  # reason itself is invalid, and reported as such
+            return refund
+        if reason is DebitReason.REFUND_RECOVERY and refund is None:
             raise ValueError("refund is required when reason is refund_recovery")
-        if self.reason is not DebitReason.REFUND_RECOVERY and self.refund is not None:
-            raise ValueError(
-                f"refund is only allowed with reason refund_recovery, not {self.reason}"
-            )
-        return self
+        if reason is not DebitReason.REFUND_RECOVERY and refund is not None:
+            raise ValueError(f"refund is only allowed with reason refund_recovery, not {reason}")
+        return refund
 
     def fingerprint(self) -> str:
         """Hash of what the debit *does*; `requested_at` is left out so a producer's resend of
