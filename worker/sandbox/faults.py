@@ -1,0 +1,146 @@
+"""Faults the sandbox injects: latency, 429s, 500s, dropped connections, a rate limit.
+
+`Faults` is the configuration (CLI flags, the runner, `POST /_sandbox/faults`);
+`FaultInjector` draws from it with its own seeded random generator, so a `random_seed`
+gives the same fault sequence for the same request sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FaultKind = Literal["rate_limit", "server_error", "drop_before", "drop_after"]
+FRONT_KINDS: frozenset[str] = frozenset({"rate_limit"})
+Z_99 = 2.3263478740408408  # standard normal quantile at 0.99
+TEST_MODE_RPS = 25.0  # Stripe's test-mode limit; live mode allows 100
+
+
+class Faults(BaseModel):
+    """What goes wrong, and how often. All shares are probabilities per eligible request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latency_ms: float = Field(0.0, ge=0, description="fixed delay added to every request")
+    latency_p50_ms: float | None = Field(None, gt=0, description="lognormal delay: median")
+    latency_p99_ms: float | None = Field(None, gt=0, description="lognormal delay: 99th pct")
+    rate_limit_share: float = Field(0.0, ge=0, le=1, description="429 rate_limit, not stored")
+    server_error_share: float = Field(0.0, ge=0, le=1, description="500 api_error, stored")
+    drop_before_share: float = Field(0.0, ge=0, le=1, description="connection cut, no effect")
+    drop_after_share: float = Field(0.0, ge=0, le=1, description="effect done, response lost")
+    script: tuple[FaultKind, ...] = Field(
+        (), description="faults for the next eligible requests, in order, before random draws"
+    )
+    writes_only: bool = Field(False, description="inject only into POSTs (latency excepted)")
+    rate_limit_rps: float | None = Field(None, gt=0, description="token bucket; 25 = test mode")
+    random_seed: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Faults:
+        shares = (
+            self.rate_limit_share
+            + self.server_error_share
+            + self.drop_before_share
+            + self.drop_after_share
+        )
+        if shares > 1:
+            raise ValueError("fault shares add up to more than 1")
+        if (self.latency_p50_ms is None) != (self.latency_p99_ms is None):
+            raise ValueError("give latency_p50_ms and latency_p99_ms together")
+        if (
+            self.latency_p50_ms
+            and self.latency_p99_ms
+            and self.latency_p99_ms < self.latency_p50_ms
+        ):
+            raise ValueError("latency_p99_ms must be at least latency_p50_ms")
+        return self
+
+
+class TokenBucket:
+    """Stripe-style limiter: `rate` requests per second, bursts up to `rate`."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class FaultInjector:
+    def __init__(self, faults: Faults) -> None:
+        self.injected: Counter[str] = Counter()
+        self.configure(faults)
+
+    def configure(self, faults: Faults) -> None:
+        self.faults = faults
+        self._random = random.Random(faults.random_seed)  # noqa: S311 - not for secrets
+        self._script = list(faults.script)
+        self._bucket = TokenBucket(faults.rate_limit_rps) if faults.rate_limit_rps else None
+
+    def admit(self) -> bool:
+        """The rate limiter's verdict; counts a refusal as a `rate_limit_bucket` fault."""
+        if self._bucket is None or self._bucket.take():
+            return True
+        self.injected["rate_limit_bucket"] += 1
+        return False
+
+    def front_fault(self, is_write: bool) -> FaultKind | None:
+        """A fault decided before the request reaches idempotency: only 429s."""
+        return self._draw(is_write, front=True)
+
+    def execution_fault(self, is_write: bool) -> FaultKind | None:
+        """A fault decided when the request executes: 500s and dropped connections."""
+        return self._draw(is_write, front=False)
+
+    def latency_seconds(self) -> float:
+        faults = self.faults
+        delay = faults.latency_ms
+        if faults.latency_p50_ms is not None and faults.latency_p99_ms is not None:
+            mu = math.log(faults.latency_p50_ms)
+            sigma = math.log(faults.latency_p99_ms / faults.latency_p50_ms) / Z_99
+            delay += self._random.lognormvariate(mu, sigma)
+        return delay / 1000.0
+
+    def _draw(self, is_write: bool, *, front: bool) -> FaultKind | None:
+        if self.faults.writes_only and not is_write:
+            return None
+        if self._script:
+            head = self._script[0]
+            if (head in FRONT_KINDS) != front:
+                return None
+            self._script.pop(0)
+            self.injected[head] += 1
+            return head
+        f = self.faults
+        table: list[tuple[FaultKind, float]] = (
+            [("rate_limit", f.rate_limit_share)]
+            if front
+            else [
+                ("server_error", f.server_error_share),
+                ("drop_before", f.drop_before_share),
+                ("drop_after", f.drop_after_share),
+            ]
+        )
+        if not any(share for _, share in table):
+            return None
+        draw = self._random.random()
+        for kind, share in table:
+            if draw < share:
+                self.injected[kind] += 1
+                return kind
+            draw -= share
+        return None

@@ -1,0 +1,173 @@
+"""JSON bodies shaped like Stripe's objects (API version 2023-08-16 plus newer fields such
+as `controller.losses`), built from the ledger's records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.sandbox.seed import AccountSeed, Controller, RefundSeed
+from worker.sandbox.state import Account, Payment, Transfer
+
+Json = dict[str, Any]
+
+
+def account(record: Account) -> Json:
+    seed = record.seed
+    body: Json = {
+        "id": seed.id,
+        "object": "account",
+        "business_profile": {"name": seed.business_name, "url": None, "mcc": None},
+        "business_type": "company",
+        "capabilities": {"card_payments": "active", "transfers": "active"},
+        "charges_enabled": seed.charges_enabled,
+        "country": seed.country,
+        "created": seed.created,
+        "default_currency": seed.default_currency,
+        "details_submitted": True,
+        "email": seed.email,
+        "metadata": {},
+        "payouts_enabled": seed.payouts_enabled,
+        "requirements": _no_requirements(),
+        "type": seed.type,
+    }
+    if seed.controller is not None:
+        body["controller"] = controller(seed.controller)
+    return body
+
+
+def controller(seed: Controller) -> Json:
+    body: Json = {"type": seed.type, "is_controller": seed.is_controller}
+    if seed.losses is not None:
+        body["losses"] = {"payments": seed.losses.payments}
+    if seed.fees_payer is not None:
+        body["fees"] = {"payer": seed.fees_payer}
+    if seed.stripe_dashboard is not None:
+        body["stripe_dashboard"] = {"type": seed.stripe_dashboard}
+    if seed.requirement_collection is not None:
+        body["requirement_collection"] = seed.requirement_collection
+    return body
+
+
+def balance(record: Account) -> Json:
+    currencies = sorted(set(record.available) | set(record.pending) | {_default(record.seed)})
+    return {
+        "object": "balance",
+        "available": [_amount(record.available.get(c, 0), c) for c in currencies],
+        "pending": [_amount(record.pending.get(c, 0), c) for c in currencies],
+        "livemode": False,
+    }
+
+
+def payment(record: Payment) -> Json:
+    return {
+        "id": record.id,
+        "object": "charge",
+        "amount": record.amount,
+        "amount_captured": record.amount,
+        "amount_refunded": 0,
+        "application": None,
+        "application_fee": None,
+        "application_fee_amount": None,
+        "balance_transaction": record.balance_transaction,
+        "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+        "calculated_statement_descriptor": None,
+        "captured": True,
+        "created": record.created,
+        "currency": record.currency,
+        "customer": None,
+        "description": record.description,
+        "disputed": False,
+        "failure_balance_transaction": None,
+        "failure_code": None,
+        "failure_message": None,
+        "fraud_details": {},
+        "invoice": None,
+        "livemode": False,
+        "metadata": dict(record.metadata),
+        "on_behalf_of": None,
+        "outcome": None,
+        "paid": True,
+        "payment_intent": None,
+        "payment_method": None,
+        "payment_method_details": None,
+        "receipt_email": None,
+        "receipt_number": None,
+        "receipt_url": None,
+        "refunded": False,
+        "refunds": _empty_list(f"/v1/charges/{record.id}/refunds"),
+        "review": None,
+        "shipping": None,
+        "source": {"id": record.source_account, "object": "account"},
+        "source_transfer": record.transfer_id,
+        "statement_descriptor": None,
+        "statement_descriptor_suffix": None,
+        "status": "succeeded",
+        "transfer_data": None,
+        "transfer_group": None,
+    }
+
+
+def transfer(record: Transfer) -> Json:
+    return {
+        "id": record.id,
+        "object": "transfer",
+        "amount": record.amount,
+        "amount_reversed": 0,
+        "balance_transaction": record.balance_transaction,
+        "created": record.created,
+        "currency": record.currency,
+        "description": record.description,
+        "destination": record.destination,
+        "destination_payment": record.destination_payment,
+        "livemode": False,
+        "metadata": dict(record.metadata),
+        "reversals": _empty_list(f"/v1/transfers/{record.id}/reversals"),
+        "reversed": False,
+        "source_transaction": None,
+        "source_type": "card",
+        "transfer_group": None,
+    }
+
+
+def refund(record: RefundSeed) -> Json:
+    return {
+        "id": record.id,
+        "object": "refund",
+        "amount": record.amount,
+        "balance_transaction": None,
+        "charge": record.charge,
+        "created": record.created,
+        "currency": record.currency,
+        "metadata": dict(record.metadata),
+        "payment_intent": None,
+        "reason": record.reason,
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": record.status,
+        "transfer_reversal": None,
+    }
+
+
+def _amount(value: int, currency: str) -> Json:
+    return {"amount": value, "currency": currency, "source_types": {"card": value}}
+
+
+def _default(seed: AccountSeed) -> str:
+    return seed.default_currency
+
+
+def _empty_list(url: str) -> Json:
+    return {"object": "list", "data": [], "has_more": False, "total_count": 0, "url": url}
+
+
+def _no_requirements() -> Json:
+    return {
+        "alternatives": [],
+        "current_deadline": None,
+        "currently_due": [],
+        "disabled_reason": None,
+        "errors": [],
+        "eventually_due": [],
+        "past_due": [],
+        "pending_verification": [],
+    }
