@@ -134,7 +134,11 @@ class DebitRequested(BaseModel):
     account: AccountId
     amount: Amount
     currency: Currency
-    reason: DebitReason
+    reason: DebitReason = Field(
+        description="platform_charge: fees for the platform's goods or services; "
+        "refund_recovery: pull back a refund the platform paid (names `refund`); "
+        "adjustment: corrections and other adjustments."
+    )
     # validate_default: the reason/refund rule must also run when refund is left out.
     refund: RefundId | None = Field(
         default=None,
