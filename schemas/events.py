@@ -101,9 +101,17 @@ class DebitFailed(BaseModel):
     failed_at: AwareDatetime
 
 
-def event_id(source: str, request_id: str, event_type: str) -> str:
-    """Same request and outcome → same id, so consumers can dedupe on (source, id)."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{source}\n{request_id}\n{event_type}"))
+def event_id(source: str, request_id: str, event_type: str, variant: str = "") -> str:
+    """Same request and outcome → same id, so consumers can dedupe on (source, id).
+
+    A request has one outcome; `variant` distinguishes the failures that are *not* its
+    outcome (a conflicting or invalid duplicate of the request id), so that deduplication
+    never swallows them, nor they the real outcome.
+    """
+    name = f"{source}\n{request_id}\n{event_type}"
+    if variant:
+        name += f"\n{variant}"
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, name))
 
 
 class CloudEvent(BaseModel):
@@ -145,9 +153,11 @@ def succeeded_event(data: DebitSucceeded, *, source: str = DEFAULT_SOURCE) -> De
     )
 
 
-def failed_event(data: DebitFailed, *, source: str = DEFAULT_SOURCE) -> DebitFailedEvent:
+def failed_event(
+    data: DebitFailed, *, source: str = DEFAULT_SOURCE, variant: str = ""
+) -> DebitFailedEvent:
     return DebitFailedEvent(
-        id=event_id(source, data.request_id, FAILED_TYPE),
+        id=event_id(source, data.request_id, FAILED_TYPE, variant),
         source=source,
         subject=data.request_id,
         time=data.failed_at,

@@ -1,0 +1,118 @@
+"""Builds the worker's dependencies from settings. Nothing happens at import time; tests
+hand in fakes for any piece."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import stripe
+from celery import Celery
+
+from worker.facts_cache import CachedStripe
+from worker.handlers import HandlerConfig, Services
+from worker.ledger import Ledger, utc_now
+from worker.ledger.database import make_engine
+from worker.ports import EventPublisher, StripePort
+from worker.publisher import DeadLetters, KombuEventPublisher
+from worker.rate_budget import LocalTokenBucket, RateBudget
+from worker.rules import RuleTables
+from worker.settings import Settings
+from worker.stripe_gateway import StripeGateway
+
+
+def stripe_client(settings: Settings) -> stripe.StripeClient:
+    base = {"api": str(settings.stripe_api_base).rstrip("/")} if settings.stripe_api_base else None
+    return stripe.StripeClient(
+        settings.stripe_api_key.get_secret_value(),
+        base_addresses=base,  # type: ignore[arg-type]
+        max_network_retries=settings.stripe_max_network_retries,
+        http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),
+    )
+
+
+def real_stripe(settings: Settings, budget: RateBudget | None = None) -> StripePort:
+    gateway = StripeGateway(
+        stripe_client(settings), budget or LocalTokenBucket(settings.effective_stripe_rate)
+    )
+    return CachedStripe(
+        gateway,
+        ttl_seconds=settings.account_cache_ttl_seconds,
+        platform_country=settings.platform_country,
+    )
+
+
+def handler_config(settings: Settings) -> HandlerConfig:
+    return HandlerConfig(
+        consent_required=settings.consent_required,
+        balance_precheck=settings.balance_precheck,
+        lease_seconds=settings.claim_lease_seconds,
+        event_source=settings.event_source,
+    )
+
+
+def rule_tables(settings: Settings) -> RuleTables:
+    return RuleTables.from_file(settings.rules_file) if settings.rules_file else RuleTables()
+
+
+def build_services(
+    settings: Settings,
+    app: Celery,
+    *,
+    stripe_port: StripePort | None = None,
+    publisher: EventPublisher | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> Services:
+    engine = make_engine(settings.database_url, pool_size=min(settings.concurrency, 32))
+    return Services(
+        ledger=Ledger.on(engine, clock),
+        stripe=stripe_port or real_stripe(settings),
+        publisher=publisher or KombuEventPublisher(app),
+        rules=rule_tables(settings),
+        config=handler_config(settings),
+        clock=clock,
+    )
+
+
+@dataclass
+class Runtime:
+    """One per worker process: builds the services on first use (after any fork)."""
+
+    settings: Settings
+    app: Celery
+    factory: Callable[[Settings, Celery], Services] = build_services
+    _services: Services | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def services(self) -> Services:
+        with self._lock:
+            if self._services is None:
+                self._services = self.factory(self.settings, self.app)
+            return self._services
+
+    @property
+    def identity(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(self.app)
+
+
+_RUNTIME_ATTRIBUTE = "debit_worker_runtime"
+
+
+def attach(app: Celery, runtime: Runtime) -> None:
+    """Bootsteps are built by Celery from the app alone; they find the runtime here."""
+    setattr(app, _RUNTIME_ATTRIBUTE, runtime)
+
+
+def runtime_of(app: Celery) -> Runtime:
+    runtime = getattr(app, _RUNTIME_ATTRIBUTE, None)
+    if not isinstance(runtime, Runtime):
+        raise TypeError("no Runtime attached to this Celery app; build it with worker.app")
+    return runtime

@@ -1,0 +1,295 @@
+"""The story of one debit: claim → policy → Stripe → record → publish.
+
+Every step is idempotent, so a redelivered or retried command carries on from what the
+ledger says happened, and never moves money twice:
+
+- a request already finished re-emits its recorded event, with no Stripe call;
+- once the ledger says ``attempting``, the policy is never asked again: the next attempt
+  repeats the same Stripe call with the same idempotency key;
+- transient and unknown outcomes propagate to the caller (the task), which retries later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from schemas.codes import FailureCode
+from schemas.commands import DebitReason, DebitRequested
+from schemas.events import (
+    FAILED_TYPE,
+    SUCCEEDED_TYPE,
+    DebitFailed,
+    DebitSucceeded,
+    StripeErrorInfo,
+    event_id,
+    failed_event,
+    succeeded_event,
+)
+from schemas.topology import FAILED_ROUTING_KEY, SUCCEEDED_ROUTING_KEY
+from worker.errors import PermanentFailure, RequestBusy
+from worker.ledger import ClaimKind, Ledger, OutboxEvent, RecoveryBudgetExceeded, Status
+from worker.ledger.requests import Success
+from worker.money import format_amount
+from worker.parsing import InvalidCommand, parse_command
+from worker.policy import Refusal, evaluate
+from worker.ports import EventPublisher, PublishFailed, StripePort
+from worker.rules import RuleTables
+from worker.stripe_gateway import DebitCharge, idempotency_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    consent_required: bool = True
+    balance_precheck: bool = False
+    lease_seconds: float = 120.0
+    event_source: str = "urn:debit-worker"
+
+
+@dataclass(frozen=True)
+class Services:
+    ledger: Ledger
+    stripe: StripePort
+    publisher: EventPublisher
+    rules: RuleTables
+    config: HandlerConfig
+    clock: Callable[[], datetime]
+
+
+class Result(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REEMITTED = "reemitted"  # a finished request seen again: its event was sent again
+    CONFLICT = "conflict"
+
+
+def handle_debit_requested(body: bytes | str, svc: Services, owner: str) -> Result:
+    """Raises Undeliverable (dead-letter it), TransientFailure (retry later), or returns."""
+    try:
+        command = parse_command(body)
+    except InvalidCommand as invalid:
+        _emit_invalid(invalid, svc)
+        return Result.FAILED
+    return _Debit(command, svc, owner).run()
+
+
+class _Debit:
+    def __init__(self, command: DebitRequested, svc: Services, owner: str) -> None:
+        self.command = command
+        self.svc = svc
+        self.owner = owner
+        self.requests = svc.ledger.requests
+
+    def run(self) -> Result:
+        claim = self.requests.claim(self.command, self.owner, self.svc.config.lease_seconds)
+        if claim.kind is ClaimKind.CONFLICT:
+            return self._conflict(claim.record.received_at)
+        if claim.kind is ClaimKind.FINISHED:
+            log.info(
+                "request %s already %s; re-emitting its event",
+                claim.record.request_id,
+                claim.record.status,
+            )
+            outcome_type = (
+                SUCCEEDED_TYPE if claim.record.status is Status.SUCCEEDED else FAILED_TYPE
+            )
+            _publish_recorded(
+                self.command.request_id,
+                self.svc,
+                resend=event_id(
+                    self.svc.config.event_source, self.command.request_id, outcome_type
+                ),
+            )
+            return Result.REEMITTED
+        if claim.kind is ClaimKind.BUSY:
+            raise RequestBusy(f"request {self.command.request_id} is being handled elsewhere")
+        if claim.record.status is Status.RECEIVED:
+            try:
+                self._decide_and_begin()
+            except PermanentFailure as failure:
+                return self._fail(failure.code, failure.message, failure.stripe_error)
+        return self._charge()
+
+    def _decide_and_begin(self) -> None:
+        cmd, stripe, ledger = self.command, self.svc.stripe, self.svc.ledger
+        now = self.svc.clock()
+        account = stripe.account(cmd.account)
+        refund = stripe.refund(cmd.refund) if cmd.refund else None
+        decision = evaluate(
+            cmd,
+            platform=stripe.platform(),
+            account=account,
+            consent=ledger.consents.active(cmd.account, now),
+            refund=refund,
+            recovered_for_refund=ledger.requests.reserved_for_refund(cmd.refund)
+            if cmd.refund
+            else 0,
+            available_balance=stripe.available_balance(cmd.account, cmd.currency)
+            if self.svc.config.balance_precheck
+            else None,
+            rules=self.svc.rules,
+            consent_required=self.svc.config.consent_required,
+            now=now,
+        )
+        if isinstance(decision, Refusal):
+            raise PermanentFailure(decision.code, decision.message)
+        try:
+            began = self.requests.begin_attempt(
+                cmd.request_id,
+                self.owner,
+                idempotency_key(cmd.request_id),
+                refund if cmd.reason is DebitReason.REFUND_RECOVERY else None,
+            )
+        except RecoveryBudgetExceeded as exceeded:
+            remaining = max(0, exceeded.refunded - exceeded.reserved)
+            raise PermanentFailure(
+                FailureCode.REFUND_RECOVERY_EXCEEDS_REFUND,
+                f"refund {cmd.refund} has {format_amount(remaining, cmd.currency)} left to "
+                f"recover; this debit asks for {format_amount(cmd.amount, cmd.currency)}",
+            ) from None
+        if not began:
+            raise RequestBusy(f"request {cmd.request_id} was taken over by another worker")
+
+    def _charge(self) -> Result:
+        cmd = self.command
+        attempt = self.requests.count_attempt(cmd.request_id)
+        log.info("request %s: Stripe attempt %d", cmd.request_id, attempt)
+        try:
+            payment = self.svc.stripe.create_debit(
+                DebitCharge(
+                    request_id=cmd.request_id,
+                    account=cmd.account,
+                    amount=cmd.amount,
+                    currency=cmd.currency,
+                    reason=str(cmd.reason),
+                    refund=cmd.refund,
+                    description=cmd.description,
+                    metadata=cmd.metadata,
+                )
+            )
+        except PermanentFailure as failure:
+            return self._fail(failure.code, failure.message, failure.stripe_error)
+        data = DebitSucceeded(
+            **cmd.model_dump(exclude={"requested_at"}),
+            payment=payment.id,
+            transfer=payment.transfer,
+            balance_transaction=payment.balance_transaction,
+            succeeded_at=payment.created,
+        )
+        event = succeeded_event(data, source=self.svc.config.event_source)
+        self.requests.record_succeeded(
+            cmd.request_id,
+            self.owner,
+            Success(payment.id, payment.transfer, payment.balance_transaction),
+            OutboxEvent.of(event, SUCCEEDED_ROUTING_KEY),
+        )
+        log.info(
+            "request %s succeeded: %s from %s, payment %s%s",
+            cmd.request_id,
+            format_amount(cmd.amount, cmd.currency),
+            cmd.account,
+            payment.id,
+            " (replayed by Stripe)" if payment.replayed else "",
+        )
+        _publish_recorded(cmd.request_id, self.svc)
+        return Result.SUCCEEDED
+
+    def _fail(
+        self, code: FailureCode, message: str, stripe_error: StripeErrorInfo | None
+    ) -> Result:
+        cmd = self.command
+        data = DebitFailed(
+            request_id=cmd.request_id,
+            account=cmd.account,
+            amount=cmd.amount,
+            currency=cmd.currency,
+            reason=str(cmd.reason),
+            refund=cmd.refund,
+            code=code,
+            message=message,
+            retry_may_succeed=code.retry_may_succeed,
+            stripe_error=stripe_error,
+            failed_at=self.svc.clock(),
+        )
+        event = failed_event(data, source=self.svc.config.event_source)
+        self.requests.record_failed(
+            cmd.request_id,
+            self.owner,
+            code=code,
+            message=message,
+            stripe_error=stripe_error.model_dump(mode="json") if stripe_error else None,
+            event=OutboxEvent.of(event, FAILED_ROUTING_KEY),
+        )
+        log.info("request %s refused: %s: %s", cmd.request_id, code, message)
+        _publish_recorded(cmd.request_id, self.svc)
+        return Result.FAILED
+
+    def _conflict(self, first_seen: datetime) -> Result:
+        cmd = self.command
+        data = DebitFailed(
+            request_id=cmd.request_id,
+            account=cmd.account,
+            amount=cmd.amount,
+            currency=cmd.currency,
+            reason=str(cmd.reason),
+            refund=cmd.refund,
+            code=FailureCode.IDEMPOTENCY_CONFLICT,
+            message=f"request_id {cmd.request_id} was first received at "
+            f"{first_seen.isoformat()} with different content; this command is ignored and "
+            "the first one stands",
+            retry_may_succeed=False,
+            failed_at=self.svc.clock(),
+        )
+        event = failed_event(
+            data, source=self.svc.config.event_source, variant=f"conflict:{cmd.fingerprint()}"
+        )
+        self.svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
+        log.warning("request %s: idempotency conflict; the first command stands", cmd.request_id)
+        _publish_recorded(cmd.request_id, self.svc)
+        return Result.CONFLICT
+
+
+def _emit_invalid(invalid: InvalidCommand, svc: Services) -> None:
+    partial = invalid.partial
+    data = DebitFailed(
+        request_id=invalid.request_id,
+        account=partial.get("account"),
+        amount=partial.get("amount"),
+        currency=partial.get("currency"),
+        reason=partial.get("reason"),
+        refund=partial.get("refund"),
+        code=FailureCode.INVALID_REQUEST,
+        message=f"the command is not a valid DebitRequested: {invalid}",
+        retry_may_succeed=False,
+        field_errors=list(invalid.field_errors),
+        failed_at=svc.clock(),
+    )
+    digest = "|".join(f"{e.field}={e.message}" for e in invalid.field_errors)
+    event = failed_event(data, source=svc.config.event_source, variant=f"invalid:{digest}")
+    svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
+    log.info("request %s is invalid: %s", invalid.request_id, invalid)
+    _publish_recorded(invalid.request_id, svc)
+
+
+def _publish_recorded(request_id: str, svc: Services, resend: str | None = None) -> None:
+    """Send the request's unsent events (and the event `resend` again, sent or not); what
+    cannot be sent now stays in the outbox for the relay."""
+    for pending in svc.ledger.outbox.for_request(request_id):
+        if pending.sent and pending.event.event_id != resend:
+            continue
+        try:
+            svc.publisher.publish(pending.event)
+        except PublishFailed:
+            log.warning(
+                "event %s for request %s not published now; the outbox relay will retry",
+                pending.event.event_id,
+                request_id,
+                exc_info=True,
+            )
+            return
+        svc.ledger.outbox.mark_sent(pending.row_id)

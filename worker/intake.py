@@ -1,0 +1,77 @@
+"""RabbitMQ → task. Commands are plain JSON from any AMQP client, which a Celery task queue
+would drop as "unknown message"; this consumer runs inside the worker, screens each one, hands
+it to the processing task (a confirmed publish), and only then acks it. Nothing is lost:
+a message that cannot be handed over is requeued; one that can never be processed goes to
+the dead-letter queue with the reason in its headers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Final
+
+from celery import bootsteps
+from kombu import Consumer, Message
+
+from worker.bootstrap import runtime_of
+from worker.parsing import Undeliverable, screen
+from worker.ports import PublishFailed
+from worker.publisher import BROKER_ERRORS
+from worker.tasks import PROCESS_TASK
+from worker.topology import TASK_QUEUE, command_queue
+
+log = logging.getLogger(__name__)
+
+# Screening is cheap and hand-over is one confirmed publish, so a small window keeps the
+# consumer busy without hoarding commands another worker host could take.
+INTAKE_PREFETCH: Final = 32
+
+
+class CommandIntake(bootsteps.ConsumerStep):
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        self._app = self.parent_app
+        channel.basic_qos(prefetch_size=0, prefetch_count=INTAKE_PREFETCH, a_global=False)
+        return [Consumer(channel, queues=[command_queue], on_message=self.on_message)]
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.parent_app = parent.app
+
+    def on_message(self, message: Message) -> None:
+        runtime = runtime_of(self.parent_app)
+        body: bytes | str = message.body or b""
+        try:
+            request_id = screen(body)
+        except Undeliverable as exc:
+            self._dead_letter(message, str(exc))
+            return
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        try:
+            self.parent_app.tasks[PROCESS_TASK].apply_async(
+                args=[text],
+                task_id=f"{request_id}:{uuid.uuid4().hex[:12]}",
+                queue=TASK_QUEUE,
+            )
+        except (PublishFailed, *BROKER_ERRORS) as exc:
+            log.warning("could not hand over %s (%s); requeued", request_id, exc)
+            message.requeue()
+            return
+        message.ack()
+        log.debug("request %s handed to the workers (host %s)", request_id, runtime.identity)
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        runtime = runtime_of(self.parent_app)
+        try:
+            runtime.dead_letters.send(
+                message.body or b"",
+                reason=reason,
+                stage="intake",
+                headers=dict(message.headers or {}),
+                content_type=message.content_type,
+            )
+        except PublishFailed:
+            # Rejecting without requeue lets the queue's own dead-lettering take it.
+            log.warning("dead-letter publish failed; rejecting to the queue's DLX instead")
+            message.reject(requeue=False)
+            return
+        message.ack()

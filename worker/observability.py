@@ -1,0 +1,74 @@
+"""Logging and Sentry. Unexpected errors go to Sentry with the request id; business
+refusals never do; secrets and account data are scrubbed from what is sent."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import sentry_sdk
+from sentry_sdk.integrations.celery import CeleryIntegration
+
+from worker.settings import Settings
+
+_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]+")
+_SECRET = re.compile(r"\b(sk|rk|pk)_(test|live)_[A-Za-z0-9]+")
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[secret]")
+    text = _SECRET.sub("[stripe-key]", text)
+    return _ACCOUNT.sub("acct_[redacted]", text)
+
+
+def _scrub_tree(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {k: _scrub_tree(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_tree(v, secrets) for v in value]
+    return value
+
+
+def init_sentry(settings: Settings, **client_options: Any) -> bool:
+    """Start Sentry when a DSN is configured; `client_options` lets tests capture events."""
+    if settings.sentry_dsn is None:
+        return False
+    secrets = tuple(
+        s.get_secret_value() for s in (settings.stripe_api_key, settings.sentry_dsn) if s
+    )
+
+    def before_send(event: Any, _hint: Any) -> Any:
+        return _scrub_tree(event, secrets)
+
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn.get_secret_value(),
+        environment=settings.sentry_environment,
+        integrations=[CeleryIntegration()],
+        send_default_pii=False,
+        include_local_variables=False,
+        before_send=before_send,
+        before_send_transaction=before_send,
+        **client_options,
+    )
+    return True
+
+
+def report_unexpected(
+    error: BaseException, *, request_id: str | None, escalation: bool = False
+) -> None:
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("request_id", request_id or "unknown")
+        scope.set_tag("escalation", "needs_reconciliation" if escalation else "no")
+        sentry_sdk.capture_exception(error)

@@ -1,0 +1,245 @@
+"""The only place Stripe is called, and where Stripe's errors are sorted by what happens next.
+
+Account debits are `POST /v1/charges` with `source=acct_…`, always with an idempotency key
+derived from the request id alone, so a retry or redelivery can never move money twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import stripe
+
+from schemas.codes import FailureCode
+from schemas.events import StripeErrorInfo
+from worker.errors import (
+    DebitWorkerError,
+    OperatorActionNeeded,
+    OutcomeUnknown,
+    PermanentFailure,
+    TransientFailure,
+)
+from worker.facts import AccountFacts, PlatformFacts, RefundFacts
+from worker.rate_budget import RateBudget
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY_PREFIX: Final = "debit-worker:v1:"
+
+
+def idempotency_key(request_id: str) -> str:
+    """Derived from the request id only: every attempt of one request sends the same key."""
+    return IDEMPOTENCY_KEY_PREFIX + request_id
+
+
+@dataclass(frozen=True, slots=True)
+class DebitCharge:
+    """What is sent to Stripe for one debit."""
+
+    request_id: str
+    account: str
+    amount: int
+    currency: str
+    reason: str
+    refund: str | None
+    description: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        metadata = {**self.metadata, "request_id": self.request_id, "reason": self.reason}
+        if self.refund:
+            metadata["refund"] = self.refund
+        params: dict[str, Any] = {
+            "amount": self.amount,
+            "currency": self.currency,
+            "source": self.account,
+            "metadata": metadata,
+        }
+        if self.description:
+            params["description"] = self.description
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    id: str
+    transfer: str | None
+    balance_transaction: str | None
+    created: datetime
+    replayed: bool
+
+
+def error_info(err: stripe.StripeError) -> StripeErrorInfo:
+    detail = err.error
+    return StripeErrorInfo(
+        type=(detail.type if detail is not None and detail.type else type(err).__name__),
+        code=detail.code if detail is not None else None,
+        decline_code=detail.decline_code if detail is not None else None,
+        message=detail.message if detail is not None else None,
+        request_id=err.request_id,
+    )
+
+
+def _should_retry_header(err: stripe.StripeError) -> bool | None:
+    value = (err.headers or {}).get("stripe-should-retry")
+    return None if value is None else value == "true"
+
+
+def _retry_after(err: stripe.StripeError) -> float | None:
+    value = (err.headers or {}).get("retry-after")
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+# One early return per kind of Stripe error reads better than a table of predicates.
+def classify(err: stripe.StripeError, *, effectful: bool) -> DebitWorkerError:  # noqa: PLR0911
+    """Sort a Stripe error: permanent, transient, outcome unknown, or the operator's problem.
+
+    `effectful` says whether the call could have moved money (a POST); for reads an
+    unanswered call is merely transient.
+    """
+    info = error_info(err)
+    code = info.code
+    unknown = OutcomeUnknown if effectful else TransientFailure
+    if _should_retry_header(err) is True:
+        return unknown(f"Stripe asked for a retry ({info.type}/{code})")
+    if isinstance(err, stripe.RateLimitError):
+        return TransientFailure(f"Stripe rate limit ({code})", retry_after=_retry_after(err))
+    if isinstance(err, stripe.APIConnectionError):
+        return unknown(f"no answer from Stripe: {err.user_message or err}")
+    if isinstance(err, stripe.IdempotencyError):
+        # Our key with other parameters: the first use may have moved money. Never guess.
+        return OutcomeUnknown(f"Stripe idempotency error: {info.message}")
+    if isinstance(err, stripe.AuthenticationError | stripe.PermissionError):
+        if code == "account_invalid":
+            return PermanentFailure(
+                FailureCode.ACCOUNT_NOT_FOUND,
+                "Stripe says the account is not connected to this platform",
+                stripe_error=info,
+            )
+        return OperatorActionNeeded(
+            f"Stripe refused the worker's credentials ({type(err).__name__}: {info.message})"
+        )
+    if isinstance(err, stripe.CardError | stripe.InvalidRequestError):
+        return _permanent(info, err.http_status)
+    if isinstance(err, stripe.APIError):  # 409 and 5xx
+        return unknown(f"Stripe error {err.http_status} ({code})")
+    return unknown(f"unexpected Stripe error {type(err).__name__} ({code})")
+
+
+def _permanent(info: StripeErrorInfo, http_status: int | None) -> PermanentFailure:
+    if info.code == "balance_insufficient":
+        return PermanentFailure(
+            FailureCode.INSUFFICIENT_BALANCE,
+            "Stripe refused: the account's available balance is lower than the amount",
+            stripe_error=info,
+        )
+    if info.code in {"resource_missing", "account_invalid"} and http_status in {400, 404}:
+        return PermanentFailure(
+            FailureCode.ACCOUNT_NOT_FOUND,
+            f"Stripe knows no such account: {info.message}",
+            stripe_error=info,
+        )
+    return PermanentFailure(
+        FailureCode.STRIPE_REJECTED,
+        f"Stripe refused the debit ({info.code or info.type}): {info.message}",
+        stripe_error=info,
+    )
+
+
+def _epoch(value: object) -> datetime:
+    return datetime.fromtimestamp(int(str(value)), UTC) if value else datetime.now(UTC)
+
+
+def _id_of(value: object) -> str | None:
+    """Expandable fields come back as an id or as an object with one."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        found = value.get("id")
+        return str(found) if found else None
+    return None
+
+
+class StripeGateway:
+    def __init__(self, client: stripe.StripeClient, budget: RateBudget) -> None:
+        self._client = client
+        self._budget = budget
+
+    def platform(self) -> PlatformFacts:
+        account = self._read(self._client.v1.accounts.retrieve_current)
+        return PlatformFacts(account_id=account.id, country=str(account.country).upper())
+
+    def account(self, account_id: str) -> AccountFacts:
+        try:
+            account = self._read(self._client.v1.accounts.retrieve, account_id)
+        except PermanentFailure as failure:
+            if failure.code is FailureCode.STRIPE_REJECTED:
+                raise PermanentFailure(
+                    FailureCode.ACCOUNT_NOT_FOUND,
+                    f"could not read account {account_id}: {failure.message}",
+                    stripe_error=failure.stripe_error,
+                ) from failure
+            raise
+        controller = account.get("controller") or {}
+        losses = controller.get("losses") or {}
+        return AccountFacts(
+            account_id=account.id,
+            country=str(account.get("country") or "").upper(),
+            default_currency=str(account.get("default_currency") or "").lower(),
+            type=account.get("type"),
+            losses_payments=losses.get("payments"),
+        )
+
+    def refund(self, refund_id: str) -> RefundFacts:
+        try:
+            refund = self._read(self._client.v1.refunds.retrieve, refund_id)
+        except PermanentFailure as failure:
+            raise PermanentFailure(
+                FailureCode.REFUND_NOT_FOUND,
+                f"could not read refund {refund_id}: {failure.message}",
+                stripe_error=failure.stripe_error,
+            ) from failure
+        return RefundFacts(
+            refund_id=refund.id,
+            amount=int(refund.amount),
+            currency=str(refund.currency).lower(),
+            status=str(refund.get("status") or "unknown"),
+        )
+
+    def available_balance(self, account_id: str, currency: str) -> int:
+        balance = self._read(
+            self._client.v1.balance.retrieve, options={"stripe_account": account_id}
+        )
+        return sum(int(item.amount) for item in balance.available if item.currency == currency)
+
+    def create_debit(self, charge: DebitCharge) -> Payment:
+        self._budget.acquire()
+        try:
+            created = self._client.v1.charges.create(
+                params=charge.params(),  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key(charge.request_id)},
+            )
+        except stripe.StripeError as err:
+            raise classify(err, effectful=True) from err
+        headers = created.last_response.headers if created.last_response else {}
+        return Payment(
+            id=created.id,
+            transfer=_id_of(created.source_transfer),
+            balance_transaction=_id_of(created.balance_transaction),
+            created=_epoch(created.created),
+            replayed=(headers or {}).get("idempotent-replayed") == "true",
+        )
+
+    def _read(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        self._budget.acquire()
+        try:
+            return call(*args, **kwargs)
+        except stripe.StripeError as err:
+            raise classify(err, effectful=False) from err

@@ -1,0 +1,87 @@
+"""The Celery entry point: hand the raw command to the handler, and turn what it raises into
+retries, escalations or dead letters. No business logic lives here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from celery import Celery, Task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from worker.backoff import retry_delay
+from worker.bootstrap import Runtime
+from worker.errors import OperatorActionNeeded, TransientFailure
+from worker.handlers import handle_debit_requested
+from worker.observability import report_unexpected
+from worker.parsing import Undeliverable, screen
+
+log = logging.getLogger(__name__)
+
+PROCESS_TASK: Final = "debit_worker.process_debit"
+_DATABASE_TROUBLE = (OperationalError, DBAPIError)
+
+
+def register_tasks(app: Celery, runtime: Runtime) -> Task:  # type: ignore[type-arg]
+    @app.task(bind=True, name=PROCESS_TASK, max_retries=None, acks_late=True)
+    def process_debit(self: Task, body: str) -> str:  # type: ignore[type-arg]
+        return process(self, body, runtime)
+
+    return process_debit
+
+
+def process(task: Task, body: str, runtime: Runtime) -> str:  # type: ignore[type-arg]
+    settings = runtime.settings
+    attempt = task.request.retries + 1
+    owner = f"{runtime.identity}:{task.request.id}:{attempt}"
+    try:
+        return handle_debit_requested(body, runtime.services(), owner).value
+    except Undeliverable as exc:  # the intake screens for this; kept for direct publishers
+        runtime.dead_letters.send(body, reason=str(exc), stage="task")
+        return "dead_lettered"
+    except TransientFailure as exc:
+        level = logging.ERROR if isinstance(exc, OperatorActionNeeded) else logging.WARNING
+        log.log(level, "attempt %d of %s: %s", attempt, _request_id(body), exc.reason)
+        retry_after = exc.retry_after
+        error: Exception = exc
+    except _DATABASE_TROUBLE as exc:
+        log.warning("attempt %d of %s: ledger unavailable: %s", attempt, _request_id(body), exc)
+        retry_after, error = None, exc
+    except Exception as exc:  # a bug: report it, and keep the message for a later attempt
+        report_unexpected(exc, request_id=_request_id(body))
+        log.exception("attempt %d of %s failed unexpectedly", attempt, _request_id(body))
+        retry_after, error = None, exc
+
+    request_id = _request_id(body)
+    if attempt >= settings.max_attempts:
+        return _give_up(runtime, body, request_id, owner, error)
+    if request_id:
+        runtime.services().ledger.requests.release(request_id, owner)
+    delay = retry_delay(
+        attempt,
+        base=settings.retry_base_seconds,
+        cap=settings.retry_max_seconds,
+        at_least=retry_after,
+    )
+    log.info("request %s: next attempt in %.1f s", request_id, delay)
+    raise task.retry(countdown=delay, exc=error)
+
+
+def _give_up(
+    runtime: Runtime, body: str, request_id: str | None, owner: str, error: Exception
+) -> str:
+    """Out of attempts: never guess an outcome. Escalate, and keep the command."""
+    why = f"{type(error).__name__}: {error}"
+    if request_id:
+        runtime.services().ledger.requests.mark_needs_reconciliation(request_id, owner, why)
+    report_unexpected(error, request_id=request_id, escalation=True)
+    runtime.dead_letters.send(body, reason=f"attempts exhausted: {why}", stage="task")
+    log.error("request %s needs reconciliation after every attempt: %s", request_id, why)
+    return "needs_reconciliation"
+
+
+def _request_id(body: str) -> str | None:
+    try:
+        return screen(body)
+    except Undeliverable:
+        return None
