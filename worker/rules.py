@@ -125,33 +125,33 @@ DEFAULT_CORRIDORS: Final[Mapping[str, tuple[str, ...]]] = {
     "NO": ("EU", "CH"),
 }
 
-# Per-debit caps in minor units, each about 100,000 USD.
+# Per-debit caps in minor units, each at most about 100,000 USD.
 #
-# REVIEWED RATES, dated 2026-11. Each cap is 100,000 USD converted at an assumed rate (units
-# of the currency per USD, shown on the right) near the strong end of its recent range, then
-# rounded DOWN to a round figure, so that the cap stays at or below 100,000 USD when the
-# currency strengthens a little. These are not live rates: the operator must review them
+# REVIEWED RATES, dated 2026-11. Each cap is 100,000 USD converted at the rate on its right
+# (units of the currency per USD), taken at the strong end of the currency's recent range,
+# then rounded DOWN to a round figure: if the currency strengthens a little, the cap still
+# stays at or under 100,000 USD. These are not live rates. The operator must review them
 # against a current source (at least quarterly, and after any large move) and override them
-# in the rules file (DEBIT_WORKER_RULES_FILE). A currency missing here is refused, never
-# converted on the fly.
+# in the rules file (DEBIT_WORKER_RULES_FILE, docs/rules.md). A currency missing here is
+# refused, never converted on the fly.
 DEFAULT_CAPS: Final[Mapping[str, int]] = {
-    "usd": 10_000_000,  # 100,000.00 USD, Stripe's own limit
-    "eur": 8_500_000,  # 85,000.00 EUR; rate ~0.86
-    "gbp": 7_400_000,  # 74,000.00 GBP; rate ~0.75
-    "cad": 13_500_000,  # 135,000.00 CAD; rate ~1.37
-    "aud": 15_000_000,  # 150,000.00 AUD; rate ~1.52
-    "nzd": 16_500_000,  # 165,000.00 NZD; rate ~1.70
-    "hkd": 77_500_000,  # 775,000.00 HKD; pegged band 7.75-7.85
-    "jpy": 14_000_000,  # 14,000,000 JPY (zero-decimal); rate ~145
-    "chf": 7_900_000,  # 79,000.00 CHF; rate ~0.80
-    "nok": 100_000_000,  # 1,000,000.00 NOK; rate ~10.1
-    "sek": 94_000_000,  # 940,000.00 SEK; rate ~9.5
-    "dkk": 63_500_000,  # 635,000.00 DKK; rate ~6.4 (pegged to EUR)
-    "pln": 36_000_000,  # 360,000.00 PLN; rate ~3.65
-    "czk": 20_500_000,  # 205,000.00 CZK; rate ~20.9
-    "huf": 3_300_000_000,  # 33,000,000.00 HUF (two-decimal on Stripe's API); rate ~335
-    "ron": 43_000_000,  # 430,000.00 RON; rate ~4.35
-    "bgn": 16_500_000,  # 165,000.00 BGN; rate ~1.68 (pegged to EUR; Bulgaria joins the euro)
+    "usd": 10_000_000,  # 100,000.00 USD: Stripe's own limit
+    "eur": 8_400_000,  # 84,000.00 EUR at 0.84
+    "gbp": 7_300_000,  # 73,000.00 GBP at 0.73
+    "cad": 13_500_000,  # 135,000.00 CAD at 1.35
+    "aud": 14_500_000,  # 145,000.00 AUD at 1.45
+    "nzd": 16_000_000,  # 160,000.00 NZD at 1.60
+    "hkd": 77_500_000,  # 775,000.00 HKD at 7.75 (the strong edge of the USD peg band)
+    "jpy": 14_000_000,  # 14,000,000 JPY (zero-decimal) at 140
+    "chf": 7_800_000,  # 78,000.00 CHF at 0.78
+    "nok": 95_000_000,  # 950,000.00 NOK at 9.50
+    "sek": 90_000_000,  # 900,000.00 SEK at 9.00
+    "dkk": 62_000_000,  # 620,000.00 DKK at 6.20 (pegged to EUR)
+    "pln": 35_500_000,  # 355,000.00 PLN at 3.55
+    "czk": 20_000_000,  # 200,000.00 CZK at 20.0
+    "huf": 3_250_000_000,  # 32,500,000.00 HUF at 325 (two-decimal on Stripe's API)
+    "ron": 42_500_000,  # 425,000.00 RON at 4.25
+    "bgn": 16_000_000,  # 160,000.00 BGN at 1.60 (pegged to EUR; Bulgaria is adopting the euro)
 }
 
 

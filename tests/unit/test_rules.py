@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import itertools
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from worker.rules import Availability, RuleFileError, RuleTables
+from worker.money import minor_unit_exponent
+from worker.rules import DEFAULT_CAPS, Availability, RuleFileError, RuleTables
 
 EU = [
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
@@ -158,6 +160,28 @@ def test_each_required_currency_has_a_positive_default_cap(currency: str) -> Non
     cap = RuleTables().cap_for(currency)
     assert cap is not None
     assert cap > 0
+
+
+# The reviewed rates (units per USD, the strong end of each currency's range) that the
+# default caps were derived from; kept in step with the comments in worker/rules.py.
+REVIEWED_RATES = {
+    "usd": "1", "eur": "0.84", "gbp": "0.73", "cad": "1.35", "aud": "1.45", "nzd": "1.60",
+    "hkd": "7.75", "jpy": "140", "chf": "0.78", "nok": "9.50", "sek": "9.00", "dkk": "6.20",
+    "pln": "3.55", "czk": "20.0", "huf": "325", "ron": "4.25", "bgn": "1.60",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("currency", sorted(REVIEWED_RATES), ids=sorted(REVIEWED_RATES))
+def test_each_default_cap_is_at_most_100000_usd_at_its_reviewed_rate(currency: str) -> None:
+    # Given a default cap and the rate it was derived from
+    cap_in_major_units = Fraction(DEFAULT_CAPS[currency], 10 ** minor_unit_exponent(currency))
+    # When converted back to USD, Then it does not exceed 100,000 USD (rounded down, not up)
+    assert cap_in_major_units / Fraction(REVIEWED_RATES[currency]) <= 100_000
+
+
+def test_every_default_cap_has_a_reviewed_rate() -> None:
+    # Given the default caps, Then each one is covered by the rate check above
+    assert set(DEFAULT_CAPS) == set(REVIEWED_RATES)
 
 
 def test_the_usd_cap_is_stripes_100000_dollars_and_lookup_ignores_case() -> None:
