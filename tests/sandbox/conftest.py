@@ -14,7 +14,6 @@ from worker.sandbox import RunningSandbox, running_sandbox
 ClientFactory = Callable[..., stripe.StripeClient]
 
 
-
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[RunningSandbox]:
     with running_sandbox() as server:
