@@ -28,7 +28,7 @@ from worker.stripe_gateway import StripeGateway
 def stripe_client(settings: Settings) -> stripe.StripeClient:
     base = {"api": str(settings.stripe_api_base).rstrip("/")} if settings.stripe_api_base else None
     return stripe.StripeClient(
-        settings.stripe_api_key.get_secret_value(),
+        settings.require_stripe_key().get_secret_value(),
         base_addresses=base,  # type: ignore[arg-type]
         max_network_retries=settings.stripe_max_network_retries,
         http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),

@@ -18,7 +18,7 @@ from worker.parsing import Undeliverable, screen
 from worker.ports import PublishFailed
 from worker.publisher import BROKER_ERRORS
 from worker.tasks import PROCESS_TASK
-from worker.topology import TASK_QUEUE, command_queue
+from worker.topology import TASK_QUEUE, command_queue, declare_all
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ INTAKE_PREFETCH: Final = 32
 
 class CommandIntake(bootsteps.ConsumerStep):
     def get_consumers(self, channel: Any) -> list[Consumer]:
-        self._app = self.parent_app
+        declare_all(channel)  # every worker (re)declares what it consumes and publishes to
         channel.basic_qos(prefetch_size=0, prefetch_count=INTAKE_PREFETCH, a_global=False)
         return [Consumer(channel, queues=[command_queue], on_message=self.on_message)]
 

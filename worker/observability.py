@@ -46,7 +46,9 @@ def init_sentry(settings: Settings, **client_options: Any) -> bool:
     if settings.sentry_dsn is None:
         return False
     secrets = tuple(
-        s.get_secret_value() for s in (settings.stripe_api_key, settings.sentry_dsn) if s
+        s.get_secret_value()
+        for s in (settings.stripe_api_key, settings.sentry_dsn)
+        if s is not None
     )
 
     def before_send(event: Any, _hint: Any) -> Any:

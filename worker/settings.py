@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the ledger database."
     )
-    stripe_api_key: SecretStr = Field(description="Stripe secret (sk_…) or restricted (rk_…) key.")
+    stripe_api_key: SecretStr | None = Field(
+        default=None,
+        description="Stripe secret (sk_…) or restricted (rk_…) key; required to run the worker.",
+    )
     stripe_api_base: AnyUrl | None = Field(
         default=None, description="Override Stripe's API address (the local sandbox in tests)."
     )
@@ -85,14 +88,22 @@ class Settings(BaseSettings):
 
     @field_validator("stripe_api_key")
     @classmethod
-    def _key_shape(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("sk_", "rk_")):
+    def _key_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("sk_", "rk_")):
             raise ValueError("must be a Stripe secret key (sk_…) or restricted key (rk_…)")
         return value
 
+    def require_stripe_key(self) -> SecretStr:
+        if self.stripe_api_key is None:
+            raise SettingsError(
+                "DEBIT_WORKER_STRIPE_API_KEY is not set: the worker needs the platform's Stripe "
+                "secret key (sk_…) or a restricted key (rk_…) to debit accounts"
+            )
+        return self.stripe_api_key
+
     @property
     def live_mode(self) -> bool:
-        return "_live_" in self.stripe_api_key.get_secret_value()
+        return "_live_" in self.require_stripe_key().get_secret_value()
 
     @property
     def effective_stripe_rate(self) -> float:

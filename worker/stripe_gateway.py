@@ -187,13 +187,14 @@ class StripeGateway:
                     stripe_error=failure.stripe_error,
                 ) from failure
             raise
-        controller = account.get("controller") or {}
+        raw = account.to_dict()
+        controller = raw.get("controller") or {}
         losses = controller.get("losses") or {}
         return AccountFacts(
             account_id=account.id,
-            country=str(account.get("country") or "").upper(),
-            default_currency=str(account.get("default_currency") or "").lower(),
-            type=account.get("type"),
+            country=str(raw.get("country") or "").upper(),
+            default_currency=str(raw.get("default_currency") or "").lower(),
+            type=raw.get("type"),
             losses_payments=losses.get("payments"),
         )
 
@@ -210,7 +211,7 @@ class StripeGateway:
             refund_id=refund.id,
             amount=int(refund.amount),
             currency=str(refund.currency).lower(),
-            status=str(refund.get("status") or "unknown"),
+            status=str(refund.to_dict().get("status") or "unknown"),
         )
 
     def available_balance(self, account_id: str, currency: str) -> int:

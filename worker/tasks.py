@@ -63,8 +63,10 @@ def process(task: Task, body: str, runtime: Runtime) -> str:  # type: ignore[typ
         cap=settings.retry_max_seconds,
         at_least=retry_after,
     )
-    log.info("request %s: next attempt in %.1f s", request_id, delay)
-    raise task.retry(countdown=delay, exc=error)
+    # RabbitMQ's delayed delivery (used for quorum queues) counts in whole seconds.
+    countdown = max(1, round(delay))
+    log.info("request %s: next attempt in %d s", request_id, countdown)
+    raise task.retry(countdown=countdown, exc=error)
 
 
 def _give_up(
