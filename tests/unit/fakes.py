@@ -1,0 +1,295 @@
+"""Fakes for the handler's ports, in the cosmicpython style: plain objects that remember what
+was asked of them, so tests assert on outcomes instead of on calls to mocks.
+
+- :class:`FakeStripe` is a tiny Stripe: accounts, refunds, balances, and payments kept by
+  idempotency key (a repeat of a key replays the first payment, as Stripe does). It can be
+  scripted to fail the next calls, or to move the money *and then* fail (a lost response).
+- :class:`FakePublisher` records what was published, and can be switched off.
+- :class:`FakeClock` / :class:`FakeMonotonic` are clocks the test moves by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from schemas.codes import FailureCode
+from schemas.events import StripeErrorInfo
+from worker.errors import DebitWorkerError, PermanentFailure
+from worker.facts import AccountFacts, PlatformFacts, RefundFacts
+from worker.handlers import HandlerConfig, Services
+from worker.ledger import Ledger, OutboxEvent
+from worker.ledger.database import make_engine
+from worker.ledger.migrate import upgrade
+from worker.ports import PublishFailed
+from worker.rules import RuleTables
+from worker.stripe_gateway import DebitCharge, Payment, idempotency_key
+
+START = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+PLATFORM_ID = "acct_1Platform"
+ACCOUNT_ID = "acct_1Debtor"
+REFUND_ID = "re_1Refunded"
+
+
+# --- clocks ---------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A wall clock (aware UTC datetimes) that only moves when told to."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class FakeMonotonic:
+    """A monotonic clock in seconds; `sleep` advances it instead of waiting."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+# --- Stripe ---------------------------------------------------------------------------------
+
+
+def an_account(account_id: str = ACCOUNT_ID, **changes: Any) -> AccountFacts:
+    """A US Express-like account the platform carries the losses of: debitable in usd."""
+    facts = AccountFacts(
+        account_id=account_id,
+        country="US",
+        default_currency="usd",
+        type="express",
+        losses_payments="application",
+    )
+    return replace(facts, **changes)
+
+
+def a_refund(refund_id: str = REFUND_ID, **changes: Any) -> RefundFacts:
+    facts = RefundFacts(refund_id=refund_id, amount=5000, currency="usd", status="succeeded")
+    return replace(facts, **changes)
+
+
+def stripe_refusal(code: FailureCode, stripe_code: str) -> PermanentFailure:
+    """A PermanentFailure as the gateway raises it when Stripe said no."""
+    return PermanentFailure(
+        code,
+        f"Stripe refused ({stripe_code})",
+        stripe_error=StripeErrorInfo(
+            type="invalid_request_error", code=stripe_code, request_id="req_fake"
+        ),
+    )
+
+
+@dataclass
+class _Scripted:
+    error: DebitWorkerError
+    after_moving_money: bool
+
+
+@dataclass
+class FakeStripe:
+    """A StripePort with Stripe's idempotency: one payment per idempotency key."""
+
+    clock: Callable[[], datetime] = field(default_factory=FakeClock)
+    platform_facts: PlatformFacts = field(
+        default_factory=lambda: PlatformFacts(account_id=PLATFORM_ID, country="US")
+    )
+    accounts: dict[str, AccountFacts] = field(default_factory=dict)
+    refunds: dict[str, RefundFacts] = field(default_factory=dict)
+    # (account, currency) → available balance in minor units; absent means "plenty".
+    balances: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Every create_debit call, and the idempotency key the real gateway would send with it.
+    debit_calls: list[DebitCharge] = field(default_factory=list)
+    idempotency_keys: list[str] = field(default_factory=list)
+    # Payments that exist at "Stripe", by idempotency key.
+    payments: dict[str, Payment] = field(default_factory=dict)
+    reads: list[tuple[str, str]] = field(default_factory=list)
+    # Runs when a balance is read: lets a test slip something in between a debit's policy
+    # decision and its begin_attempt (the balance is the last fact the handler reads).
+    on_balance_read: Callable[[], None] | None = None
+    _script: deque[_Scripted] = field(default_factory=deque)
+
+    # -- arranging --
+
+    def add_account(self, account: AccountFacts) -> None:
+        self.accounts[account.account_id] = account
+
+    def add_refund(self, refund: RefundFacts) -> None:
+        self.refunds[refund.refund_id] = refund
+
+    def fail_next(self, error: DebitWorkerError, *, times: int = 1) -> None:
+        """The next `times` create_debit calls raise `error` and move no money."""
+        self._script.extend(_Scripted(error, after_moving_money=False) for _ in range(times))
+
+    def lose_next_response(self, error: DebitWorkerError) -> None:
+        """The next create_debit moves the money, then raises `error` (the answer was lost)."""
+        self._script.append(_Scripted(error, after_moving_money=True))
+
+    # -- StripePort --
+
+    def platform(self) -> PlatformFacts:
+        self.reads.append(("platform", self.platform_facts.account_id))
+        return self.platform_facts
+
+    def account(self, account_id: str) -> AccountFacts:
+        self.reads.append(("account", account_id))
+        try:
+            return self.accounts[account_id]
+        except KeyError:
+            raise stripe_refusal(FailureCode.ACCOUNT_NOT_FOUND, "resource_missing") from None
+
+    def refund(self, refund_id: str) -> RefundFacts:
+        self.reads.append(("refund", refund_id))
+        try:
+            return self.refunds[refund_id]
+        except KeyError:
+            raise stripe_refusal(FailureCode.REFUND_NOT_FOUND, "resource_missing") from None
+
+    def available_balance(self, account_id: str, currency: str) -> int:
+        self.reads.append(("balance", account_id))
+        if self.on_balance_read is not None:
+            hook, self.on_balance_read = self.on_balance_read, None
+            hook()
+        return self.balances.get((account_id, currency), 10**12)
+
+    def create_debit(self, charge: DebitCharge) -> Payment:
+        key = idempotency_key(charge.request_id)
+        self.debit_calls.append(charge)
+        self.idempotency_keys.append(key)
+        if self._script:
+            step = self._script.popleft()
+            if step.after_moving_money:
+                self._move_money(charge, key)
+            raise step.error
+        return self._move_money(charge, key)
+
+    # -- inspecting --
+
+    def balance_of(self, account_id: str, currency: str = "usd") -> int:
+        return self.balances.get((account_id, currency), 10**12)
+
+    def _move_money(self, charge: DebitCharge, key: str) -> Payment:
+        first = self.payments.get(key)
+        if first is not None:
+            return replace(first, replayed=True)
+        balance = self.balance_of(charge.account, charge.currency)
+        if balance < charge.amount:
+            raise stripe_refusal(FailureCode.INSUFFICIENT_BALANCE, "balance_insufficient")
+        self.balances[(charge.account, charge.currency)] = balance - charge.amount
+        number = len(self.payments) + 1
+        payment = Payment(
+            id=f"py_Fake{number}",
+            transfer=f"tr_Fake{number}",
+            balance_transaction=f"txn_Fake{number}",
+            created=self.clock(),
+            replayed=False,
+        )
+        self.payments[key] = payment
+        return payment
+
+
+# --- the broker -----------------------------------------------------------------------------
+
+
+@dataclass
+class FakePublisher:
+    """An EventPublisher that records events; `down = True` makes every publish fail."""
+
+    published: list[OutboxEvent] = field(default_factory=list)
+    down: bool = False
+
+    def publish(self, event: OutboxEvent) -> None:
+        if self.down:
+            raise PublishFailed("the fake broker is down")
+        self.published.append(event)
+
+    def data(self, index: int = -1) -> dict[str, Any]:
+        """The `data` of a published CloudEvent."""
+        body: dict[str, Any] = json.loads(self.published[index].body)
+        return dict(body["data"])
+
+    @property
+    def ids(self) -> list[str]:
+        return [event.event_id for event in self.published]
+
+
+# --- the ledger and the whole handler ---------------------------------------------------------
+
+
+def migrated_ledger(tmp_path: Path, clock: Callable[[], datetime], name: str = "ledger") -> Ledger:
+    """A SQLite ledger file brought to the newest schema by the real Alembic migration."""
+    engine = make_engine(f"sqlite:///{tmp_path / name}.db")
+    upgrade(engine)
+    return Ledger.on(engine, clock)
+
+
+@dataclass
+class World:
+    """Everything one handler call touches, built from fakes and a real SQLite ledger."""
+
+    clock: FakeClock
+    ledger: Ledger
+    stripe: FakeStripe
+    publisher: FakePublisher
+    config: HandlerConfig = field(default_factory=HandlerConfig)
+
+    def services(self) -> Services:
+        return Services(
+            ledger=self.ledger,
+            stripe=self.stripe,
+            publisher=self.publisher,
+            rules=RuleTables(),
+            config=self.config,
+            clock=self.clock,
+        )
+
+
+def a_world(tmp_path: Path) -> World:
+    """A debitable account with consent on record, and a refund of 50.00 USD."""
+    clock = FakeClock()
+    ledger = migrated_ledger(tmp_path, clock)
+    stripe = FakeStripe(clock=clock)
+    stripe.add_account(an_account())
+    stripe.add_refund(a_refund())
+    ledger.consents.grant(ACCOUNT_ID, "agreements/acct_1Debtor.pdf", "ops@example.com")
+    clock.advance(1)
+    return World(clock=clock, ledger=ledger, stripe=stripe, publisher=FakePublisher())
+
+
+def a_body(**changes: Any) -> str:
+    """A valid DebitRequested body (a platform charge of 25.00 USD), with `changes`; a value
+    of None removes the field."""
+    fields: dict[str, Any] = {
+        "request_id": "req-1",
+        "account": ACCOUNT_ID,
+        "amount": 2500,
+        "currency": "usd",
+        "reason": "platform_charge",
+    }
+    fields.update(changes)
+    return json.dumps({key: value for key, value in fields.items() if value is not None})
+
+
+def a_recovery_body(**changes: Any) -> str:
+    return a_body(reason="refund_recovery", refund=REFUND_ID, **changes)
