@@ -1,0 +1,370 @@
+"""docker-compose.yml and the Dockerfile, checked structurally: no Docker engine runs here.
+
+What a typo would otherwise only reveal at `docker compose up` on an operator's machine:
+a service without an image, a dependency on a service that does not exist, a configuration
+variable the worker never reads, a hostname that is not a service, a subcommand the CLI does
+not have, two services on one host port.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import tomllib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import yaml
+
+from worker.sandbox.core import DEFAULT_API_KEY
+from worker.settings import Settings, load_settings
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+COMPOSE_FILE: Final = ROOT / "docker-compose.yml"
+DOCKERFILE: Final = ROOT / "Dockerfile"
+PYPROJECT: Final = ROOT / "pyproject.toml"
+
+ENV_PREFIX: Final = "DEBIT_WORKER_"
+# Read by worker.settings.load_settings itself (where secret files live), not a Settings field.
+READ_OUTSIDE_SETTINGS: Final = frozenset({"DEBIT_WORKER_SECRETS_DIR"})
+CONDITIONS: Final = frozenset(
+    {"service_started", "service_healthy", "service_completed_successfully"}
+)
+LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+# What the worker service must wait for before `run` (docs/operations.md, "Deploying").
+WORKER_NEEDS: Final = {
+    "rabbitmq": "service_healthy",
+    "postgres": "service_healthy",
+    "migrate": "service_completed_successfully",
+    "sandbox": "service_healthy",
+}
+
+Service = dict[str, Any]
+
+
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict), "docker-compose.yml is not a mapping"
+    return loaded
+
+
+def services() -> dict[str, Service]:
+    found = compose().get("services")
+    assert isinstance(found, dict), "docker-compose.yml has no services"
+    assert all(isinstance(body, dict) for body in found.values())
+    return found
+
+
+def environment(service: Service) -> dict[str, str | None]:
+    """A service's environment in either Compose form; None means "passed through if set"."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        pairs = (str(item).partition("=") for item in raw)
+        return {key: (value if sep else None) for key, sep, value in pairs}
+    return {str(key): None if value is None else str(value) for key, value in raw.items()}
+
+
+def depends_on(service: Service) -> dict[str, str]:
+    """Dependency → condition; the short (list) form means service_started."""
+    raw = service.get("depends_on") or {}
+    if isinstance(raw, list):
+        return {str(name): "service_started" for name in raw}
+    return {
+        str(name): str((spec or {}).get("condition", "service_started"))
+        for name, spec in raw.items()
+    }
+
+
+def one_shot_services(found: dict[str, Service]) -> set[str]:
+    """Services something waits on to *finish* (migrations): they exit instead of serving."""
+    return {
+        name
+        for service in found.values()
+        for name, condition in depends_on(service).items()
+        if condition == "service_completed_successfully"
+    }
+
+
+_INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+
+
+def interpolated(value: str) -> str:
+    """The value Compose would use in a shell where no variable is set."""
+    return _INTERPOLATION.sub(lambda m: m.group("default") or "", value).replace("$$", "$")
+
+
+def built_here(service: Service) -> bool:
+    build = service.get("build")
+    context = build.get("context", ".") if isinstance(build, dict) else build
+    return context in {".", "./"}
+
+
+def command(service: Service) -> list[str]:
+    raw = service.get("command") or []
+    return raw.split() if isinstance(raw, str) else [str(part) for part in raw]
+
+
+def host_ports(service: Service) -> Iterator[tuple[int, str]]:
+    """(published host port, protocol) for each port a service publishes on the host."""
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            published, protocol = entry.get("published"), str(entry.get("protocol", "tcp"))
+            if published is None:
+                continue
+            first, _, last = str(published).partition("-")
+        else:
+            mapping, _, protocol = str(entry).partition("/")
+            protocol = protocol or "tcp"
+            parts = mapping.rsplit(":", 2)
+            if len(parts) == 1:  # container port only: Docker picks a free host port
+                continue
+            first, _, last = parts[-2].partition("-")
+        for port in range(int(first), int(last or first) + 1):
+            yield port, protocol
+
+
+def strings_in(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+
+
+def cli_main() -> click.Group:
+    # Imported by name: the CLI is the contract the compose commands are checked against.
+    main = importlib.import_module("worker.cli").main
+    assert isinstance(main, click.Group), "worker.cli.main is not a click group"
+    return main
+
+
+def resolve(group: click.Group, argv: list[str]) -> tuple[list[str], click.Command, list[str]]:
+    """Walk nested groups along argv: (subcommand path, the command, its own arguments)."""
+    path: list[str] = []
+    current: click.Command = group
+    ctx = click.Context(group, info_name="debit-worker")
+    rest = list(argv)
+    while isinstance(current, click.Group) and rest and not rest[0].startswith("-"):
+        found = current.get_command(ctx, rest[0])
+        assert found is not None, f"`debit-worker {' '.join([*path, rest[0]])}` does not exist"
+        path.append(rest.pop(0))
+        current = found
+        ctx = click.Context(found, info_name=path[-1], parent=ctx)
+    return path, current, rest
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_service_has_an_image_or_a_build() -> None:
+    # Given the compose services / When each is inspected
+    # Then Compose knows where every one of them comes from
+    missing = [
+        name for name, svc in services().items() if "image" not in svc and "build" not in svc
+    ]
+    assert missing == []
+
+
+def test_pulled_images_are_pinned_to_a_tag() -> None:
+    # Given the services that are pulled rather than built here
+    pulled = {name: str(svc["image"]) for name, svc in services().items() if "build" not in svc}
+    # When their references are read / Then each names a tag other than "latest"
+    for name, image in pulled.items():
+        _, _, tag = image.rpartition("/")[2].partition(":")
+        assert tag, f"{name}: pin {image} to a version"
+        assert tag != "latest", f"{name}: pin {image} to a version"
+
+
+def test_every_long_running_service_declares_a_healthcheck() -> None:
+    # Given the services, minus the one-shots others wait on to complete
+    found = services()
+    long_running = set(found) - one_shot_services(found)
+    # When their healthchecks are read
+    # Then each has a real probe, so `service_healthy` and `docker compose ps` mean something
+    for name in sorted(long_running):
+        check = found[name].get("healthcheck") or {}
+        assert not check.get("disable"), f"{name}: healthcheck disabled"
+        probe = check.get("test")
+        assert probe, f"{name} runs indefinitely but has no healthcheck"
+        assert probe not in (["NONE"], "NONE"), f"{name}: healthcheck disabled"
+
+
+def test_one_shot_services_are_not_restarted_after_they_finish() -> None:
+    # Given the services others wait on to complete (migrate)
+    found = services()
+    one_shots = one_shot_services(found)
+    assert one_shots, "expected the migrate one-shot"
+    # When their restart policies are read / Then none restarts on a clean exit
+    for name in one_shots:
+        assert str(found[name].get("restart", "no")) in {"no", "on-failure"}, name
+
+
+def test_depends_on_names_existing_services_with_sensible_conditions() -> None:
+    # Given every dependency in the file
+    found = services()
+    one_shots = one_shot_services(found)
+    for name, service in found.items():
+        for dependency, condition in depends_on(service).items():
+            # Then it is a service of this file, with a condition Compose knows
+            assert dependency in found, f"{name} depends on unknown service {dependency}"
+            assert dependency != name, f"{name} depends on itself"
+            assert condition in CONDITIONS, f"{name} → {dependency}: unknown {condition}"
+            # And a server is waited for until healthy, a one-shot until it has succeeded
+            wanted = (
+                "service_completed_successfully" if dependency in one_shots else ("service_healthy")
+            )
+            assert condition == wanted, f"{name} → {dependency}: use {wanted}"
+
+
+def test_dependencies_form_no_cycle() -> None:
+    # Given the dependency graph
+    graph = {name: set(depends_on(svc)) for name, svc in services().items()}
+    # When it is ordered the way Compose starts services
+    order: list[str] = []
+    while graph:
+        ready = sorted(name for name, needs in graph.items() if needs <= set(order))
+        # Then every service eventually has all it needs
+        assert ready, f"dependency cycle among {sorted(graph)}"
+        order += ready
+        for name in ready:
+            del graph[name]
+
+
+def test_the_worker_starts_only_once_everything_it_talks_to_is_ready() -> None:
+    # Given the worker service / When its dependencies are read
+    needs = depends_on(services()["worker"])
+    # Then broker, ledger and Stripe are healthy, and the migrations have succeeded
+    assert needs == WORKER_NEEDS
+
+
+def test_every_debit_worker_variable_maps_to_a_settings_field() -> None:
+    # Given every DEBIT_WORKER_* name anywhere in the file (keys, values, commands, comments)
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    named = set(re.findall(rf"\b{ENV_PREFIX}[A-Z0-9_]+\b", text))
+    for service in services().values():
+        named |= {key for key in environment(service) if key.startswith(ENV_PREFIX)}
+    assert named, "the compose file configures no DEBIT_WORKER_* variable"
+    # When each is mapped to the setting it would set
+    fields = set(Settings.model_fields)
+    unknown = {
+        name
+        for name in named - READ_OUTSIDE_SETTINGS
+        if name.removeprefix(ENV_PREFIX).lower() not in fields
+    }
+    # Then the worker reads every one of them (none is silently ignored)
+    assert unknown == set(), f"not fields of worker.settings.Settings: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name", ["worker", "migrate"])
+def test_the_environment_given_to_the_worker_image_is_a_valid_configuration(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given a process environment holding only what compose gives the service, with every
+    # ${VAR:-default} resolved as in a shell where VAR is unset, and no .env file around
+    for key in [key for key in os.environ if key.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in environment(services()[name]).items():
+        if value is not None:  # no value: passed through from the shell only if set there
+            monkeypatch.setenv(key, interpolated(value))
+    monkeypatch.chdir(tmp_path)
+    # When the worker loads its settings
+    settings = load_settings()
+    # Then they validate, and point at the sandbox in test mode
+    assert settings.require_stripe_key().get_secret_value().startswith(("sk_test_", "rk_test_"))
+    assert not settings.live_mode
+
+
+def test_the_worker_reaches_broker_ledger_and_stripe_by_compose_service_names() -> None:
+    # Given the worker's environment
+    found = services()
+    env = {key: interpolated(value or "") for key, value in environment(found["worker"]).items()}
+    broker = urlsplit(env["DEBIT_WORKER_BROKER_URL"])
+    database = urlsplit(env["DEBIT_WORKER_DATABASE_URL"])
+    stripe_base = urlsplit(env["DEBIT_WORKER_STRIPE_API_BASE"])
+    # Then each address is a service of this file
+    assert broker.scheme == "amqp"
+    assert broker.hostname == "rabbitmq"
+    assert "rabbitmq" in found
+    assert database.scheme == "postgresql+psycopg"
+    assert database.hostname == "postgres"
+    assert "postgres" in found
+    assert stripe_base.hostname == "sandbox"
+    assert "sandbox" in found
+    # And the ledger URL matches the database PostgreSQL creates
+    postgres = environment(found["postgres"])
+    assert database.username == postgres.get("POSTGRES_USER", "postgres")
+    assert database.password == postgres["POSTGRES_PASSWORD"]
+    assert database.path.lstrip("/") == postgres["POSTGRES_DB"]
+    # And the sandbox listens where the worker calls it, accepting the worker's key
+    sandbox_args = command(found["sandbox"])
+    assert str(stripe_base.port) == sandbox_args[sandbox_args.index("--port") + 1]
+    expected_key = (
+        sandbox_args[sandbox_args.index("--api-key") + 1]
+        if "--api-key" in sandbox_args
+        else DEFAULT_API_KEY
+    )
+    assert env["DEBIT_WORKER_STRIPE_API_KEY"] == expected_key
+
+
+def test_every_url_in_a_service_names_a_compose_service_or_the_container_itself() -> None:
+    # Given every URL in environments, commands and healthchecks
+    found = services()
+    for name, service in found.items():
+        for text in strings_in(service):
+            for url in re.findall(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", interpolated(text)):
+                # Then its host is another service, or the container's own loopback
+                host = urlsplit(url).hostname
+                assert host in found or host in LOOPBACK, f"{name}: {url} names no service"
+
+
+def test_services_built_here_run_real_debit_worker_subcommands() -> None:
+    # Given the CLI the image runs (Dockerfile ENTRYPOINT debit-worker → worker.cli:main)
+    main = cli_main()
+    built = {name: svc for name, svc in services().items() if built_here(svc)}
+    assert {"worker", "migrate", "sandbox"} <= set(built)
+    for name, service in built.items():
+        argv = command(service) or ["run"]  # the image's default CMD
+        # When the service's command is resolved and parsed as the CLI would
+        path, found, rest = resolve(main, argv)
+        # Then it names a subcommand, whose options exist and accept these values
+        assert path, f"{name}: {argv} names no subcommand"
+        try:
+            found.make_context(path[-1], rest)
+        except click.ClickException as exc:
+            pytest.fail(f"{name}: `debit-worker {' '.join(argv)}`: {exc.format_message()}")
+
+
+def test_published_host_ports_do_not_collide() -> None:
+    # Given every port published on the host
+    published = Counter(port for svc in services().values() for port in host_ports(svc))
+    # Then no two services (or two mappings) claim the same one
+    assert [port for port, count in published.items() if count > 1] == []
+    # And the ports operators are told about are there
+    assert {(5672, "tcp"), (15672, "tcp"), (5555, "tcp")} <= set(published)
+
+
+def test_the_image_runs_the_debit_worker_cli_and_ships_what_the_build_needs() -> None:
+    # Given the Dockerfile and pyproject.toml
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    # Then the entrypoint is the console script, and `run` the default command
+    assert project["scripts"]["debit-worker"] == "worker.cli:main"
+    assert re.search(r'^ENTRYPOINT \["debit-worker"\]$', dockerfile, re.MULTILINE)
+    assert re.search(r'^CMD \["run"\]$', dockerfile, re.MULTILINE)
+    # And every file the wheel build reads is copied in (hatchling fails without the readme)
+    copied = " ".join(re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.MULTILINE))
+    for needed in ("pyproject.toml", "uv.lock", project["readme"], "worker/", "schemas/"):
+        assert needed in copied, f"the Dockerfile does not COPY {needed}"
+    # And it runs as a non-root user
+    users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
+    assert users, "the image runs as root"
+    assert users[-1].partition(":")[0] not in {"root", "0"}, "the image runs as root"
