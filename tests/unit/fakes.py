@@ -66,8 +66,10 @@ class FakeMonotonic:
         self.now += seconds
 
     def sleep(self, seconds: float) -> None:
+        # A real sleep always lets some time pass; without a floor, a wait too small to
+        # change the float clock would spin forever.
         self.slept.append(seconds)
-        self.now += seconds
+        self.now += max(seconds, 1e-9)
 
 
 # --- Stripe ---------------------------------------------------------------------------------
