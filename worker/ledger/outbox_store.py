@@ -37,6 +37,7 @@ class PendingEvent:
     row_id: int
     event: OutboxEvent
     created_at: datetime
+    sent: bool
 
 
 def insert_event(conn: Connection, event: OutboxEvent, now: datetime) -> bool:
@@ -66,6 +67,7 @@ def _pending(row: dict[str, object]) -> PendingEvent:
             body=str(row["body"]),
         ),
         created_at=row["created_at"],  # type: ignore[arg-type]
+        sent=row["sent_at"] is not None,
     )
 
 
