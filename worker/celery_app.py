@@ -19,7 +19,11 @@ def create_app(settings: Settings) -> Celery:
     app = Celery("debit_worker", set_as_current=False)
     app.conf.update(
         broker_url=settings.broker_url,
-        broker_transport_options={"confirm_publish": True},
+        broker_transport_options={
+            "confirm_publish": True,
+            # Only the embedded (memory) transport polls; keep the demo snappy.
+            "polling_interval": 0.05,
+        },
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         result_serializer="json",

@@ -30,7 +30,7 @@ INTAKE_PREFETCH: Final = 32
 class CommandIntake(bootsteps.ConsumerStep):
     def get_consumers(self, channel: Any) -> list[Consumer]:
         declare_all(channel)  # every worker (re)declares what it consumes and publishes to
-        channel.basic_qos(prefetch_size=0, prefetch_count=INTAKE_PREFETCH, a_global=False)
+        channel.basic_qos(0, INTAKE_PREFETCH, False)
         return [Consumer(channel, queues=[command_queue], on_message=self.on_message)]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:

@@ -50,6 +50,8 @@ def _decode(body: bytes | str) -> dict[str, Any]:
         raise Undeliverable(f"body is not JSON ({exc.msg} at line {exc.lineno})") from None
     except RecursionError:
         raise Undeliverable("body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        raise Undeliverable(f"body is not usable JSON ({exc})") from None
     if not isinstance(value, dict):
         raise Undeliverable(f"body is a JSON {type(value).__name__}, not an object")
     return value
@@ -89,4 +91,10 @@ def _readable(key: str, item: object) -> bool:
     """Only echo fields back that fit the event's loose types (and are short)."""
     if key == "amount":
         return isinstance(item, int) and not isinstance(item, bool) and abs(item) < 10**15
-    return isinstance(item, str) and len(item) <= 100
+    if not isinstance(item, str) or len(item) > 100:
+        return False
+    try:
+        item.encode("utf-8")  # a lone surrogate from a \ud800 escape cannot be sent on
+    except UnicodeEncodeError:
+        return False
+    return True

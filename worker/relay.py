@@ -58,8 +58,8 @@ class RelayStep(bootsteps.StartStopStep):
         runtime = runtime_of(self._app)
         interval = runtime.settings.relay_interval_seconds
         while not self._stop.wait(interval):
-            services = runtime.services()
             try:
+                services = runtime.services()
                 relay_once(services.ledger, services.publisher)
             except Exception:  # the relay must outlive a bad round (e.g. database restart)
                 log.exception("relay round failed; trying again in %.0f s", interval)

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     relay_interval_seconds: float = Field(default=5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @field_validator("sentry_dsn", "stripe_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("stripe_api_key")
     @classmethod
     def _key_shape(cls, value: SecretStr | None) -> SecretStr | None:

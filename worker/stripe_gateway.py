@@ -127,20 +127,20 @@ def classify(err: stripe.StripeError, *, effectful: bool) -> DebitWorkerError:  
             f"Stripe refused the worker's credentials ({type(err).__name__}: {info.message})"
         )
     if isinstance(err, stripe.CardError | stripe.InvalidRequestError):
-        return _permanent(info, err.http_status)
+        return _permanent(info, getattr(err, "param", None))
     if isinstance(err, stripe.APIError):  # 409 and 5xx
         return unknown(f"Stripe error {err.http_status} ({code})")
     return unknown(f"unexpected Stripe error {type(err).__name__} ({code})")
 
 
-def _permanent(info: StripeErrorInfo, http_status: int | None) -> PermanentFailure:
+def _permanent(info: StripeErrorInfo, param: str | None) -> PermanentFailure:
     if info.code == "balance_insufficient":
         return PermanentFailure(
             FailureCode.INSUFFICIENT_BALANCE,
             "Stripe refused: the account's available balance is lower than the amount",
             stripe_error=info,
         )
-    if info.code in {"resource_missing", "account_invalid"} and http_status in {400, 404}:
+    if info.code in {"resource_missing", "account_invalid"} and param == "source":
         return PermanentFailure(
             FailureCode.ACCOUNT_NOT_FOUND,
             f"Stripe knows no such account: {info.message}",
@@ -161,10 +161,10 @@ def _id_of(value: object) -> str | None:
     """Expandable fields come back as an id or as an object with one."""
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, Mapping):
+    found = getattr(value, "id", None)
+    if found is None and isinstance(value, Mapping):
         found = value.get("id")
-        return str(found) if found else None
-    return None
+    return str(found) if found else None
 
 
 class StripeGateway:
@@ -180,13 +180,12 @@ class StripeGateway:
         try:
             account = self._read(self._client.v1.accounts.retrieve, account_id)
         except PermanentFailure as failure:
-            if failure.code is FailureCode.STRIPE_REJECTED:
-                raise PermanentFailure(
-                    FailureCode.ACCOUNT_NOT_FOUND,
-                    f"could not read account {account_id}: {failure.message}",
-                    stripe_error=failure.stripe_error,
-                ) from failure
-            raise
+            raise PermanentFailure(
+                FailureCode.ACCOUNT_NOT_FOUND,
+                f"Stripe has no account {account_id} for this platform "
+                f"({failure.stripe_error.message if failure.stripe_error else failure.message})",
+                stripe_error=failure.stripe_error,
+            ) from failure
         raw = account.to_dict()
         controller = raw.get("controller") or {}
         losses = controller.get("losses") or {}
@@ -204,7 +203,8 @@ class StripeGateway:
         except PermanentFailure as failure:
             raise PermanentFailure(
                 FailureCode.REFUND_NOT_FOUND,
-                f"could not read refund {refund_id}: {failure.message}",
+                f"Stripe has no refund {refund_id} "
+                f"({failure.stripe_error.message if failure.stripe_error else failure.message})",
                 stripe_error=failure.stripe_error,
             ) from failure
         return RefundFacts(

@@ -1,0 +1,299 @@
+"""`debit-worker`: run the worker, try it, and operate it.
+
+Every command reads its configuration from DEBIT_WORKER_* environment variables (see
+`docs/operations.md`); options given here override them.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import uuid
+from typing import Any
+
+import click
+from kombu import Connection
+from pydantic import ValidationError
+
+from schemas.commands import DebitReason, DebitRequested
+from worker.app import build_worker, declare_topology
+from worker.demo import run_demo
+from worker.ledger import Ledger
+from worker.ledger.database import make_engine
+from worker.ledger.migrate import head_revision, upgrade
+from worker.observability import configure_logging, init_sentry
+from worker.producer import DebitProducer
+from worker.sandbox.cli import sandbox
+from worker.settings import Settings, SettingsError, load_settings
+from worker.topology import TASK_QUEUE, command_exchange, dead_letter_queue, declare_all
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _ledger(settings: Settings) -> Ledger:
+    return Ledger.on(make_engine(settings.database_url, pool_size=2))
+
+
+@click.group(context_settings=_CONTEXT)
+@click.version_option(package_name="debit-worker")
+def main() -> None:
+    """Debit Worker: pulls money out of Stripe Connect accounts (account debits) on request,
+    safely, at Stripe's rate, with a ledger of every cent.
+
+    Producers publish DebitRequested commands to the RabbitMQ exchange `debits.commands`;
+    the worker answers each with a DebitSucceeded or DebitFailed event on `debits.events`.
+    """
+
+
+@main.command(context_settings=_CONTEXT)
+@click.option(
+    "--concurrency", type=int, help="Worker threads [default: DEBIT_WORKER_CONCURRENCY or 64]."
+)
+@click.option(
+    "--migrate/--no-migrate", default=True, help="Bring the ledger schema up to date first."
+)
+@click.option(
+    "--loglevel", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="Log level."
+)
+def run(concurrency: int | None, migrate: bool, loglevel: str | None) -> None:
+    """Run the worker: consume commands, debit accounts, publish events, relay the outbox."""
+    settings = _settings(concurrency=concurrency, log_level=loglevel)
+    try:
+        settings.require_stripe_key()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings)
+    init_sentry(settings)
+    if migrate:
+        click.echo(f"ledger schema at revision {upgrade(make_engine(settings.database_url))}")
+    app, _runtime = build_worker(settings)
+    _runtime.services()  # fail now, not on the first command, if a setting is unusable
+    declare_topology(app)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={settings.concurrency}",
+            f"--queues={TASK_QUEUE}",
+            f"--loglevel={settings.log_level}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@main.command(context_settings=_CONTEXT)
+def demo() -> None:
+    """Run the whole pipeline on embedded defaults and print each outcome.
+
+    Needs no services: an in-memory broker, a SQLite ledger in a temporary directory and the
+    local Stripe sandbox run in this process beside a real worker. Exits non-zero if any
+    outcome differs from the expected one.
+    """
+    sys.exit(1 if run_demo() else 0)
+
+
+@main.command(context_settings=_CONTEXT)
+@click.option("--account", required=True, help="Connected account to debit (acct_…).")
+@click.option(
+    "--amount",
+    required=True,
+    type=int,
+    help="Amount in the currency's minor unit (cents; yen for jpy).",
+)
+@click.option("--currency", required=True, help="ISO 4217 code, e.g. usd.")
+@click.option(
+    "--reason", type=click.Choice([r.value for r in DebitReason]), default="platform_charge"
+)
+@click.option("--refund", help="The refund a refund_recovery recovers (re_…).")
+@click.option("--description", help="Shown on the payment in the Stripe dashboard.")
+@click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
+@click.option("--request-id", help="Idempotency anchor [default: a new random id].")
+@click.option("--broker-url", help="[default: DEBIT_WORKER_BROKER_URL]")
+def request(  # noqa: PLR0917 - click passes each option
+    account: str,
+    amount: int,
+    currency: str,
+    reason: str,
+    refund: str | None,
+    description: str | None,
+    metadata: tuple[str, ...],
+    request_id: str | None,
+    broker_url: str | None,
+) -> None:
+    """Publish one DebitRequested command and print its request id.
+
+    Sending the same --request-id again is safe: the worker re-emits the first outcome.
+    """
+    pairs = dict(item.split("=", 1) for item in metadata if "=" in item)
+    try:
+        command = DebitRequested.model_validate(
+            {
+                "request_id": request_id or f"cli-{uuid.uuid4().hex}",
+                "account": account,
+                "amount": amount,
+                "currency": currency.lower(),
+                "reason": reason,
+                "refund": refund,
+                "description": description,
+                "metadata": pairs,
+            }
+        )
+    except ValidationError as exc:
+        raise click.ClickException(f"not a valid command:\n{exc}") from None
+    settings = _settings(broker_url=broker_url)
+    with DebitProducer(settings.broker_url) as producer:
+        producer.publish(command)
+    click.echo(command.request_id)
+
+
+main.add_command(sandbox)
+
+
+@main.group(context_settings=_CONTEXT)
+def consent() -> None:
+    """Record, revoke and list the accounts' consents to be debited (kept in the ledger)."""
+
+
+@consent.command("grant", context_settings=_CONTEXT)
+@click.argument("account")
+@click.option(
+    "--agreement", required=True, help="Where the signed agreement is kept (URL or document id)."
+)
+@click.option(
+    "--by", "actor", default=getpass.getuser, help="Who records it (for the audit trail)."
+)
+def consent_grant(account: str, agreement: str, actor: str) -> None:
+    """Record that ACCOUNT consented to be debited."""
+    record = _ledger(_settings()).consents.grant(account, agreement, actor)
+    click.echo(f"consent recorded for {account} at {record.granted_at.isoformat()} by {actor}")
+
+
+@consent.command("revoke", context_settings=_CONTEXT)
+@click.argument("account")
+@click.option(
+    "--by", "actor", default=getpass.getuser, help="Who revokes it (for the audit trail)."
+)
+def consent_revoke(account: str, actor: str) -> None:
+    """Revoke ACCOUNT's consent: its debits are refused (consent_missing) from now on."""
+    count = _ledger(_settings()).consents.revoke(account, actor)
+    click.echo(f"revoked {count} active consent(s) of {account}")
+
+
+@consent.command("list", context_settings=_CONTEXT)
+@click.option("--account", help="Only this account.")
+def consent_list(account: str | None) -> None:
+    """List consents, active and revoked."""
+    for record in _ledger(_settings()).consents.list(account):
+        revoked = (
+            f"revoked {record.revoked_at.isoformat()} by {record.revoked_by}"
+            if record.revoked_at
+            else "active"
+        )
+        granted = f"granted {record.granted_at.isoformat()} by {record.granted_by}"
+        click.echo(f"{record.account_id}  {granted}  {revoked}  [{record.agreement_ref}]")
+
+
+@main.command(context_settings=_CONTEXT)
+@click.argument("request_id")
+def status(request_id: str) -> None:
+    """Show REQUEST_ID's status, its whole history, and the events recorded for it."""
+    ledger = _ledger(_settings())
+    record = ledger.requests.get(request_id)
+    events = ledger.outbox.for_request(request_id)
+    if record is None and not events:
+        raise click.ClickException(f"no request {request_id} in the ledger")
+    if record is not None:
+        click.echo(f"request {request_id}: {record.status}  attempts={record.attempts}")
+        click.echo(f"  command: {json.dumps(record.command, sort_keys=True)}")
+        if record.payment_id:
+            click.echo(f"  payment: {record.payment_id}")
+        if record.failure_code:
+            click.echo(f"  failure: {record.failure_code}: {record.failure_message}")
+        click.echo("  history:")
+        for entry in ledger.history("request", request_id):
+            detail = json.dumps(entry.detail)
+            click.echo(f"    {entry.at.isoformat()}  {entry.action:22} {entry.actor}  {detail}")
+    click.echo("  events:")
+    for pending in events:
+        sent = "sent" if pending.sent else "NOT YET SENT (the relay will retry)"
+        click.echo(f"    {pending.event.event_type}  id={pending.event.event_id}  {sent}")
+
+
+@main.group(context_settings=_CONTEXT)
+def dlq() -> None:
+    """Inspect and replay the dead-letter queue (debits.dead-letter)."""
+
+
+@dlq.command("list", context_settings=_CONTEXT)
+@click.option("--limit", default=20, help="At most this many messages.")
+def dlq_list(limit: int) -> None:
+    """Show dead-lettered messages with the reason; they stay in the queue."""
+    with Connection(_settings().broker_url) as conn:
+        channel: Any = conn.channel()
+        declare_all(channel)
+        seen = []
+        for _ in range(limit):
+            message = channel.basic_get(dead_letter_queue.name, no_ack=False)
+            if message is None:
+                break
+            seen.append(message)
+            headers = message.headers or {}
+            reason = headers.get("x-debit-worker-reason") or _death_reason(headers)
+            stage = headers.get("x-debit-worker-stage", "broker")
+            click.echo(f"- reason: {reason}\n  stage: {stage}\n  body: {message.body[:300]!r}")
+        for message in seen:
+            message.reject(requeue=True)
+        click.echo(f"{len(seen)} message(s) shown")
+
+
+@dlq.command("replay", context_settings=_CONTEXT)
+@click.option("--limit", default=1, help="How many messages to replay, oldest first.")
+def dlq_replay(limit: int) -> None:
+    """Publish dead-lettered commands to debits.commands again, then drop them from the DLQ.
+
+    Replaying is safe for commands the worker already finished: it re-emits the outcome.
+    """
+    settings = _settings()
+    replayed = 0
+    with Connection(settings.broker_url, transport_options={"confirm_publish": True}) as conn:
+        channel: Any = conn.channel()
+        declare_all(channel)
+        producer = conn.Producer()
+        for _ in range(limit):
+            message = channel.basic_get(dead_letter_queue.name, no_ack=False)
+            if message is None:
+                break
+            producer.publish(
+                message.body,
+                exchange=command_exchange,
+                routing_key="debit.requested",
+                content_type="application/json",
+                content_encoding="binary",
+                delivery_mode=2,
+                mandatory=True,
+            )
+            message.ack()
+            replayed += 1
+    click.echo(f"replayed {replayed} message(s)")
+
+
+def _death_reason(headers: dict[str, Any]) -> str:
+    deaths = headers.get("x-death") or []
+    return f"dead-lettered by RabbitMQ ({deaths[0].get('reason')})" if deaths else "unknown"
+
+
+@main.command(context_settings=_CONTEXT)
+def migrate() -> None:
+    """Create or upgrade the ledger's tables (safe to run any number of times)."""
+    settings = _settings()
+    revision = upgrade(make_engine(settings.database_url))
+    click.echo(f"ledger schema at revision {revision} (newest: {head_revision()})")
