@@ -1,0 +1,193 @@
+"""Real RabbitMQ and PostgreSQL, the local Stripe sandbox, and a real worker.
+
+Each test session gets its own RabbitMQ virtual host and PostgreSQL database, so runs never
+see each other's messages or rows. Without the services these tests skip on a laptop, but
+fail when CI is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import amqp
+import psycopg
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+from worker.app import build_worker
+from worker.ledger import Ledger
+from worker.ledger.database import make_engine
+from worker.ledger.migrate import upgrade
+from worker.sandbox import RunningSandbox, running_sandbox
+from worker.settings import Settings, load_settings
+
+RABBIT = ("127.0.0.1", 5672)
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+ELIGIBLE = (
+    "acct_1ExpressUS00000001",
+    "acct_1StandardUS0000001",
+    "acct_1ExpressJP00000001",
+    "acct_1ExpressHK00000001",
+    "acct_1LowBalanceUS00001",
+)
+
+
+def _unavailable(why: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {why}: .ci/run should have started it")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def vhost() -> Iterator[str]:
+    name = f"debit-test-{uuid.uuid4().hex[:8]}"
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        _unavailable("rabbitmqctl is not installed")
+    assert ctl is not None
+    try:
+        subprocess.run([ctl, "add_vhost", name], check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [ctl, "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        _unavailable(f"RabbitMQ is not usable ({exc})")
+    yield name
+    subprocess.run([ctl, "delete_vhost", name], capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"debit_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        _unavailable(f"PostgreSQL is not reachable ({exc})")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[RunningSandbox]:
+    with running_sandbox() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def settings(vhost: str, database_url: str, sandbox: RunningSandbox) -> Settings:
+    return load_settings(
+        broker_url=f"amqp://guest:guest@{RABBIT[0]}:{RABBIT[1]}/{vhost}",
+        database_url=database_url,
+        stripe_api_key=sandbox.api_key,
+        stripe_api_base=sandbox.url,
+        concurrency=8,
+        relay_interval_seconds=1.0,
+        retry_base_seconds=1.0,
+        retry_max_seconds=2.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def ledger(settings: Settings) -> Ledger:
+    ledger = Ledger.on(make_engine(settings.database_url))
+    for account in ELIGIBLE:
+        ledger.consents.grant(account, "integration-test-agreement", "pytest")
+    return ledger
+
+
+@pytest.fixture(scope="session")
+def worker_app(settings: Settings, ledger: Ledger) -> Iterator[Celery]:
+    """A real worker (threads pool) consuming from the real broker for the whole session."""
+    app, _ = build_worker(settings)
+    with start_worker(app, pool="threads", concurrency=8, perform_ping_check=False):
+        yield app
+
+
+@dataclass
+class PlainAmqp:
+    """A plain AMQP client (py-amqp, no Celery, no project helper), as any producer or
+    consumer in another language would use the broker."""
+
+    connection: amqp.Connection
+    channel: Any = None
+    events_queue: str = ""
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def publish(self, body: bytes | str, content_type: str = "application/json") -> None:
+        raw = body.encode() if isinstance(body, str) else body
+        message = amqp.Message(raw, content_type=content_type, delivery_mode=2)
+        self.channel.basic_publish(
+            message, exchange="debits.commands", routing_key="debit.requested", mandatory=True
+        )
+
+    def publish_command(self, **fields: Any) -> str:
+        self.publish(json.dumps(fields))
+        return str(fields["request_id"])
+
+    def event_for(self, request_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        return self.events_for(request_id, 1, timeout)[0]
+
+    def events_for(
+        self, request_id: str, count: int, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            mine = [e for e in self.received if e["subject"] == request_id]
+            if len(mine) >= count:
+                return mine
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{len(mine)} of {count} event(s) for {request_id} in {timeout} s"
+                )
+            message = self.channel.basic_get(self.events_queue, no_ack=True)
+            if message is None:
+                time.sleep(0.05)
+                continue
+            self.received.append(json.loads(message.body))
+
+    def dead_letters(self, timeout: float = 20.0) -> list[amqp.Message]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.channel.basic_get("debits.dead-letter", no_ack=True)
+            if message is not None:
+                return [message]
+            time.sleep(0.05)
+        return []
+
+
+@pytest.fixture
+def broker(settings: Settings, vhost: str, worker_app: Celery) -> Iterator[PlainAmqp]:
+    connection = amqp.Connection(
+        f"{RABBIT[0]}:{RABBIT[1]}", userid="guest", password="guest", virtual_host=vhost
+    )
+    connection.connect()
+    channel = connection.channel()
+    channel.confirm_select()
+    queue = f"test-events-{uuid.uuid4().hex[:8]}"
+    channel.queue_declare(queue, exclusive=True, auto_delete=True)
+    channel.queue_bind(queue, "debits.events", routing_key="debit.*")
+    client = PlainAmqp(connection, channel, queue)
+    yield client
+    connection.close()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
