@@ -51,7 +51,7 @@ class Scenario:
     expect: str  # "succeeded", a failure code, or "dead-letter"
 
 
-def _cmd(
+def command_body(
     request_id: str, account: str, amount: Any, currency: str = "usd", **extra: Any
 ) -> dict[str, Any]:
     return {
@@ -65,58 +65,74 @@ def _cmd(
 
 
 def scenarios() -> list[Scenario]:
-    ok = _cmd("demo-fee-001", US, 2500, description="November platform fee")
+    ok = command_body("demo-fee-001", US, 2500, description="November platform fee")
     return [
         Scenario("platform fee", ok, "succeeded"),
         Scenario("the same command again (duplicate)", ok, "succeeded"),
         Scenario(
-            "same request_id, other amount", _cmd("demo-fee-001", US, 9900), "idempotency_conflict"
+            "same request_id, other amount",
+            command_body("demo-fee-001", US, 9900),
+            "idempotency_conflict",
         ),
         Scenario(
             "legacy Custom account, no controller",
-            _cmd("demo-fee-002", LEGACY, 1000),
+            command_body("demo-fee-002", LEGACY, 1000),
             "consent_missing",
         ),
-        Scenario("cross-border US → HK", _cmd("demo-fee-003", HONG_KONG, 5000, "hkd"), "succeeded"),
-        Scenario("amount as a string", _cmd("demo-bad-001", US, "25.00"), "invalid_request"),
+        Scenario(
+            "cross-border US → HK",
+            command_body("demo-fee-003", HONG_KONG, 5000, "hkd"),
+            "succeeded",
+        ),
+        Scenario(
+            "amount as a string", command_body("demo-bad-001", US, "25.00"), "invalid_request"
+        ),
         Scenario(
             "unknown account",
-            _cmd("demo-bad-002", "acct_1DoesNotExist0000001", 100),
+            command_body("demo-bad-002", "acct_1DoesNotExist0000001", 100),
             "account_not_found",
         ),
         Scenario(
             "Standard account (Stripe carries losses)",
-            _cmd("demo-bad-003", STANDARD, 100),
+            command_body("demo-bad-003", STANDARD, 100),
             "account_ineligible",
         ),
         Scenario(
             "US platform → JP account",
-            _cmd("demo-bad-004", JAPAN, 1500, "jpy"),
+            command_body("demo-bad-004", JAPAN, 1500, "jpy"),
             "region_unsupported",
         ),
         Scenario(
-            "EUR from a USD account", _cmd("demo-bad-005", US, 100, "eur"), "currency_mismatch"
+            "EUR from a USD account",
+            command_body("demo-bad-005", US, 100, "eur"),
+            "currency_mismatch",
         ),
-        Scenario("100,000.01 USD", _cmd("demo-bad-006", US, 10_000_001), "amount_exceeds_limit"),
-        Scenario("more than the balance", _cmd("demo-bad-007", LOW, 1000), "insufficient_balance"),
+        Scenario(
+            "100,000.01 USD", command_body("demo-bad-006", US, 10_000_001), "amount_exceeds_limit"
+        ),
+        Scenario(
+            "more than the balance", command_body("demo-bad-007", LOW, 1000), "insufficient_balance"
+        ),
         Scenario(
             "refund recovery 30.00 of 50.00",
-            _cmd("demo-rr-001", US, 3000, reason="refund_recovery", refund=REFUND_USD),
+            command_body("demo-rr-001", US, 3000, reason="refund_recovery", refund=REFUND_USD),
             "succeeded",
         ),
         Scenario(
             "another 30.00 from the same refund",
-            _cmd("demo-rr-002", US, 3000, reason="refund_recovery", refund=REFUND_USD),
+            command_body("demo-rr-002", US, 3000, reason="refund_recovery", refund=REFUND_USD),
             "refund_recovery_exceeds_refund",
         ),
         Scenario(
             "recovery of an EUR refund in USD",
-            _cmd("demo-rr-003", US, 100, reason="refund_recovery", refund=REFUND_EUR),
+            command_body("demo-rr-003", US, 100, reason="refund_recovery", refund=REFUND_EUR),
             "refund_currency_mismatch",
         ),
         Scenario(
             "recovery of an unknown refund",
-            _cmd("demo-rr-004", US, 100, reason="refund_recovery", refund="re_1DoesNotExist000001"),
+            command_body(
+                "demo-rr-004", US, 100, reason="refund_recovery", refund="re_1DoesNotExist000001"
+            ),
             "refund_not_found",
         ),
         Scenario("a message that is not JSON", b"\x00\xffnot json", "dead-letter"),

@@ -18,7 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from schemas.codes import FailureCode
-from schemas.commands import DebitReason, DebitRequested
+from schemas.commands import DebitRequested
 from schemas.events import (
     FAILED_TYPE,
     SUCCEEDED_TYPE,
@@ -140,10 +140,7 @@ class _Debit:
             raise PermanentFailure(decision.code, decision.message)
         try:
             began = self.requests.begin_attempt(
-                cmd.request_id,
-                self.owner,
-                idempotency_key(cmd.request_id),
-                refund if cmd.reason is DebitReason.REFUND_RECOVERY else None,
+                cmd.request_id, self.owner, idempotency_key(cmd.request_id), refund
             )
         except RecoveryBudgetExceeded as exceeded:
             remaining = max(0, exceeded.refunded - exceeded.reserved)
@@ -203,19 +200,7 @@ class _Debit:
         self, code: FailureCode, message: str, stripe_error: StripeErrorInfo | None
     ) -> Result:
         cmd = self.command
-        data = DebitFailed(
-            request_id=cmd.request_id,
-            account=cmd.account,
-            amount=cmd.amount,
-            currency=cmd.currency,
-            reason=str(cmd.reason),
-            refund=cmd.refund,
-            code=code,
-            message=message,
-            retry_may_succeed=code.retry_may_succeed,
-            stripe_error=stripe_error,
-            failed_at=self.svc.clock(),
-        )
+        data = self._failed(code, message, stripe_error)
         event = failed_event(data, source=self.svc.config.event_source)
         self.requests.record_failed(
             cmd.request_id,
@@ -229,21 +214,30 @@ class _Debit:
         _publish_recorded(cmd.request_id, self.svc)
         return Result.FAILED
 
-    def _conflict(self, first_seen: datetime) -> Result:
+    def _failed(
+        self, code: FailureCode, message: str, stripe_error: StripeErrorInfo | None = None
+    ) -> DebitFailed:
         cmd = self.command
-        data = DebitFailed(
+        return DebitFailed(
             request_id=cmd.request_id,
             account=cmd.account,
             amount=cmd.amount,
             currency=cmd.currency,
             reason=str(cmd.reason),
             refund=cmd.refund,
-            code=FailureCode.IDEMPOTENCY_CONFLICT,
-            message=f"request_id {cmd.request_id} was first received at "
-            f"{first_seen.isoformat()} with different content; this command is ignored and "
-            "the first one stands",
-            retry_may_succeed=False,
+            code=code,
+            message=message,
+            retry_may_succeed=code.retry_may_succeed,
+            stripe_error=stripe_error,
             failed_at=self.svc.clock(),
+        )
+
+    def _conflict(self, first_seen: datetime) -> Result:
+        cmd = self.command
+        data = self._failed(
+            FailureCode.IDEMPOTENCY_CONFLICT,
+            f"request_id {cmd.request_id} was first received at {first_seen.isoformat()} with "
+            "different content; this command is ignored and the first one stands",
         )
         event = failed_event(
             data, source=self.svc.config.event_source, variant=f"conflict:{cmd.fingerprint()}"

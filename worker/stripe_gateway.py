@@ -153,6 +153,14 @@ def _permanent(info: StripeErrorInfo, param: str | None) -> PermanentFailure:
     )
 
 
+def _not_found(failure: PermanentFailure, code: FailureCode, what: str) -> PermanentFailure:
+    """A read Stripe refused permanently: the object is not there for us."""
+    said = failure.stripe_error.message if failure.stripe_error else failure.message
+    return PermanentFailure(
+        code, f"Stripe has no {what} ({said})", stripe_error=failure.stripe_error
+    )
+
+
 def _epoch(value: object) -> datetime:
     return datetime.fromtimestamp(int(str(value)), UTC) if value else datetime.now(UTC)
 
@@ -180,11 +188,8 @@ class StripeGateway:
         try:
             account = self._read(self._client.v1.accounts.retrieve, account_id)
         except PermanentFailure as failure:
-            raise PermanentFailure(
-                FailureCode.ACCOUNT_NOT_FOUND,
-                f"Stripe has no account {account_id} for this platform "
-                f"({failure.stripe_error.message if failure.stripe_error else failure.message})",
-                stripe_error=failure.stripe_error,
+            raise _not_found(
+                failure, FailureCode.ACCOUNT_NOT_FOUND, f"account {account_id} for this platform"
             ) from failure
         raw = account.to_dict()
         controller = raw.get("controller") or {}
@@ -201,11 +206,8 @@ class StripeGateway:
         try:
             refund = self._read(self._client.v1.refunds.retrieve, refund_id)
         except PermanentFailure as failure:
-            raise PermanentFailure(
-                FailureCode.REFUND_NOT_FOUND,
-                f"Stripe has no refund {refund_id} "
-                f"({failure.stripe_error.message if failure.stripe_error else failure.message})",
-                stripe_error=failure.stripe_error,
+            raise _not_found(
+                failure, FailureCode.REFUND_NOT_FOUND, f"refund {refund_id}"
             ) from failure
         return RefundFacts(
             refund_id=refund.id,

@@ -11,25 +11,13 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import PlainAmqp, new_id
+from worker.demo import command_body
 from worker.ledger import Ledger, Status
 from worker.sandbox import RunningSandbox
 
 pytestmark = pytest.mark.integration
 
 US = "acct_1ExpressUS00000001"
-
-
-def _cmd(
-    request_id: str, account: str, amount: Any, currency: str = "usd", **extra: Any
-) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "account": account,
-        "amount": amount,
-        "currency": currency,
-        "reason": extra.pop("reason", "platform_charge"),
-        **extra,
-    }
 
 
 def _payments_for(sandbox: RunningSandbox, request_id: str) -> list[dict[str, Any]]:
@@ -44,7 +32,7 @@ def test_a_valid_command_moves_the_money_once_and_emits_debit_succeeded(
     # Given an eligible account with consent and enough balance
     request_id = new_id("ok")
     # When a producer publishes a command
-    broker.publish_command(**_cmd(request_id, US, 1234, description="integration fee"))
+    broker.publish_command(**command_body(request_id, US, 1234, description="integration fee"))
     # Then a DebitSucceeded names the one payment Stripe created
     event = broker.event_for(request_id)
     assert event["type"] == "io.debit-worker.debit.succeeded.v1"
@@ -60,24 +48,26 @@ def test_a_valid_command_moves_the_money_once_and_emits_debit_succeeded(
 @pytest.mark.parametrize(
     ("command", "code"),
     [
-        (_cmd("x", US, "12"), "invalid_request"),
-        (_cmd("x", "acct_1DoesNotExist0000001", 100), "account_not_found"),
-        (_cmd("x", "acct_1StandardUS0000001", 100), "account_ineligible"),
-        (_cmd("x", "acct_1CustomLegacy000001", 100), "consent_missing"),
-        (_cmd("x", "acct_1ExpressJP00000001", 1500, "jpy"), "region_unsupported"),
-        (_cmd("x", US, 100, "eur"), "currency_mismatch"),
-        (_cmd("x", US, 10_000_001), "amount_exceeds_limit"),
-        (_cmd("x", "acct_1LowBalanceUS00001", 100_000), "insufficient_balance"),
+        (command_body("x", US, "12"), "invalid_request"),
+        (command_body("x", "acct_1DoesNotExist0000001", 100), "account_not_found"),
+        (command_body("x", "acct_1StandardUS0000001", 100), "account_ineligible"),
+        (command_body("x", "acct_1CustomLegacy000001", 100), "consent_missing"),
+        (command_body("x", "acct_1ExpressJP00000001", 1500, "jpy"), "region_unsupported"),
+        (command_body("x", US, 100, "eur"), "currency_mismatch"),
+        (command_body("x", US, 10_000_001), "amount_exceeds_limit"),
+        (command_body("x", "acct_1LowBalanceUS00001", 100_000), "insufficient_balance"),
         (
-            _cmd("x", US, 100, reason="refund_recovery", refund="re_1DoesNotExist000001"),
+            command_body("x", US, 100, reason="refund_recovery", refund="re_1DoesNotExist000001"),
             "refund_not_found",
         ),
         (
-            _cmd("x", US, 100, reason="refund_recovery", refund="re_1RefundEUR0000000001"),
+            command_body("x", US, 100, reason="refund_recovery", refund="re_1RefundEUR0000000001"),
             "refund_currency_mismatch",
         ),
         (
-            _cmd("x", US, 999_999, reason="refund_recovery", refund="re_1RefundUSD0000000001"),
+            command_body(
+                "x", US, 999_999, reason="refund_recovery", refund="re_1RefundUSD0000000001"
+            ),
             "refund_recovery_exceeds_refund",
         ),
     ],
@@ -103,7 +93,7 @@ def test_a_duplicate_command_gives_one_payment_and_the_same_event_again(
 ) -> None:
     # Given a command that already succeeded
     request_id = new_id("dup")
-    command = _cmd(request_id, US, 500)
+    command = command_body(request_id, US, 500)
     broker.publish_command(**command)
     first = broker.event_for(request_id)
     # When the producer sends it again
@@ -120,10 +110,10 @@ def test_same_request_id_with_other_content_is_an_idempotency_conflict(
 ) -> None:
     # Given a request that succeeded
     request_id = new_id("conflict")
-    broker.publish_command(**_cmd(request_id, US, 700))
+    broker.publish_command(**command_body(request_id, US, 700))
     original = broker.event_for(request_id)
     # When another command reuses its request_id for another amount
-    broker.publish_command(**_cmd(request_id, US, 701))
+    broker.publish_command(**command_body(request_id, US, 701))
     # Then it is refused as a conflict, with its own event id, and no second payment exists
     conflict = broker.events_for(request_id, 2)[1]
     assert conflict["data"]["code"] == "idempotency_conflict"
@@ -155,10 +145,12 @@ def test_a_refund_is_never_recovered_twice(broker: PlainAmqp, sandbox: RunningSa
     # Given a 50.00 USD refund of which 30.00 is recovered
     first, second = new_id("rr"), new_id("rr")
     refund = "re_1RefundUSD0000000001"
-    broker.publish_command(**_cmd(first, US, 3000, reason="refund_recovery", refund=refund))
+    broker.publish_command(**command_body(first, US, 3000, reason="refund_recovery", refund=refund))
     first_event = broker.event_for(first)
     # When another 30.00 is asked for
-    broker.publish_command(**_cmd(second, US, 3000, reason="refund_recovery", refund=refund))
+    broker.publish_command(
+        **command_body(second, US, 3000, reason="refund_recovery", refund=refund)
+    )
     second_event = broker.event_for(second)
     # Then exactly one of them moved money (the session may have recovered from it before)
     codes = {first_event["data"].get("code"), second_event["data"].get("code")}
