@@ -47,8 +47,8 @@ def _unavailable(why: str) -> None:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
-def vhost() -> Iterator[str]:
+def own_vhost() -> Iterator[str]:
+    """A fresh RabbitMQ virtual host for the caller, removed afterwards."""
     name = f"debit-test-{uuid.uuid4().hex[:8]}"
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
@@ -66,6 +66,11 @@ def vhost() -> Iterator[str]:
         _unavailable(f"RabbitMQ is not usable ({exc})")
     yield name
     subprocess.run([ctl, "delete_vhost", name], capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture(scope="session")
+def vhost() -> Iterator[str]:
+    yield from own_vhost()
 
 
 @pytest.fixture(scope="session")

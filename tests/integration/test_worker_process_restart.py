@@ -1,0 +1,159 @@
+"""A worker process killed in the middle of a batch loses nothing and doubles nothing.
+
+Real `debit-worker run` processes on their own RabbitMQ virtual host: the first is
+SIGKILLed while debits are in flight; a second one finishes every request exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import amqp
+import pytest
+
+from tests.integration.conftest import RABBIT, PlainAmqp, new_id, own_vhost
+from worker.demo import command_body
+from worker.ledger import Ledger, Status
+from worker.sandbox import RunningSandbox, running_sandbox
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "acct_1ExpressUS00000001"
+
+
+@pytest.fixture(scope="module")
+def restart_vhost() -> Iterator[str]:
+    yield from own_vhost()
+
+
+@pytest.fixture(scope="module")
+def slow_sandbox() -> Iterator[RunningSandbox]:
+    with running_sandbox() as server:
+        server.admin.set_faults(latency_ms=300)
+        yield server
+
+
+@pytest.fixture
+def plain_amqp(restart_vhost: str) -> Iterator[PlainAmqp]:
+    connection = amqp.Connection(
+        f"{RABBIT[0]}:{RABBIT[1]}", userid="guest", password="guest", virtual_host=restart_vhost
+    )
+    connection.connect()
+    channel = connection.channel()
+    channel.confirm_select()
+    # The topology is the worker's to declare; a producer only needs the exchange to exist.
+    channel.exchange_declare("debits.commands", "topic", durable=True, auto_delete=False)
+    channel.exchange_declare(
+        "debits.events",
+        "topic",
+        durable=True,
+        auto_delete=False,
+        arguments={"alternate-exchange": "debits.events.unrouted"},
+    )
+    queue = f"test-events-{uuid.uuid4().hex[:8]}"
+    channel.queue_declare(queue, exclusive=True, auto_delete=True)
+    channel.queue_bind(queue, "debits.events", routing_key="debit.*")
+    yield PlainAmqp(connection, channel, queue)
+    connection.close()
+
+
+def _start_worker(
+    vhost: str, database_url: str, sandbox: RunningSandbox, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DEBIT_WORKER_BROKER_URL": f"amqp://guest:guest@{RABBIT[0]}:{RABBIT[1]}/{vhost}",
+        "DEBIT_WORKER_DATABASE_URL": database_url,
+        "DEBIT_WORKER_STRIPE_API_KEY": sandbox.api_key,
+        "DEBIT_WORKER_STRIPE_API_BASE": sandbox.url,
+        "DEBIT_WORKER_CONCURRENCY": "4",
+        "DEBIT_WORKER_CLAIM_LEASE_SECONDS": "5",
+        "DEBIT_WORKER_RETRY_BASE_SECONDS": "1",
+        "DEBIT_WORKER_RETRY_MAX_SECONDS": "3",
+        "DEBIT_WORKER_RELAY_INTERVAL_SECONDS": "1",
+    }
+    cli = Path(sys.executable).with_name("debit-worker")
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(cli), "run", "--no-migrate", "--loglevel", "INFO"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_until_consuming(client: PlainAmqp, process: subprocess.Popen[bytes], log: Path) -> None:
+    """The worker declares the command queue when its intake starts consuming."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()[-3000:]
+        channel = client.connection.channel()
+        try:
+            declared: Any = channel.queue_declare("debits.commands.worker", passive=True)
+            consumers = declared[2]
+            if consumers:
+                return
+        except amqp.exceptions.NotFound:
+            pass
+        else:
+            channel.close()
+        time.sleep(0.2)
+    raise AssertionError("the worker never started consuming commands:\n" + log.read_text()[-3000:])
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+
+def test_a_worker_killed_mid_batch_leaves_every_request_done_exactly_once(
+    restart_vhost: str,
+    database_url: str,
+    ledger: Ledger,
+    slow_sandbox: RunningSandbox,
+    plain_amqp: PlainAmqp,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "workers.log"
+    # Given a worker process busy with a batch of slow debits
+    first = _start_worker(restart_vhost, database_url, slow_sandbox, log)
+    try:
+        _wait_until_consuming(plain_amqp, first, log)
+        ids = [new_id("kill") for _ in range(16)]
+        for request_id in ids:
+            plain_amqp.publish_command(**command_body(request_id, ACCOUNT, 111))
+        plain_amqp.event_for(ids[0], timeout=60)
+        # When it is SIGKILLed with debits in flight, and a new worker starts
+        _stop(first, signal.SIGKILL)
+        second = _start_worker(restart_vhost, database_url, slow_sandbox, log)
+        try:
+            outcomes = {rid: plain_amqp.event_for(rid, timeout=90) for rid in ids}
+        finally:
+            _stop(second, signal.SIGTERM)
+    finally:
+        _stop(first, signal.SIGKILL)
+    # Then every request succeeded once: one event id, one payment, a succeeded ledger row
+    assert {e["type"] for e in outcomes.values()} == {"io.debit-worker.debit.succeeded.v1"}, (
+        log.read_text()[-3000:]
+    )
+    for request_id in ids:
+        ids_seen = {e["id"] for e in plain_amqp.received if e["subject"] == request_id}
+        assert len(ids_seen) == 1
+        record = ledger.requests.get(request_id)
+        assert record is not None
+        assert record.status is Status.SUCCEEDED
+    payments = [
+        p for p in slow_sandbox.admin.state().payments if p["metadata"]["request_id"] in ids
+    ]
+    assert sorted(p["metadata"]["request_id"] for p in payments) == sorted(ids)
+    assert slow_sandbox.admin.problems() == []
