@@ -1,0 +1,83 @@
+"""The operator's CLI: clear errors, working ledger commands, help on every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import main
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in ("DEBIT_WORKER_STRIPE_API_KEY", "DEBIT_WORKER_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env file is read
+    return {"DEBIT_WORKER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"}
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, command in group.commands.items():
+        found.append((*prefix, name))
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, (*prefix, name)))
+    return found
+
+
+@pytest.mark.parametrize("path", _commands(main), ids=" ".join)
+def test_every_command_explains_itself(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0
+    assert len(result.output.splitlines()) > 3
+
+
+def test_run_without_a_stripe_key_stops_with_a_clear_message(env: dict[str, str]) -> None:
+    # Given no DEBIT_WORKER_STRIPE_API_KEY
+    # When the worker is started
+    result = CliRunner().invoke(main, ["run", "--no-migrate"], env=env)
+    # Then it refuses, naming the setting to set
+    assert result.exit_code != 0
+    assert "DEBIT_WORKER_STRIPE_API_KEY is not set" in result.output
+
+
+def test_consents_are_granted_listed_and_revoked_in_the_ledger(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    # Given a migrated ledger
+    assert runner.invoke(main, ["migrate"], env=env).exit_code == 0
+    # When consent is granted, then revoked
+    granted = runner.invoke(
+        main, ["consent", "grant", "acct_1A", "--agreement", "doc-7", "--by", "ops"], env=env
+    )
+    listed = runner.invoke(main, ["consent", "list"], env=env)
+    revoked = runner.invoke(main, ["consent", "revoke", "acct_1A", "--by", "ops"], env=env)
+    after = runner.invoke(main, ["consent", "list", "--account", "acct_1A"], env=env)
+    # Then each step is reported and the list shows the state
+    assert "consent recorded for acct_1A" in granted.output
+    assert "active" in listed.output
+    assert "doc-7" in listed.output
+    assert "revoked 1 active consent(s)" in revoked.output
+    assert "revoked" in after.output
+    assert "by ops" in after.output
+
+
+def test_status_of_an_unknown_request_says_so(env: dict[str, str]) -> None:
+    runner = CliRunner()
+    runner.invoke(main, ["migrate"], env=env)
+    result = runner.invoke(main, ["status", "nope-1"], env=env)
+    assert result.exit_code != 0
+    assert "no request nope-1 in the ledger" in result.output
+
+
+def test_request_refuses_an_invalid_command_before_publishing(env: dict[str, str]) -> None:
+    # Given a negative amount / When requested / Then the field is named and nothing is sent
+    result = CliRunner().invoke(
+        main,
+        ["request", "--account", "acct_1A", "--amount", "-5", "--currency", "usd"],
+        env={**env, "DEBIT_WORKER_BROKER_URL": "amqp://nobody@127.0.0.1:1//"},
+    )
+    assert result.exit_code != 0
+    assert "amount" in result.output
