@@ -26,6 +26,7 @@ from worker.observability import configure_logging, init_sentry
 from worker.producer import DebitProducer
 from worker.sandbox.cli import sandbox
 from worker.settings import Settings, SettingsError, load_settings
+from worker.tasks import PROCESS_TASK
 from worker.topology import TASK_QUEUE, command_exchange, dead_letter_queue, declare_all
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -251,7 +252,7 @@ def dlq_list(limit: int) -> None:
             stage = headers.get("x-debit-worker-stage", "broker")
             click.echo(f"- reason: {reason}\n  stage: {stage}\n  body: {message.body[:300]!r}")
         for message in seen:
-            message.reject(requeue=True)
+            channel.basic_reject(message.delivery_tag, requeue=True)
         click.echo(f"{len(seen)} message(s) shown")
 
 
@@ -273,7 +274,7 @@ def dlq_replay(limit: int) -> None:
             if message is None:
                 break
             producer.publish(
-                message.body,
+                original_command(message.body, message.headers or {}),
                 exchange=command_exchange,
                 routing_key="debit.requested",
                 content_type="application/json",
@@ -281,9 +282,22 @@ def dlq_replay(limit: int) -> None:
                 delivery_mode=2,
                 mandatory=True,
             )
-            message.ack()
+            channel.basic_ack(message.delivery_tag)
             replayed += 1
     click.echo(f"replayed {replayed} message(s)")
+
+
+def original_command(body: bytes, headers: dict[str, Any]) -> bytes:
+    """The command as its producer sent it. Messages RabbitMQ dead-lettered from the task
+    queue (delivery limit reached) are Celery task messages wrapping it: unwrap them."""
+    if headers.get("task") != PROCESS_TASK:
+        return body
+    try:
+        args, _kwargs, _embed = json.loads(body)
+        command = args[0]
+    except (ValueError, TypeError, IndexError, KeyError):
+        return body
+    return command.encode() if isinstance(command, str) else body
 
 
 def _death_reason(headers: dict[str, Any]) -> str:
