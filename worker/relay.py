@@ -54,6 +54,10 @@ class RelayStep(bootsteps.StartStopStep):
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    # A cold shutdown calls terminate, not stop: the relay must end either way.
+    terminate = stop
+    shutdown = stop
+
     def _loop(self) -> None:
         runtime = runtime_of(self._app)
         interval = runtime.settings.relay_interval_seconds
