@@ -136,9 +136,13 @@ def database_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# A restricted key: the whole integration suite runs on one (issue 8: rk_ keys work).
+STRIPE_KEY = "rk_test_51IntegrationRestrictedKeyA1b2C3"
+
+
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[RunningSandbox]:
-    with running_sandbox() as server:
+    with running_sandbox(api_key=STRIPE_KEY) as server:
         yield server
 
 
