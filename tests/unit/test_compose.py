@@ -400,7 +400,7 @@ def definitions() -> dict[str, Any]:
 def permissions_of(user: str) -> dict[str, str]:
     found = [p for p in definitions()["permissions"] if p["user"] == user]
     assert len(found) == 1, f"{user} has {len(found)} permission entries"
-    return found[0]
+    return {str(key): str(value) for key, value in found[0].items()}
 
 
 def allows(pattern: str, name: str) -> bool:
