@@ -44,7 +44,7 @@ from worker.ledger import (
 from worker.ledger.requests import Success
 from worker.money import format_amount
 from worker.observability import report_unauthorized
-from worker.parsing import InvalidCommand, echo_fields, parse_command, screen
+from worker.parsing import InvalidCommand, Undeliverable, echo_fields, parse_command, screen
 from worker.policy import Refusal, evaluate
 from worker.ports import EventPublisher, PublishFailed, StripePort
 from worker.producer_limits import daily_limit, static_refusal
@@ -94,8 +94,13 @@ def handle_debit_requested(
         try:
             verified = svc.auth.verify(raw, headers or {}, svc.clock())
         except Unauthorized as refused:
-            _emit_unauthorized(raw, refused, svc)
-            return Result.FAILED
+            if not _already_attempting(raw, svc):
+                _emit_unauthorized(raw, refused, svc)
+                return Result.FAILED
+            # Accepted before (only accepted commands are claimed), and Stripe may have been
+            # called: a key retired or removed meanwhile must not strand it, so the same
+            # debit carries on (its policy was decided; repeating it moves no more money).
+            log.warning("request %s: %s; carrying on its attempt", screen(raw), refused.reason)
     try:
         command = parse_command(body)
     except InvalidCommand as invalid:
@@ -313,6 +318,19 @@ def _emit_invalid(invalid: InvalidCommand, svc: Services) -> None:
     svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
     log.info("request %s is invalid: %s", invalid.request_id, invalid)
     _publish_recorded(invalid.request_id, svc)
+
+
+def _already_attempting(raw: bytes, svc: Services) -> bool:
+    try:
+        command = parse_command(raw)
+    except (InvalidCommand, Undeliverable):
+        return False
+    record = svc.ledger.requests.get(command.request_id)
+    return (
+        record is not None
+        and record.status in {Status.ATTEMPTING, Status.NEEDS_RECONCILIATION}
+        and record.fingerprint == command.fingerprint()
+    )
 
 
 def _emit_unauthorized(raw: bytes, refused: Unauthorized, svc: Services) -> None:

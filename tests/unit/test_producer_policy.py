@@ -31,9 +31,11 @@ def world(tmp_path: Path) -> World:
     return a_world(tmp_path)
 
 
-def handle(world: World, body: str, signer: Signer | None = BILLING) -> Result:
+def handle(
+    world: World, body: str, signer: Signer | None = BILLING, *, key_known: bool = True
+) -> Result:
     auth = Authenticator(
-        keys={BILLING.producer: {BILLING.key_id: BILLING.secret}},
+        keys={BILLING.producer: {BILLING.key_id: BILLING.secret}} if key_known else {},
         policies={BILLING.producer: POLICY},
     )
     services = dataclasses.replace(world.services(), auth=auth)
@@ -115,3 +117,22 @@ def test_a_retried_attempt_keeps_its_reservation_without_taking_another(world: W
     record = world.ledger.requests.get("r1")
     assert record is not None
     assert record.status is Status.SUCCEEDED
+
+
+def test_an_attempt_in_flight_carries_on_after_its_key_is_removed(world: World) -> None:
+    # Given a signed debit whose Stripe answer was lost (the money may have moved)
+    world.stripe.lose_next_response(OutcomeUnknown("timeout"))
+    with pytest.raises(OutcomeUnknown):
+        handle(world, a_body(request_id="k1", amount=1000))
+    world.clock.advance(200)
+    # When the operator removes the key before the retry
+    result = handle(world, a_body(request_id="k1", amount=1000), key_known=False)
+    # Then the retry still settles it, with the one payment Stripe made
+    assert result is Result.SUCCEEDED
+    assert len(world.stripe.payments) == 1
+
+
+def test_a_finished_request_replayed_with_a_removed_key_is_unauthorized(world: World) -> None:
+    assert handle(world, a_body(request_id="k2", amount=1000)) is Result.SUCCEEDED
+    assert handle(world, a_body(request_id="k2", amount=1000), key_known=False) is Result.FAILED
+    assert code(world) == FailureCode.UNAUTHORIZED
