@@ -8,7 +8,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 RUN := $(UV) run --frozen
 
-.PHONY: help install demo check lint types test test-unit test-integration schemas sandbox bench clean
+.PHONY: help install demo check lint types security test test-unit test-integration schemas sandbox bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ install: $(VENV)/.synced ## create .venv with the locked dependencies
 demo: install ## run the worker on embedded defaults (no services needed) and print each outcome
 	$(RUN) debit-worker demo
 
-check: lint types test ## lint + types + the whole test suite (what CI runs)
+check: lint types security test ## lint + types + security + the whole test suite (what CI runs)
 
 lint: install ## ruff
 	$(RUN) ruff check .
@@ -34,6 +34,15 @@ lint: install ## ruff
 
 types: install ## mypy --strict
 	$(RUN) mypy
+
+# pip-audit asks PyPI's JSON API about every pinned version in uv.lock (dev tools included);
+# a known vulnerability fails the build. PIP_AUDIT_FLAGS=--strict also fails when a package
+# could not be audited (e.g. the vulnerability service is unreachable).
+PIP_AUDIT_FLAGS ?=
+security: install ## pip-audit on the locked dependencies + bandit (medium and higher)
+	$(RUN) bandit -q -r worker schemas -ll
+	$(UV) export --frozen --format requirements-txt --no-hashes --no-emit-project \
+		| $(RUN) pip-audit -r /dev/stdin --no-deps --disable-pip --progress-spinner off $(PIP_AUDIT_FLAGS)
 
 test: install ## every test: unit and integration (needs RabbitMQ, PostgreSQL, Redis)
 	$(RUN) pytest

@@ -24,6 +24,8 @@ class FailureCode(StrEnum):
     REFUND_RECOVERY_EXCEEDS_REFUND = "refund_recovery_exceeds_refund"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     STRIPE_REJECTED = "stripe_rejected"
+    UNAUTHORIZED = "unauthorized"
+    PRODUCER_LIMIT_EXCEEDED = "producer_limit_exceeded"
 
     @property
     def info(self) -> CodeInfo:
@@ -119,5 +121,22 @@ CATALOGUE: dict[FailureCode, CodeInfo] = {
         "carries Stripe's type, code and request id.",
         producer_action="Read stripe_error.code; contact the operator if it is unclear.",
         retry_may_succeed=False,
+    ),
+    FailureCode.UNAUTHORIZED: CodeInfo(
+        meaning="The command is not signed, or not by an active key of a known producer, or "
+        "was altered after signing, or its signature is older than the worker's window. "
+        "Nothing was recorded: the request_id is not used up, and this event says nothing "
+        "about any other command with the same request_id.",
+        producer_action="Sign with an active key of your producer (docs/contract.md, Signing "
+        "commands) and publish again, with a fresh timestamp and the same request_id.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.PRODUCER_LIMIT_EXCEEDED: CodeInfo(
+        meaning="The producer may not use this reason, or the amount is above the producer's "
+        "per-debit maximum, or the producer's debits in this currency over the last 24 hours "
+        "plus this one would exceed its daily maximum.",
+        producer_action="Stay within your producer's policy; daily room frees up as "
+        "earlier debits leave the 24-hour window, or ask the operator to change the policy.",
+        retry_may_succeed=True,
     ),
 }

@@ -13,6 +13,7 @@ from datetime import datetime
 import stripe
 from celery import Celery
 
+from worker.authentication import Authenticator
 from worker.facts_cache import CachedStripe
 from worker.handlers import HandlerConfig, Services
 from worker.ledger import Ledger, utc_now
@@ -55,6 +56,18 @@ def handler_config(settings: Settings) -> HandlerConfig:
     )
 
 
+def authenticator(settings: Settings) -> Authenticator:
+    return Authenticator(
+        keys={
+            producer: {key_id: secret.get_secret_value() for key_id, secret in keys.items()}
+            for producer, keys in settings.producer_keys.items()
+        },
+        policies=dict(settings.producers),
+        require_signatures=settings.require_signatures,
+        max_age_seconds=settings.signature_max_age_seconds,
+    )
+
+
 def rule_tables(settings: Settings) -> RuleTables:
     return RuleTables.from_file(settings.rules_file) if settings.rules_file else RuleTables()
 
@@ -75,6 +88,7 @@ def build_services(
         rules=rule_tables(settings),
         config=handler_config(settings),
         clock=clock,
+        auth=authenticator(settings),
     )
 
 

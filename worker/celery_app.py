@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+
 from celery import Celery
 
 from worker.settings import Settings
@@ -45,5 +48,17 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
+        broker_use_ssl=broker_tls(settings),
     )
     return app
+
+
+def broker_tls(settings: Settings) -> dict[str, Any] | None:
+    """With an amqps:// URL: TLS, the server's certificate verified against
+    DEBIT_WORKER_BROKER_CA_FILE (or the system's CAs) and its host name checked."""
+    if not settings.broker_url.startswith("amqps://"):
+        return None
+    options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+    if settings.broker_ca_file is not None:
+        options["ca_certs"] = str(settings.broker_ca_file)
+    return options

@@ -23,7 +23,7 @@ from worker.ledger import Ledger
 from worker.ledger.database import make_engine
 from worker.ledger.migrate import head_revision, upgrade
 from worker.observability import configure_logging, init_sentry
-from worker.producer import DebitProducer
+from worker.producer import DebitProducer, signer_from
 from worker.sandbox.cli import sandbox
 from worker.settings import Settings, SettingsError, load_settings
 from worker.tasks import PROCESS_TASK
@@ -130,9 +130,11 @@ def request(  # noqa: PLR0917 - click passes each option
     request_id: str | None,
     broker_url: str | None,
 ) -> None:
-    """Publish one DebitRequested command and print its request id.
+    """Publish one DebitRequested command, signed, and print its request id.
 
-    Sending the same --request-id again is safe: the worker re-emits the first outcome.
+    Signs as DEBIT_WORKER_PRODUCER_ID with key DEBIT_WORKER_PRODUCER_KEY_ID and its secret
+    DEBIT_WORKER_PRODUCER_SECRET (environment or secret files). Sending the same
+    --request-id again is safe: the worker re-emits the first outcome.
     """
     pairs = dict(item.split("=", 1) for item in metadata if "=" in item)
     try:
@@ -151,7 +153,11 @@ def request(  # noqa: PLR0917 - click passes each option
     except ValidationError as exc:
         raise click.ClickException(f"not a valid command:\n{exc}") from None
     settings = _settings(broker_url=broker_url)
-    with DebitProducer(settings.broker_url) as producer:
+    try:
+        signer = signer_from(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    with DebitProducer(settings.broker_url, signer) as producer:
         producer.publish(command)
     click.echo(command.request_id)
 

@@ -23,6 +23,7 @@ import click
 from celery.contrib.testing.worker import start_worker
 from kombu import Connection, Queue
 
+from schemas.signing import Signer
 from schemas.topology import DEAD_LETTER_QUEUE
 from worker.app import build_worker
 from worker.ledger import Ledger
@@ -42,6 +43,8 @@ HONG_KONG = "acct_1ExpressHK00000001"
 LOW = "acct_1LowBalanceUS00001"
 REFUND_USD = "re_1RefundUSD0000000001"
 REFUND_EUR = "re_1RefundEUR0000000001"
+# The demo's producer and its key: the worker knows the secret, the producer signs with it.
+DEMO_SIGNER = Signer("demo-billing", "demo-2026-11", "demo-only-secret-not-for-production")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Scenario:
     title: str
     body: dict[str, Any] | bytes
     expect: str  # "succeeded", a failure code, or "dead-letter"
+    signed: bool = True  # False: published without the producer's signature
 
 
 def command_body(
@@ -135,6 +139,12 @@ def scenarios() -> list[Scenario]:
             ),
             "refund_not_found",
         ),
+        Scenario(
+            "an unsigned command (no producer identity)",
+            command_body("demo-unsigned-001", US, 2500),
+            "unauthorized",
+            signed=False,
+        ),
         Scenario("a message that is not JSON", b"\x00\xffnot json", "dead-letter"),
     ]
 
@@ -153,6 +163,7 @@ def _embedded(workdir: Path) -> Iterator[tuple[Any, Any, Ledger, Connection]]:
             stripe_api_base=sandbox.url,
             concurrency=4,
             relay_interval_seconds=1.0,
+            producer_keys={DEMO_SIGNER.producer: {DEMO_SIGNER.key_id: DEMO_SIGNER.secret}},
         )
         app, _runtime = build_worker(settings)
         with Connection("memory://") as connection:
@@ -178,11 +189,15 @@ def run_demo(echo: Any = click.echo) -> int:
             start_worker(
                 app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
             ),
-            DebitProducer("memory://") as producer,
+            DebitProducer("memory://", DEMO_SIGNER) as producer,
+            DebitProducer("memory://") as unsigned,
         ):
             echo(f"{'scenario':44} {'expected':32} {'outcome':32} detail")
             echo("-" * 140)
-            misses = sum(not _play(s, producer, inbox, dead, echo) for s in scenarios())
+            misses = sum(
+                not _play(s, producer if s.signed else unsigned, inbox, dead, echo)
+                for s in scenarios()
+            )
         state = sandbox.admin.state()
         echo("-" * 140)
         echo(

@@ -11,8 +11,9 @@ ledger says happened, and never moves money twice:
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -30,13 +31,23 @@ from schemas.events import (
     succeeded_event,
 )
 from schemas.topology import FAILED_ROUTING_KEY, SUCCEEDED_ROUTING_KEY
+from worker.authentication import Authenticator, Unauthorized, Verified
 from worker.errors import PermanentFailure, RequestBusy
-from worker.ledger import ClaimKind, Ledger, OutboxEvent, RecoveryBudgetExceeded, Status
+from worker.ledger import (
+    ClaimKind,
+    Ledger,
+    OutboxEvent,
+    ProducerLimitExceeded,
+    RecoveryBudgetExceeded,
+    Status,
+)
 from worker.ledger.requests import Success
 from worker.money import format_amount
-from worker.parsing import InvalidCommand, parse_command
+from worker.observability import report_unauthorized
+from worker.parsing import InvalidCommand, Undeliverable, echo_fields, parse_command, screen
 from worker.policy import Refusal, evaluate
 from worker.ports import EventPublisher, PublishFailed, StripePort
+from worker.producer_limits import daily_limit, static_refusal
 from worker.rules import RuleTables
 from worker.stripe_gateway import DebitCharge, idempotency_key
 
@@ -59,6 +70,8 @@ class Services:
     rules: RuleTables
     config: HandlerConfig
     clock: Callable[[], datetime]
+    # None: every command is accepted unsigned, without producer policy (unit tests).
+    auth: Authenticator | None = None
 
 
 class Result(StrEnum):
@@ -68,21 +81,42 @@ class Result(StrEnum):
     CONFLICT = "conflict"
 
 
-def handle_debit_requested(body: bytes | str, svc: Services, owner: str) -> Result:
-    """Raises Undeliverable (dead-letter it), TransientFailure (retry later), or returns."""
+def handle_debit_requested(
+    body: bytes | str, svc: Services, owner: str, headers: Mapping[str, str] | None = None
+) -> Result:
+    """Raises Undeliverable (dead-letter it), TransientFailure (retry later), or returns.
+
+    The producer's signature is checked first: an unauthorised command is answered with
+    DebitFailed(unauthorized) and never claimed in the ledger nor shown to Stripe."""
+    verified = None
+    if svc.auth is not None:
+        raw = body.encode("utf-8") if isinstance(body, str) else body
+        try:
+            verified = svc.auth.verify(raw, headers or {}, svc.clock())
+        except Unauthorized as refused:
+            if not _already_attempting(raw, svc):
+                _emit_unauthorized(raw, refused, svc)
+                return Result.FAILED
+            # Accepted before (only accepted commands are claimed), and Stripe may have been
+            # called: a key retired or removed meanwhile must not strand it, so the same
+            # debit carries on (its policy was decided; repeating it moves no more money).
+            log.warning("request %s: %s; carrying on its attempt", screen(raw), refused.reason)
     try:
         command = parse_command(body)
     except InvalidCommand as invalid:
         _emit_invalid(invalid, svc)
         return Result.FAILED
-    return _Debit(command, svc, owner).run()
+    return _Debit(command, svc, owner, verified).run()
 
 
 class _Debit:
-    def __init__(self, command: DebitRequested, svc: Services, owner: str) -> None:
+    def __init__(
+        self, command: DebitRequested, svc: Services, owner: str, producer: Verified | None
+    ) -> None:
         self.command = command
         self.svc = svc
         self.owner = owner
+        self.producer = producer
         self.requests = svc.ledger.requests
 
     def run(self) -> Result:
@@ -117,6 +151,13 @@ class _Debit:
 
     def _decide_and_begin(self) -> None:
         cmd, stripe, ledger = self.command, self.svc.stripe, self.svc.ledger
+        daily = None
+        if self.producer is not None:
+            name, policy = self.producer.producer, self.producer.policy
+            refused = static_refusal(name, policy, cmd)
+            if refused is not None:
+                raise PermanentFailure(FailureCode.PRODUCER_LIMIT_EXCEEDED, refused)
+            daily = daily_limit(name, policy, cmd.currency)
         now = self.svc.clock()
         account = stripe.account(cmd.account)
         refund = stripe.refund(cmd.refund) if cmd.refund else None
@@ -140,8 +181,17 @@ class _Debit:
             raise PermanentFailure(decision.code, decision.message)
         try:
             began = self.requests.begin_attempt(
-                cmd.request_id, self.owner, idempotency_key(cmd.request_id), refund
+                cmd.request_id, self.owner, idempotency_key(cmd.request_id), refund, daily
             )
+        except ProducerLimitExceeded as exceeded:
+            left = max(0, exceeded.limit.limit - exceeded.used)
+            raise PermanentFailure(
+                FailureCode.PRODUCER_LIMIT_EXCEEDED,
+                f"producer {exceeded.limit.producer} has "
+                f"{format_amount(left, cmd.currency)} of its daily maximum of "
+                f"{format_amount(exceeded.limit.limit, cmd.currency)} left in the last 24 "
+                f"hours; this debit asks for {format_amount(cmd.amount, cmd.currency)}",
+            ) from None
         except RecoveryBudgetExceeded as exceeded:
             remaining = max(0, exceeded.refunded - exceeded.reserved)
             raise PermanentFailure(
@@ -268,6 +318,44 @@ def _emit_invalid(invalid: InvalidCommand, svc: Services) -> None:
     svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
     log.info("request %s is invalid: %s", invalid.request_id, invalid)
     _publish_recorded(invalid.request_id, svc)
+
+
+def _already_attempting(raw: bytes, svc: Services) -> bool:
+    try:
+        command = parse_command(raw)
+    except (InvalidCommand, Undeliverable):
+        return False
+    record = svc.ledger.requests.get(command.request_id)
+    return (
+        record is not None
+        and record.status in {Status.ATTEMPTING, Status.NEEDS_RECONCILIATION}
+        and record.fingerprint == command.fingerprint()
+    )
+
+
+def _emit_unauthorized(raw: bytes, refused: Unauthorized, svc: Services) -> None:
+    """Answer the (unverified) request id, record nothing else, and alert."""
+    request_id = screen(raw)  # Undeliverable: nobody to answer (the intake screens for it)
+    partial = echo_fields(raw)
+    data = DebitFailed(
+        request_id=request_id,
+        account=partial.get("account"),
+        amount=partial.get("amount"),
+        currency=partial.get("currency"),
+        reason=partial.get("reason"),
+        refund=partial.get("refund"),
+        code=FailureCode.UNAUTHORIZED,
+        message=f"the command was refused: {refused.reason}",
+        retry_may_succeed=FailureCode.UNAUTHORIZED.retry_may_succeed,
+        failed_at=svc.clock(),
+    )
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    variant = f"unauthorized:{digest}:{refused.reason}"
+    event = failed_event(data, source=svc.config.event_source, variant=variant)
+    svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
+    log.warning("request %s refused as unauthorized: %s", request_id, refused.reason)
+    report_unauthorized(request_id, refused.reason, refused.producer, refused.key_id)
+    _publish_recorded(request_id, svc)
 
 
 def _publish_recorded(request_id: str, svc: Services, resend: str | None = None) -> None:

@@ -7,12 +7,14 @@ the dead-letter queue with the reason in its headers."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any, Final
 
 from celery import bootsteps
 from kombu import Consumer, Message
 
+from worker.authentication import RECEIVED_AT_HEADER, carried_headers
 from worker.bootstrap import runtime_of
 from worker.parsing import Undeliverable, screen
 from worker.ports import PublishFailed
@@ -46,9 +48,12 @@ class CommandIntake(bootsteps.ConsumerStep):
             self._dead_letter(message, str(exc))
             return
         text = body.decode("utf-8") if isinstance(body, bytes) else body
+        # The signature's headers travel with the body; the task verifies them before the
+        # ledger or Stripe see anything. The receipt time is ours, never the producer's.
+        headers = carried_headers(message.headers) | {RECEIVED_AT_HEADER: f"{time.time():.3f}"}
         try:
             self.parent_app.tasks[PROCESS_TASK].apply_async(
-                args=[text],
+                args=[text, headers],
                 task_id=f"{request_id}:{uuid.uuid4().hex[:12]}",
                 queue=TASK_QUEUE,
             )

@@ -87,6 +87,15 @@ def parse_command(body: bytes | str) -> DebitRequested:
         raise InvalidCommand(request_id, partial, errors) from None
 
 
+def echo_fields(body: bytes | str) -> dict[str, Any]:
+    """The command's fields a DebitFailed may echo back (those of the right type, short)."""
+    value = _decode(body)
+    return {key: value.get(key) for key in _ECHOED if _readable(key, value.get(key))}
+
+
+_ECHOED: Final = ("account", "amount", "currency", "reason", "refund")
+
+
 def _readable(key: str, item: object) -> bool:
     """Only echo fields back that fit the event's loose types (and are short)."""
     if key == "amount":

@@ -256,7 +256,7 @@ class RuleTables(BaseModel):
             data: object = (
                 json.loads(text)
                 if file.suffix.lower() == ".json"
-                else yaml.load(text, Loader=_RulesLoader)  # noqa: S506 (a SafeLoader subclass)
+                else yaml.load(text, Loader=_RulesLoader)  # noqa: S506  # nosec B506 - a SafeLoader subclass
             )
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise RuleFileError(f"{file}: not valid {file.suffix[1:].upper()}: {error}") from None

@@ -2,7 +2,8 @@
 
 Read from the environment (prefix ``DEBIT_WORKER_``) or a ``.env`` file. Secrets may instead
 come from files: set ``DEBIT_WORKER_SECRETS_DIR`` to a directory holding one file per secret,
-named like the setting (``stripe_api_key``), as container secrets are mounted.
+named like the environment variable in any case (``debit_worker_stripe_api_key``), as
+container secrets are mounted; JSON-valued settings (``producer_keys``) hold JSON there too.
 Nothing is read at import time: call :func:`load_settings`.
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.producer_limits import ProducerPolicy
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/debit_worker"
@@ -85,8 +89,38 @@ class Settings(BaseSettings):
     )
     relay_interval_seconds: float = Field(default=5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    broker_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle to verify RabbitMQ's certificate with an amqps:// broker URL "
+        "(unset: the system's CAs).",
+    )
+    # --- producers: who may ask for debits (the worker's side) ---
+    require_signatures: bool = Field(
+        default=True, description="Refuse commands without a valid producer signature."
+    )
+    signature_max_age_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="How far a signature's timestamp may be from the moment the worker "
+        "received the command, either way.",
+    )
+    producer_keys: dict[str, dict[str, SecretStr]] = Field(
+        default_factory=dict,
+        description="JSON: producer id → key id → secret, every key that may sign now "
+        "(several per producer while rotating).",
+    )
+    producers: dict[str, ProducerPolicy] = Field(
+        default_factory=dict,
+        description="JSON: producer id → policy (allowed_reasons, max_per_debit, max_per_day, "
+        "retired_keys).",
+    )
+    # --- signing (the CLI's and DebitProducer's side) ---
+    producer_id: str | None = Field(default=None, description="Who `request` signs as.")
+    producer_key_id: str | None = Field(default=None, description="Which key `request` uses.")
+    producer_secret: SecretStr | None = Field(default=None, description="That key's secret.")
 
-    @field_validator("sentry_dsn", "stripe_api_key", mode="before")
+    @field_validator("sentry_dsn", "stripe_api_key", "producer_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -105,6 +139,24 @@ class Settings(BaseSettings):
                 "secret key (sk_…) or a restricted key (rk_…) to debit accounts"
             )
         return self.stripe_api_key
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret value, for scrubbing (passwords in URLs included)."""
+        found = [
+            s.get_secret_value()
+            for s in (self.stripe_api_key, self.sentry_dsn, self.producer_secret)
+            if s is not None
+        ]
+        found += [
+            secret.get_secret_value()
+            for keys in self.producer_keys.values()
+            for secret in keys.values()
+        ]
+        for url in (self.broker_url, self.database_url):
+            password = urlsplit(url).password
+            if password:
+                found.append(password)
+        return tuple(secret for secret in found if secret)
 
     @property
     def live_mode(self) -> bool:

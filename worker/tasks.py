@@ -24,18 +24,27 @@ _DATABASE_TROUBLE = (OperationalError, DBAPIError)
 
 def register_tasks(app: Celery, runtime: Runtime) -> Task:  # type: ignore[type-arg]
     @app.task(bind=True, name=PROCESS_TASK, max_retries=None, acks_late=True)
-    def process_debit(self: Task, body: str) -> str:  # type: ignore[type-arg]
-        return process(self, body, runtime)
+    def process_debit(
+        self: Task,  # type: ignore[type-arg]
+        body: str,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        return process(self, body, runtime, headers)
 
     return process_debit
 
 
-def process(task: Task, body: str, runtime: Runtime) -> str:  # type: ignore[type-arg]
+def process(
+    task: Task,  # type: ignore[type-arg]
+    body: str,
+    runtime: Runtime,
+    headers: dict[str, str] | None = None,
+) -> str:
     settings = runtime.settings
     attempt = task.request.retries + 1
     owner = f"{runtime.identity}:{task.request.id}:{attempt}"
     try:
-        return handle_debit_requested(body, runtime.services(), owner).value
+        return handle_debit_requested(body, runtime.services(), owner, headers).value
     except Undeliverable as exc:  # the intake screens for this; kept for direct publishers
         runtime.dead_letters.send(body, reason=str(exc), stage="task")
         return "dead_lettered"

@@ -7,6 +7,8 @@ fail when CI is set.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -39,6 +41,55 @@ ELIGIBLE = (
     "acct_1ExpressHK00000001",
     "acct_1LowBalanceUS00001",
 )
+
+
+# Producers the session's worker knows. Secrets are test-only values.
+PRODUCER_KEYS: dict[str, dict[str, str]] = {
+    "itest": {"k2": "itest-secret-two", "k1": "itest-secret-one"},
+    "limited": {"l1": "limited-secret"},
+    "flood": {"f1": "flood-secret"},
+}
+PRODUCERS: dict[str, dict[str, Any]] = {
+    "itest": {"retired_keys": ["k0"]},
+    "limited": {
+        "allowed_reasons": ["platform_charge"],
+        "max_per_debit": {"usd": 5000},
+        "max_per_day": {"usd": 8000},
+    },
+    "flood": {"max_per_day": {"usd": 10_000}},
+}
+MAX_AGE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Key:
+    producer: str
+    key_id: str
+    secret: str
+
+
+DEFAULT_KEY = Key("itest", "k2", PRODUCER_KEYS["itest"]["k2"])
+
+
+def sign(body: bytes, key: Key, timestamp: int | None = None) -> dict[str, str]:
+    """docs/contract.md "Signing commands", written from the text (not the project helper)."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    canonical = "\n".join(
+        [
+            "debit-worker-signature-v1",
+            key.producer,
+            key.key_id,
+            ts,
+            hashlib.sha256(body).hexdigest(),
+        ]
+    ).encode()
+    mac = hmac.new(key.secret.encode(), canonical, hashlib.sha256).hexdigest()
+    return {
+        "x-debit-producer": key.producer,
+        "x-debit-key-id": key.key_id,
+        "x-debit-timestamp": ts,
+        "x-debit-signature": "v1=" + mac,
+    }
 
 
 def _unavailable(why: str) -> None:
@@ -90,9 +141,13 @@ def database_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# A restricted key: the whole integration suite runs on one (issue 8: rk_ keys work).
+STRIPE_KEY = "rk_test_51IntegrationRestrictedKeyA1b2C3"
+
+
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[RunningSandbox]:
-    with running_sandbox() as server:
+    with running_sandbox(api_key=STRIPE_KEY) as server:
         yield server
 
 
@@ -107,6 +162,10 @@ def settings(vhost: str, database_url: str, sandbox: RunningSandbox) -> Settings
         relay_interval_seconds=1.0,
         retry_base_seconds=1.0,
         retry_max_seconds=2.0,
+        require_signatures=True,
+        signature_max_age_seconds=MAX_AGE_SECONDS,
+        producer_keys=PRODUCER_KEYS,
+        producers=PRODUCERS,
     )
 
 
@@ -136,9 +195,18 @@ class PlainAmqp:
     events_queue: str = ""
     received: list[dict[str, Any]] = field(default_factory=list)
 
-    def publish(self, body: bytes | str, content_type: str = "application/json") -> None:
+    def publish(
+        self,
+        body: bytes | str,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Publishes `body` with `headers`; signed with the default key when None."""
         raw = body.encode() if isinstance(body, str) else body
-        message = amqp.Message(raw, content_type=content_type, delivery_mode=2)
+        chosen = sign(raw, DEFAULT_KEY) if headers is None else headers
+        message = amqp.Message(
+            raw, content_type=content_type, delivery_mode=2, application_headers=chosen
+        )
         self.channel.basic_publish(
             message, exchange="debits.commands", routing_key="debit.requested", mandatory=True
         )
@@ -178,12 +246,17 @@ class PlainAmqp:
         return []
 
 
-@pytest.fixture
-def broker(settings: Settings, vhost: str, worker_app: Celery) -> Iterator[PlainAmqp]:
+def connect(vhost: str) -> amqp.Connection:
     connection = amqp.Connection(
         f"{RABBIT[0]}:{RABBIT[1]}", userid="guest", password="guest", virtual_host=vhost
     )
     connection.connect()
+    return connection
+
+
+@pytest.fixture
+def broker(settings: Settings, vhost: str, worker_app: Celery) -> Iterator[PlainAmqp]:
+    connection = connect(vhost)
     channel = connection.channel()
     channel.confirm_select()
     queue = f"test-events-{uuid.uuid4().hex[:8]}"

@@ -8,7 +8,10 @@ not have, two services on one host port.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib
+import json
 import os
 import re
 import tomllib
@@ -24,6 +27,7 @@ import yaml
 
 from worker.sandbox.core import DEFAULT_API_KEY
 from worker.settings import Settings, load_settings
+from worker.topology import event_exchange, unrouted_events_exchange
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 COMPOSE_FILE: Final = ROOT / "docker-compose.yml"
@@ -368,3 +372,122 @@ def test_the_image_runs_the_debit_worker_cli_and_ships_what_the_build_needs() ->
     users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert users, "the image runs as root"
     assert users[-1].partition(":")[0] not in {"root", "0"}, "the image runs as root"
+
+
+# --- broker users and permissions (rabbitmq/definitions.json) --------------------------------
+
+DEFINITIONS: Final = ROOT / "rabbitmq" / "definitions.json"
+# Names no producer or consumer may touch beyond its own: every exchange and queue the worker
+# declares, and Celery's.
+OTHER_NAMES: Final = (
+    "debits.events",
+    "debits.tasks",
+    "debits.dlx",
+    "debits.dead-letter",
+    "debits.commands.worker",
+    "debits.events.unrouted",
+    "celery",
+    "amq.default",  # how RabbitMQ names the default exchange ("") in permission checks
+)
+
+
+def definitions() -> dict[str, Any]:
+    loaded = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def permissions_of(user: str) -> dict[str, str]:
+    found = [p for p in definitions()["permissions"] if p["user"] == user]
+    assert len(found) == 1, f"{user} has {len(found)} permission entries"
+    return {str(key): str(value) for key, value in found[0].items()}
+
+
+def allows(pattern: str, name: str) -> bool:
+    return re.search(pattern, name) is not None
+
+
+def password_matches(user: str, password: str) -> bool:
+    entry = next(u for u in definitions()["users"] if u["name"] == user)
+    assert entry["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    raw = base64.b64decode(entry["password_hash"])
+    salt, digest = raw[:4], raw[4:]
+    return hashlib.sha256(salt + password.encode()).digest() == digest
+
+
+def test_rabbitmq_loads_the_definitions_at_boot() -> None:
+    # Given the rabbitmq service / Then its config and definitions are mounted and loaded
+    mounts = " ".join(str(v) for v in services()["rabbitmq"].get("volumes", []))
+    assert "./rabbitmq/definitions.json:/etc/rabbitmq/definitions.json" in mounts
+    assert "./rabbitmq/rabbitmq.conf:/etc/rabbitmq/rabbitmq.conf" in mounts
+    conf = (ROOT / "rabbitmq" / "rabbitmq.conf").read_text(encoding="utf-8")
+    assert re.search(r"^load_definitions = /etc/rabbitmq/definitions.json$", conf, re.M)
+
+
+def test_there_is_no_guest_user() -> None:
+    assert "guest" not in {u["name"] for u in definitions()["users"]}
+
+
+@pytest.mark.parametrize("user", ["producer-billing", "producer-corrections", "producer-refunds"])
+def test_each_producer_may_only_publish_to_the_command_exchange(user: str) -> None:
+    # Given a producer's permissions
+    perms = permissions_of(user)
+    # Then it may write debits.commands and nothing else, and configure and read nothing
+    assert allows(perms["write"], "debits.commands")
+    for name in OTHER_NAMES:
+        assert not allows(perms["write"], name), f"{user} may write {name!r}"
+    for name in ("debits.commands", *OTHER_NAMES):
+        assert not allows(perms["configure"], name), f"{user} may configure {name!r}"
+        assert not allows(perms["read"], name), f"{user} may read {name!r}"
+
+
+def test_each_consumer_may_only_read_its_own_bound_queue() -> None:
+    # Given the consumer user and its queue
+    perms = permissions_of("consumer-ledger-sync")
+    queue = "events.ledger-sync"
+    # Then it reads that queue only, and configures and writes nothing
+    assert allows(perms["read"], queue)
+    for name in ("debits.commands", *OTHER_NAMES):
+        assert not allows(perms["read"], name)
+        assert not allows(perms["configure"], name)
+        assert not allows(perms["write"], name)
+    # And the queue exists, bound to the events, so the consumer need not declare anything
+    assert queue in {q["name"] for q in definitions()["queues"]}
+    assert {(b["source"], b["destination"]) for b in definitions()["bindings"]} >= {
+        ("debits.events", queue)
+    }
+
+
+def test_exchanges_in_the_definitions_match_what_the_worker_declares() -> None:
+    # Given the worker's own declarations (a mismatch would fail its redeclare at start)
+    declared = {e.name: e for e in (event_exchange, unrouted_events_exchange)}
+    for exchange in definitions()["exchanges"]:
+        ours = declared[exchange["name"]]
+        assert exchange["type"] == ours.type
+        assert exchange["durable"] is True
+        assert exchange["arguments"] == (ours.arguments or {})
+
+
+def test_the_worker_and_flower_connect_as_their_own_users_with_the_defined_passwords() -> None:
+    found = services()
+    worker_url = urlsplit(
+        interpolated(environment(found["worker"])["DEBIT_WORKER_BROKER_URL"] or "")
+    )
+    flower_url = urlsplit(
+        next(a for a in command(found["flower"]) if a.startswith("--broker=")).partition("=")[2]
+    )
+    for url, user in ((worker_url, "debit-worker"), (flower_url, "flower")):
+        assert url.username == user
+        assert url.password is not None
+        assert password_matches(user, url.password)
+
+
+def test_the_producer_keys_reach_the_worker_as_secret_files() -> None:
+    worker = services()["worker"]
+    env = environment(worker)
+    assert env["DEBIT_WORKER_SECRETS_DIR"] == "/run/secrets"
+    assert {"debit_worker_producer_keys", "debit_worker_producer_secret"} <= set(
+        worker.get("secrets", [])
+    )
+    for name, spec in compose()["secrets"].items():
+        assert (ROOT / spec["file"]).is_file(), name

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from worker.ledger.audit import AuditEntry, read_audit
 from worker.ledger.consents import ConsentStore
 from worker.ledger.outbox_store import OutboxEvent, OutboxStore, PendingEvent
+from worker.ledger.producer_budgets import ProducerLimitExceeded
 from worker.ledger.requests import (
     Claim,
     ClaimKind,
@@ -56,6 +57,7 @@ __all__ = [
     "OutboxEvent",
     "OutboxStore",
     "PendingEvent",
+    "ProducerLimitExceeded",
     "RecoveryBudgetExceeded",
     "RequestLedger",
     "RequestRecord",

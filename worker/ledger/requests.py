@@ -19,7 +19,9 @@ from worker.facts import RefundFacts
 from worker.ledger.audit import write_audit
 from worker.ledger.database import insert_ignoring_duplicates
 from worker.ledger.outbox_store import OutboxEvent, insert_event
+from worker.ledger.producer_budgets import release, reserve
 from worker.ledger.tables import TERMINAL, Status, debit_requests, refund_budgets
+from worker.producer_limits import DailyLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +150,19 @@ class RequestLedger:
             return Claim(ClaimKind.RESUMED, self._get(conn, command.request_id))
 
     def begin_attempt(
-        self, request_id: str, owner: str, idempotency_key: str, refund: RefundFacts | None
+        self,
+        request_id: str,
+        owner: str,
+        idempotency_key: str,
+        refund: RefundFacts | None,
+        daily: DailyLimit | None = None,
     ) -> bool:
-        """received → attempting, reserving the recovery against its refund in the same
-        transaction. False when the request is no longer ours to move.
+        """received → attempting, reserving the recovery against its refund and the amount
+        against the producer's daily room in the same transaction. False when the request is
+        no longer ours to move.
 
-        Raises RecoveryBudgetExceeded when a concurrent recovery took the room first.
+        Raises RecoveryBudgetExceeded when a concurrent recovery took the room first, and
+        ProducerLimitExceeded when the producer's rolling day has no room left.
         """
         now = self._clock()
         with self._engine.begin() as conn:
@@ -168,11 +177,13 @@ class RequestLedger:
             ).rowcount
             if not moved:
                 return False
+            amount = conn.execute(
+                select(debit_requests.c.amount).where(debit_requests.c.request_id == request_id)
+            ).scalar_one()
             if refund is not None:
-                amount = conn.execute(
-                    select(debit_requests.c.amount).where(debit_requests.c.request_id == request_id)
-                ).scalar_one()
                 self._reserve(conn, refund, amount, now)  # raises: the transaction rolls back
+            if daily is not None:
+                reserve(conn, request_id, daily, amount, now)  # raises: rolls back too
             write_audit(
                 conn,
                 at=now,
@@ -312,6 +323,8 @@ class RequestLedger:
                         updated_at=now,
                     )
                 )
+            if status is Status.FAILED and before.status is not Status.RECEIVED:
+                release(conn, request_id, now)  # the producer's daily room, given back
             insert_event(conn, event, now)
             detail = {k: v for k, v in values.items() if v is not None}
             write_audit(

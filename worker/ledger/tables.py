@@ -142,3 +142,27 @@ audit_log = Table(
     Column("detail", JSON, nullable=False),
     Index("ix_audit_entity", "entity", "entity_id"),
 )
+
+# Per-producer daily limits (migration 0002_producers). One lock row per (producer,
+# currency), taken by an UPDATE at the start of each reservation so concurrent reservations
+# of one producer queue up; one reservation row per request, so a redelivered request can
+# never count twice. A failed debit's reservation is released (given back).
+producer_budgets = Table(
+    "producer_budgets",
+    metadata,
+    Column("producer", String(64), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+producer_reservations = Table(
+    "producer_reservations",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("producer", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("reserved_at", UTCDateTime, nullable=False),
+    Column("released_at", UTCDateTime, nullable=True),
+    Index("ix_producer_reservations_window", "producer", "currency", "reserved_at"),
+)

@@ -1,0 +1,92 @@
+"""After a full run (successes, refusals, forgeries, a dead letter, an unexpected error), no
+configured secret appears in any log line, event, dead letter, Sentry report or exception."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sentry_sdk
+from pydantic import SecretStr
+
+from tests.integration.conftest import (
+    DEFAULT_KEY,
+    PRODUCER_KEYS,
+    STRIPE_KEY,
+    Key,
+    PlainAmqp,
+    new_id,
+    sign,
+)
+from tests.unit.test_observability import CapturingTransport
+from worker.demo import command_body
+from worker.ledger import Ledger
+from worker.observability import init_sentry, report_unexpected
+from worker.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+US = "acct_1ExpressUS00000001"
+DSN = "https://publickey1234@sentry.invalid/42"
+
+
+@pytest.fixture
+def sentry(settings: Settings) -> Iterator[CapturingTransport]:
+    capturing = CapturingTransport()
+    configured = settings.model_copy(update={"sentry_dsn": SecretStr(DSN)})
+    assert init_sentry(configured, transport=capturing)
+    yield capturing
+    sentry_sdk.get_client().close()
+    sentry_sdk.init()
+
+
+def _secrets() -> list[str]:
+    values = [STRIPE_KEY, DSN, "publickey1234"]
+    values += [secret for keys in PRODUCER_KEYS.values() for secret in keys.values()]
+    return values
+
+
+def test_no_configured_secret_appears_anywhere_after_a_full_run(
+    broker: PlainAmqp,
+    ledger: Ledger,
+    sentry: CapturingTransport,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # Given a worker configured with a Stripe key, a Sentry DSN and producer secrets
+    ok, refused, forged, tampered, invalid = (new_id(p) for p in ("s1", "s2", "s3", "s4", "s5"))
+    # When a producer sends a success, a refusal, a forgery, a tampered and an invalid command
+    broker.publish_command(**command_body(ok, US, 1500))
+    broker.publish_command(**command_body(refused, US, 100, "eur"))
+    body = json.dumps(command_body(forged, US, 100)).encode()
+    broker.publish(body, headers=sign(body, Key("itest", "k2", "not-the-secret")))
+    body = json.dumps(command_body(tampered, US, 100)).encode()
+    broker.publish(body.replace(b"100", b"900"), headers=sign(body, DEFAULT_KEY))
+    broker.publish_command(**command_body(invalid, US, "12"))
+    broker.publish(b"not json at all", content_type="application/octet-stream")
+    events = [broker.event_for(r) for r in (ok, refused, forged, tampered, invalid)]
+    dead = broker.dead_letters()
+    # And an unexpected error carrying the key is reported
+    error = RuntimeError(f"boom with {STRIPE_KEY} and {PRODUCER_KEYS['itest']['k1']}")
+    report_unexpected(error, request_id=ok)
+    sentry_sdk.flush()
+    # Then no secret is in any of it
+    seen: list[str] = [json.dumps(e) for e in events]
+    seen += [repr((m.body, m.headers)) for m in dead]
+    seen += [json.dumps(e) for e in sentry.events()]
+    seen += [caplog.text]
+    seen += [r.getMessage() + repr(r.exc_info) for r in caplog.records]
+    seen += [_ledger_text(ledger, r) for r in (ok, refused, forged, tampered, invalid)]
+    assert len(sentry.events()) >= 3  # two unauthorized alerts and the unexpected error
+    for secret in _secrets():
+        leaks = [text[:200] for text in seen if secret in text]
+        assert leaks == [], f"a configured secret leaked into: {leaks}"
+
+
+def _ledger_text(ledger: Ledger, request_id: str) -> str:
+    record = ledger.requests.get(request_id)
+    events: list[Any] = [p.event.body for p in ledger.outbox.for_request(request_id)]
+    return repr(record) + repr(events) + repr(ledger.history("request", request_id))
