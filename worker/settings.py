@@ -53,6 +53,18 @@ class Settings(BaseSettings):
         description="Stripe requests per second for this platform; default from the key's "
         "mode (test 25, live 100).",
     )
+    rate_budget_redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis URL (redis://host:6379/0) of the rate budget shared by every "
+        "worker process and host; unset, each process keeps its own.",
+    )
+    rate_budget_processes: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Worker processes sharing the Redis budget: while Redis is unreachable "
+        "each allows itself the rate divided by this.",
+    )
     platform_country: str | None = Field(
         default=None,
         pattern=r"^[A-Z]{2}$",
@@ -86,7 +98,7 @@ class Settings(BaseSettings):
     relay_interval_seconds: float = Field(default=5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("sentry_dsn", "stripe_api_key", mode="before")
+    @field_validator("sentry_dsn", "stripe_api_key", "rate_budget_redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
