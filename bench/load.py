@@ -3,6 +3,7 @@ the publish-to-event latency of every request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -85,7 +86,8 @@ class EventListener:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._connection.close()
+        with contextlib.suppress(OSError, amqp.exceptions.AMQPError):
+            self._connection.close()
 
 
 def bind_events(channel: Any) -> str:

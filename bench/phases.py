@@ -215,7 +215,7 @@ def naive_at_stripe_rate(setup: Setup, rate: float, duration: float) -> Measured
     listener = load.EventListener(setup.services.vhost, timeline, bind)
 
     def publish(request_id: str, index: int) -> None:
-        account = ACCOUNTS[index % len(load.ACCOUNTS)]
+        account = ACCOUNTS[index % len(ACCOUNTS)]
         naive.debit.apply_async(args=(request_id, account, 1, "usd"), queue=naive.NAIVE_QUEUE)
 
     try:
@@ -256,6 +256,7 @@ def ours_without_latency(setup: Setup, count: int) -> Measured:
     try:
         for index in range(count):
             request_id = f"fast-{index:07d}"
+            timeline.published[request_id] = time.time()
             publish(request_id, index)
         env = product_env(setup, rate=1_000_000, redis=False)
         with product_worker(setup, env) as rss:

@@ -42,12 +42,8 @@ def own_services() -> Iterator[Services]:
     """A vhost and a migrated database of our own, removed afterwards."""
     tag = uuid.uuid4().hex[:8]
     vhost, database = f"debit-bench-{tag}", f"debit_bench_{tag}"
-    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     with psycopg.connect(POSTGRES, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
@@ -63,6 +59,16 @@ def own_services() -> Iterator[Services]:
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, check=False)
         with psycopg.connect(POSTGRES, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _rabbitmqctl(*args: str) -> None:
+    """rabbitmqctl, tried a few times: a busy shared broker sometimes refuses once."""
+    for attempt in range(5):
+        done = subprocess.run(["rabbitmqctl", *args], capture_output=True, check=False)
+        if done.returncode == 0:
+            return
+        time.sleep(1 + attempt)
+    raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.decode()[-300:]}")
 
 
 def free_port() -> int:
