@@ -59,5 +59,8 @@ schemas: install ## regenerate the committed JSON Schema files from the models
 sandbox: install ## run the local Stripe sandbox on 127.0.0.1:12111
 	$(RUN) debit-worker sandbox
 
+bench: install ## benchmark ours vs a naive worker; writes docs/performance.md (BENCH_ARGS=--quick)
+	$(RUN) python -m bench $(BENCH_ARGS)
+
 clean: ## remove the virtualenvs and caches
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

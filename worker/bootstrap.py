@@ -21,6 +21,7 @@ from worker.ledger.database import make_engine
 from worker.ports import EventPublisher, StripePort
 from worker.publisher import DeadLetters, KombuEventPublisher
 from worker.rate_budget import LocalTokenBucket, RateBudget
+from worker.redis_budget import RedisRateBudget, budget_key
 from worker.rules import RuleTables
 from worker.settings import Settings
 from worker.stripe_gateway import StripeGateway
@@ -36,10 +37,22 @@ def stripe_client(settings: Settings) -> stripe.StripeClient:
     )
 
 
-def real_stripe(settings: Settings, budget: RateBudget | None = None) -> StripePort:
-    gateway = StripeGateway(
-        stripe_client(settings), budget or LocalTokenBucket(settings.effective_stripe_rate)
+def rate_budget(settings: Settings) -> RateBudget:
+    """Shared through Redis when configured, else this process's own token bucket."""
+    rate = settings.effective_stripe_rate
+    if settings.rate_budget_redis_url is None:
+        return LocalTokenBucket(rate)
+    key = budget_key(settings.require_stripe_key().get_secret_value())
+    return RedisRateBudget.from_url(
+        settings.rate_budget_redis_url.get_secret_value(),
+        key,
+        rate,
+        processes=settings.rate_budget_processes,
     )
+
+
+def real_stripe(settings: Settings, budget: RateBudget | None = None) -> StripePort:
+    gateway = StripeGateway(stripe_client(settings), budget or rate_budget(settings))
     return CachedStripe(
         gateway,
         ttl_seconds=settings.account_cache_ttl_seconds,

@@ -33,6 +33,8 @@ class CachedStripe:
         self._max = max_entries
         self._clock = clock
         self._lock = threading.Lock()
+        self._reading: dict[str, threading.Lock] = {}
+        self._platform_read = threading.Lock()
         self._accounts: OrderedDict[str, tuple[float, AccountFacts]] = OrderedDict()
         self._platform: PlatformFacts | None = (
             PlatformFacts(account_id="(configured)", country=platform_country)
@@ -42,25 +44,48 @@ class CachedStripe:
 
     def platform(self) -> PlatformFacts:
         if self._platform is None:
-            facts = self._inner.platform()
-            with self._lock:
-                self._platform = facts
+            with self._platform_read:  # read once, even when many threads start together
+                if self._platform is None:
+                    self._platform = self._inner.platform()
         return self._platform
 
     def account(self, account_id: str) -> AccountFacts:
+        hit = self._cached(account_id)
+        if hit is not None:
+            return hit
+        # One read per account at a time: threads that miss together wait for the first
+        # one's answer instead of each sending the same read (a cold start would otherwise
+        # cost up to `concurrency` reads of one account).
+        with self._lock:
+            reading = self._reading.setdefault(account_id, threading.Lock())
+        with reading:
+            hit = self._cached(account_id)
+            if hit is not None:
+                return hit
+            try:
+                facts = self._inner.account(account_id)
+                self._store(account_id, facts)
+            finally:
+                with self._lock:
+                    self._reading.pop(account_id, None)
+        return facts
+
+    def _cached(self, account_id: str) -> AccountFacts | None:
         now = self._clock()
         with self._lock:
             hit = self._accounts.get(account_id)
             if hit is not None and hit[0] > now:
                 self._accounts.move_to_end(account_id)
                 return hit[1]
-        facts = self._inner.account(account_id)
+        return None
+
+    def _store(self, account_id: str, facts: AccountFacts) -> None:
+        now = self._clock()
         with self._lock:
             self._accounts[account_id] = (now + self._ttl, facts)
             self._accounts.move_to_end(account_id)
             while len(self._accounts) > self._max:
                 self._accounts.popitem(last=False)
-        return facts
 
     def forget(self, account_id: str) -> None:
         with self._lock:

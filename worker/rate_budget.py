@@ -1,6 +1,6 @@
 """Stripe's request budget: every Stripe call takes a token first, so the worker slows itself
-down instead of collecting 429s. Per process today; a Redis-backed budget shared by every
-host implements the same protocol."""
+down instead of collecting 429s. Per process here; `worker.redis_budget` shares one budget
+between every process and host through Redis."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ class LocalTokenBucket:
         self._sleep = sleep
         self._updated = clock()
         self._lock = threading.Lock()
+
+    @property
+    def rate(self) -> float:
+        return self._rate
 
     def acquire(self) -> None:
         while True:

@@ -57,6 +57,18 @@ class Settings(BaseSettings):
         description="Stripe requests per second for this platform; default from the key's "
         "mode (test 25, live 100).",
     )
+    rate_budget_redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis URL (redis://host:6379/0) of the rate budget shared by every "
+        "worker process and host; unset, each process keeps its own.",
+    )
+    rate_budget_processes: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Worker processes sharing the Redis budget: while Redis is unreachable "
+        "each allows itself the rate divided by this.",
+    )
     platform_country: str | None = Field(
         default=None,
         pattern=r"^[A-Z]{2}$",
@@ -120,7 +132,9 @@ class Settings(BaseSettings):
     producer_key_id: str | None = Field(default=None, description="Which key `request` uses.")
     producer_secret: SecretStr | None = Field(default=None, description="That key's secret.")
 
-    @field_validator("sentry_dsn", "stripe_api_key", "producer_secret", mode="before")
+    @field_validator(
+        "sentry_dsn", "stripe_api_key", "producer_secret", "rate_budget_redis_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -1,0 +1,1 @@
+"""The throughput benchmark: `make bench` (see docs/performance.md)."""

@@ -1,0 +1,79 @@
+"""`python -m bench` (`make bench`): our worker and a naive one, measured in the same run.
+
+Starts everything it needs (own RabbitMQ vhost, own PostgreSQL database, a sandbox process,
+the workers as processes), then writes docs/performance.md and docs/performance.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from bench import phases
+from bench.report import Run, markdown, plot
+from bench.services import own_services, sandbox_process
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTRA = ROOT / "bench" / "NOTES.md"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady load")
+    parser.add_argument("--rate", type=float, default=97.0, help="debits/s offered")
+    parser.add_argument("--backlog", type=int, default=6000, help="zero-latency commands")
+    parser.add_argument("--noop", type=int, default=20000, help="bare no-op tasks")
+    parser.add_argument("--concurrency", type=int, help="our worker's threads [its default]")
+    parser.add_argument("--quick", action="store_true", help="smoke run: ~10 s per phase")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.backlog, args.noop = 10.0, 1500, 3000
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    command = "make bench" + (
+        f" BENCH_ARGS={shlex.quote(' '.join(sys.argv[1:]))}" if sys.argv[1:] else ""
+    )
+    logs = Path(tempfile.mkdtemp(prefix="debit-bench-"))
+    api_key = f"sk_test_bench{uuid.uuid4().hex}"
+    with own_services() as services, sandbox_process(api_key) as admin:
+        setup = phases.Setup(services, admin, api_key, logs, args.concurrency)
+        print(f"logs in {logs}", flush=True)
+        ours = phases.ours_at_stripe_rate(setup, args.rate, args.duration)
+        _say(ours)
+        naive = phases.naive_at_stripe_rate(setup, args.rate, args.duration)
+        _say(naive)
+        fast = phases.ours_without_latency(setup, args.backlog)
+        _say(fast)
+        noop = phases.bare_celery_noop(setup, args.noop, args.concurrency or 64)
+        _say(noop)
+        problems = admin.problems()
+    run = Run(ours, naive, fast, noop, args.rate, args.duration, command)
+    png = args.output.with_suffix(".png")
+    plot(run, png)
+    extra = EXTRA.read_text() if EXTRA.exists() else ""
+    args.output.write_text(markdown(run, png.name, extra))
+    print(f"wrote {args.output} and {png}; sandbox money problems: {problems or 'none'}")
+    return 0 if ours.answered == ours.published and not problems else 1
+
+
+def _say(m: phases.Measured) -> None:
+    print(
+        f"{m.name}: {m.answered}/{m.published} in {m.seconds:.1f} s = {m.throughput:.1f}/s, "
+        f"p99 {m.latency(0.99) * 1000:.0f} ms, 429s {m.rate_limited}, "
+        f"requests/debit {m.requests_per_debit:.3f}, RSS {m.rss_main_mb:.0f} MB",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The four measurements of one benchmark run, each against the same sandbox and broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import amqp
+
+from bench import load, naive
+from bench.services import ACCOUNTS, REDIS_URL, VENV_BIN, Services, start, stop, tree_rss_mb
+from worker.sandbox.admin_client import SandboxAdmin
+from worker.sandbox.faults import Faults
+
+STRIPE_LIKE = Faults(latency_p50_ms=300, latency_p99_ms=1000, rate_limit_rps=100)
+
+
+@dataclass
+class Setup:
+    services: Services
+    admin: SandboxAdmin
+    api_key: str
+    logs: Path
+    concurrency: int | None
+
+
+@dataclass
+class Measured:
+    name: str
+    published: int
+    answered: int
+    seconds: float
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    stripe_requests: int = 0
+    rate_limited: int = 0
+    rss_main_mb: float = 0.0
+    rss_tree_mb: float = 0.0
+    per_second: list[int] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return self.answered / self.seconds if self.seconds else 0.0
+
+    @property
+    def requests_per_debit(self) -> float:
+        return self.stripe_requests / self.answered if self.answered else float("nan")
+
+    def latency(self, share: float) -> float:
+        return load.percentile([lat for _, lat in self.samples], share)
+
+    def slowest_window(self, width: int = 10, skip: int = 5) -> float:
+        """Fewest events per second over any `width`-second window after `skip` seconds."""
+        series = self.per_second[skip:]
+        if len(series) < width:
+            return float("nan")
+        return min(sum(series[i : i + width]) / width for i in range(len(series) - width + 1))
+
+
+class RssSampler:
+    def __init__(self, pid: int) -> None:
+        self.main = self.tree = 0.0
+        self._pid = pid
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            main, tree = tree_rss_mb(self._pid)
+            self.main, self.tree = max(self.main, main), max(self.tree, tree)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def product_env(setup: Setup, *, rate: float, redis: bool) -> dict[str, str]:
+    env = {
+        "DEBIT_WORKER_BROKER_URL": setup.services.broker_url,
+        "DEBIT_WORKER_DATABASE_URL": setup.services.database_url,
+        "DEBIT_WORKER_STRIPE_API_KEY": setup.api_key,
+        "DEBIT_WORKER_STRIPE_API_BASE": setup.admin.url,
+        "DEBIT_WORKER_STRIPE_RATE_LIMIT": str(rate),
+        "DEBIT_WORKER_LOG_LEVEL": "WARNING",
+        "DEBIT_WORKER_RATE_BUDGET_REDIS_URL": REDIS_URL if redis else "",
+    }
+    if setup.concurrency:
+        env["DEBIT_WORKER_CONCURRENCY"] = str(setup.concurrency)
+    return env
+
+
+@contextmanager
+def product_worker(setup: Setup, env: dict[str, str]) -> Iterator[RssSampler]:
+    process = start(
+        [str(VENV_BIN / "debit-worker"), "run", "--no-migrate"], env, setup.logs / "worker.log"
+    )
+    sampler = RssSampler(process.pid)
+    try:
+        _wait_for_exchange(setup.services.vhost, "debits.events")
+        yield sampler
+    finally:
+        sampler.close()
+        stop(process)
+
+
+def _wait_for_exchange(vhost: str, name: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with _connection(vhost) as connection:
+        while time.monotonic() < deadline:
+            channel = connection.channel()
+            try:
+                channel.exchange_declare(name, "topic", passive=True)
+            except amqp.exceptions.NotFound:
+                time.sleep(0.2)
+                continue
+            channel.close()
+            return
+    raise RuntimeError(f"the worker did not declare {name}")
+
+
+@contextmanager
+def _connection(vhost: str) -> Iterator[amqp.Connection]:
+    connection = load.connect(vhost)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def _counts(admin: SandboxAdmin) -> tuple[int, int]:
+    state = admin.state()
+    stripe_calls = sum(n for route, n in state.requests.items() if " /v1/" in route)
+    return stripe_calls, state.faults_injected.get("rate_limit_bucket", 0)
+
+
+def _per_second(timeline: load.Timeline) -> list[int]:
+    if not timeline.published or not timeline.answered:
+        return []
+    start = min(timeline.published.values())
+    series = [0] * (int(max(timeline.answered.values()) - start) + 1)
+    for at in timeline.answered.values():
+        series[int(at - start)] += 1
+    return series
+
+
+def _measure(
+    name: str,
+    setup: Setup,
+    timeline: load.Timeline,
+    run: Callable[[], None],
+    rss: RssSampler,
+    settle: float,
+) -> Measured:
+    before = _counts(setup.admin)
+    run()
+    load.wait_for(timeline, len(timeline.published), settle)
+    after = _counts(setup.admin)
+    start = min(timeline.published.values())
+    end = max(timeline.answered.values(), default=start)
+    return Measured(
+        name=name,
+        published=len(timeline.published),
+        answered=len(timeline.answered),
+        seconds=end - start,
+        samples=timeline.samples(),
+        stripe_requests=after[0] - before[0],
+        rate_limited=after[1] - before[1],
+        rss_main_mb=rss.main,
+        rss_tree_mb=rss.tree,
+        per_second=_per_second(timeline),
+    )
+
+
+def ours_at_stripe_rate(setup: Setup, rate: float, duration: float) -> Measured:
+    """Our worker (Redis budget of 100/s) against a Stripe-like sandbox at a steady rate."""
+    setup.admin.set_faults(STRIPE_LIKE)
+    env = product_env(setup, rate=100, redis=True)
+    with product_worker(setup, env) as rss:
+        timeline = load.Timeline()
+        listener = load.EventListener(setup.services.vhost, timeline, load.bind_events)
+        publish, connection = load.product_publisher(setup.services.vhost)
+        try:
+            return _measure(
+                "ours",
+                setup,
+                timeline,
+                lambda: load.steady(rate, duration, publish, timeline, "ours"),
+                rss,
+                settle=30,
+            )
+        finally:
+            listener.close()
+            connection.close()
+
+
+def naive_at_stripe_rate(setup: Setup, rate: float, duration: float) -> Measured:
+    """The naive worker under the same offered load; what it has not done after the run
+    (plus a few seconds) is not waited for."""
+    setup.admin.set_faults(STRIPE_LIKE)
+    env = _naive_env(setup)
+    process = start(_celery("-Q", naive.NAIVE_QUEUE), env, setup.logs / "naive.log")
+    rss = RssSampler(process.pid)
+    naive.app.conf.update(broker_url=setup.services.broker_url)
+    timeline = load.Timeline()
+
+    def bind(channel: Any) -> str:
+        channel.queue_declare(naive.EVENTS_QUEUE, durable=True, auto_delete=False)
+        return naive.EVENTS_QUEUE
+
+    listener = load.EventListener(setup.services.vhost, timeline, bind)
+
+    def publish(request_id: str, index: int) -> None:
+        account = ACCOUNTS[index % len(ACCOUNTS)]
+        naive.debit.apply_async(args=(request_id, account, 1, "usd"), queue=naive.NAIVE_QUEUE)
+
+    try:
+        time.sleep(3)  # prefork start-up
+        return _measure(
+            "naive",
+            setup,
+            timeline,
+            lambda: load.steady(rate, duration, publish, timeline, "naive"),
+            rss,
+            settle=5,
+        )
+    finally:
+        listener.close()
+        rss.close()
+        stop(process, grace=5)
+
+
+def _naive_env(setup: Setup) -> dict[str, str]:
+    return {
+        "BENCH_BROKER_URL": setup.services.broker_url,
+        "BENCH_STRIPE_KEY": setup.api_key,
+        "BENCH_STRIPE_BASE": setup.admin.url,
+    }
+
+
+def _celery(*args: str) -> list[str]:
+    return [str(VENV_BIN / "celery"), "-A", "bench.naive", "worker", "--loglevel=WARNING", *args]
+
+
+def ours_without_latency(setup: Setup, count: int) -> Measured:
+    """The whole pipeline at zero Stripe latency and no budget: a backlog of `count` commands
+    drained by a freshly started worker; throughput from its first event to its last."""
+    setup.admin.set_faults(Faults())
+    timeline = load.Timeline()
+    listener = load.EventListener(setup.services.vhost, timeline, load.bind_events)
+    publish, connection = load.product_publisher(setup.services.vhost)
+    try:
+        for index in range(count):
+            request_id = f"fast-{index:07d}"
+            timeline.published[request_id] = time.time()
+            publish(request_id, index)
+        env = product_env(setup, rate=1_000_000, redis=False)
+        with product_worker(setup, env) as rss:
+            measured = _measure("ours, zero latency", setup, timeline, lambda: None, rss, 120)
+    finally:
+        listener.close()
+        connection.close()
+    first = min(timeline.answered.values(), default=0.0)
+    last = max(timeline.answered.values(), default=0.0)
+    measured.seconds = last - first
+    measured.samples = []
+    return measured
+
+
+def bare_celery_noop(setup: Setup, count: int, concurrency: int) -> Measured:
+    """Celery's own ceiling: `count` no-op tasks drained by a threads-pool worker."""
+    naive.app.conf.update(broker_url=setup.services.broker_url)
+    with naive.app.producer_or_acquire() as producer:
+        for _ in range(count):
+            naive.noop.apply_async(queue=naive.NOOP_QUEUE, producer=producer)
+    process = start(
+        _celery("-Q", naive.NOOP_QUEUE, "-P", "threads", f"--concurrency={concurrency}"),
+        _naive_env(setup),
+        setup.logs / "noop.log",
+    )
+    first = last = 0.0
+    try:
+        with _connection(setup.services.vhost) as connection:
+            channel = connection.channel()
+            while True:
+                declared = channel.queue_declare(naive.NOOP_QUEUE, passive=True)
+                assert declared is not None
+                waiting = declared[1]
+                now = time.monotonic()
+                if waiting < count and not first:
+                    first = now
+                if waiting == 0:
+                    last = now
+                    break
+                time.sleep(0.02)
+    finally:
+        stop(process, grace=10)
+    return Measured("bare Celery no-op", count, count, last - first)
