@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker.backoff import retry_delay
 from worker.bootstrap import Runtime
-from worker.errors import OperatorActionNeeded, TransientFailure
+from worker.errors import OperatorActionNeeded, RequestBusy, TransientFailure, Unresolvable
 from worker.handlers import handle_debit_requested
 from worker.observability import report_unexpected
 from worker.parsing import Undeliverable, screen
@@ -39,6 +39,8 @@ def process(task: Task, body: str, runtime: Runtime) -> str:  # type: ignore[typ
     except Undeliverable as exc:  # the intake screens for this; kept for direct publishers
         runtime.dead_letters.send(body, reason=str(exc), stage="task")
         return "dead_lettered"
+    except Unresolvable as exc:  # no repeat can tell: escalate now, never guess
+        return _give_up(runtime, body, _request_id(body), owner, exc)
     except TransientFailure as exc:
         level = logging.ERROR if isinstance(exc, OperatorActionNeeded) else logging.WARNING
         log.log(level, "attempt %d of %s: %s", attempt, _request_id(body), exc.reason)
@@ -53,6 +55,12 @@ def process(task: Task, body: str, runtime: Runtime) -> str:  # type: ignore[typ
         retry_after, error = None, exc
 
     request_id = _request_id(body)
+    if attempt >= settings.max_attempts and isinstance(error, RequestBusy):
+        # Its lease holder finishes it; if that process died, the janitor re-enqueues it.
+        log.warning(
+            "request %s: leaving it to its lease holder after %d tries", request_id, attempt
+        )
+        return "left_to_lease_holder"
     if attempt >= settings.max_attempts:
         return _give_up(runtime, body, request_id, owner, error)
     if request_id:
