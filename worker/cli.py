@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 import uuid
 from typing import Any
@@ -86,6 +87,9 @@ def run(concurrency: int | None, migrate: bool, loglevel: str | None) -> None:
             f"--concurrency={settings.concurrency}",
             f"--queues={TASK_QUEUE}",
             f"--loglevel={settings.log_level}",
+            # One node name per process: two workers on one host would otherwise share
+            # `celery@host` and the second dies on its remote-control (pidbox) queue.
+            f"--hostname=debit-worker.{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",
         ]
