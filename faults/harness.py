@@ -295,8 +295,8 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--publish-seconds", type=float, help="default: N/60, at least 20")
     parser.add_argument("--broker-restarts", type=int, default=1)
     parser.add_argument("--postgres-restarts", type=int, default=1)
-    parser.add_argument("--crash-share", type=float, default=0.005)
-    parser.add_argument("--drain-timeout", type=float, default=300)
+    parser.add_argument("--crash-share", type=float, default=0.002)
+    parser.add_argument("--drain-timeout", type=float, default=900)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--report", type=Path)
     args = parser.parse_args(argv)
@@ -315,6 +315,8 @@ def parse(argv: list[str] | None = None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM unwinds like an exception, so the workers, vhost and database are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run(parse(argv))
 
 
