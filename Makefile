@@ -8,7 +8,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 RUN := $(UV) run --frozen
 
-.PHONY: help install demo check lint types test test-unit test-integration schemas sandbox bench clean
+.PHONY: help install demo check lint types test test-unit test-integration schemas sandbox bench faults poison clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,14 @@ schemas: install ## regenerate the committed JSON Schema files from the models
 
 sandbox: install ## run the local Stripe sandbox on 127.0.0.1:12111
 	$(RUN) debit-worker sandbox
+
+N ?= 5000
+M ?= 10000
+faults: install ## N debits under kills, crash points, broker/PostgreSQL restarts, Stripe faults; exits 1 on any violation
+	$(RUN) python -m faults.harness --requests $(N) --broker-restarts 3 --postgres-restarts 3 --report faults-report.json
+
+poison: install ## M malformed/adversarial messages: each DebitFailed or dead-lettered, zero Stripe calls
+	$(RUN) python -m faults.poison --messages $(M)
 
 clean: ## remove the virtualenvs and caches
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -66,12 +66,13 @@ class Broker:
                     routing_key=routing_key,
                     mandatory=True,
                 )
-                return
             except _ERRORS:
                 if time.monotonic() > give_up:
                     raise
                 self.reset()
                 time.sleep(0.5)
+            else:
+                return
 
     def bind_collector(self, queue: str, exchange: str = EVENTS) -> None:
         channel = self.channel()

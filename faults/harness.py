@@ -112,7 +112,7 @@ def _command(request_id: str, account: str, amount: Any) -> dict[str, Any]:
 
 
 def publish_all(broker: Broker, plan: Plan, seconds: float, rng: random.Random) -> None:
-    order = [p for p in plan.requests] + [p for p in plan.requests if p.duplicate]
+    order = list(plan.requests) + [p for p in plan.requests if p.duplicate]
     rng.shuffle(order)
     pause = seconds / max(1, len(order))
     for item in order:
@@ -129,8 +129,8 @@ def restart_broker(chaos: Chaos) -> None:
 
 def restart_postgres(chaos: Chaos) -> None:
     version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    subprocess.run(  # noqa: S603 - fixed arguments
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],  # noqa: S607
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
         check=True,
         capture_output=True,
         timeout=120,
@@ -176,11 +176,11 @@ def chaos_loop(
             print(f"chaos step failed: {exc!r}", file=sys.stderr)
 
 
-def supervise(pool: WorkerPool, chaos: Chaos, done: threading.Event) -> None:
+def supervise(pool: WorkerPool, done: threading.Event) -> None:
     """Restart any worker that ended (killed by us, a crash point, or a failed start)."""
     while not done.wait(0.5):
         for slot in pool.reap():
-            time.sleep(random.uniform(0.2, 1.5))  # noqa: S311
+            time.sleep(random.uniform(0.2, 1.5))
             pool.start(slot)
 
 
@@ -205,7 +205,7 @@ def wait_until_settled(
 
 
 def run(opts: Options) -> int:
-    rng = random.Random(opts.seed)  # noqa: S311 - fault injection
+    rng = random.Random(opts.seed)
     plan = make_plan(opts.requests, rng)
     log_dir = Path(tempfile.mkdtemp(prefix="debit-faults-"))
     started = time.monotonic()
@@ -239,7 +239,7 @@ def run(opts: Options) -> int:
         pool = WorkerPool(env, log_dir, opts.workers, opts.concurrency)
         pool.start_all()
         chaos, done = Chaos(), threading.Event()
-        supervisor = threading.Thread(target=supervise, args=(pool, chaos, done), daemon=True)
+        supervisor = threading.Thread(target=supervise, args=(pool, done), daemon=True)
         supervisor.start()
         chaos_thread = threading.Thread(
             target=chaos_loop, args=(pool, admin, chaos, opts, rng), daemon=True

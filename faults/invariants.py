@@ -75,7 +75,7 @@ class Result:
     violations: list[str] = field(default_factory=list)
 
 
-def check(  # noqa: PLR0912 - one readable pass over every request
+def check(  # noqa: PLR0912, PLR0915 - one readable pass over every request
     plan: Plan,
     events: list[dict[str, Any]],
     ledger: Ledger,

@@ -220,8 +220,8 @@ def total(requests: dict[str, int]) -> int:
     return sum(requests.values())
 
 
-def run(count: int, workers: int, seed: int, timeout: float) -> int:  # noqa: PLR0914
-    rng = random.Random(seed)  # noqa: S311 - fuzzing
+def run(count: int, workers: int, seed: int, timeout: float) -> int:
+    rng = random.Random(seed)
     messages = generate(count, rng)
     log_dir = Path(tempfile.mkdtemp(prefix="debit-poison-"))
     started = time.monotonic()

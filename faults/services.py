@@ -83,7 +83,7 @@ def free_port() -> int:
 def sandbox_process(log_dir: Path) -> Iterator[SandboxAdmin]:
     port = free_port()
     log = (log_dir / "sandbox.log").open("wb")
-    proc = subprocess.Popen(  # noqa: S603 - our own CLI
+    proc = subprocess.Popen(
         [CLI, "sandbox", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
     )
     admin = SandboxAdmin(f"http://127.0.0.1:{port}", timeout=60)
@@ -121,7 +121,7 @@ class WorkerPool:
     def start(self, slot: int) -> None:
         self.starts += 1
         log = (self.log_dir / f"worker-{slot}.log").open("ab")
-        self.procs[slot] = subprocess.Popen(  # noqa: S603 - our own CLI
+        self.procs[slot] = subprocess.Popen(
             [CLI, "run", "--no-migrate", f"--concurrency={self.concurrency}"],
             env={**os.environ, **self.env},
             stdout=log,

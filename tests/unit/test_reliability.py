@@ -200,9 +200,7 @@ def test_a_crash_point_set_to_always_ends_the_process_with_its_own_status(point:
     env = {**os.environ, "DEBIT_WORKER_CRASH_POINTS": f"{point}:1"}
     code = f"from worker.crashpoints import crash_point; crash_point({point!r}); print('alive')"
     # When the process reaches it
-    done = subprocess.run(  # noqa: S603 - our interpreter, fixed code
-        [sys.executable, "-c", code], env=env, capture_output=True, check=False
-    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=False)
     # Then it ends at once, with the status that names the point
     assert done.returncode == EXIT_CODES[point]
     assert done.stdout == b""
@@ -211,7 +209,5 @@ def test_a_crash_point_set_to_always_ends_the_process_with_its_own_status(point:
 def test_without_the_variable_crash_points_do_nothing() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DEBIT_WORKER_CRASH_POINTS"}
     code = "from worker.crashpoints import crash_point; crash_point('after_stripe'); print('ok')"
-    done = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", code], env=env, capture_output=True, check=True
-    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
     assert done.stdout.strip() == b"ok"
