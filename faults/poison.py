@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -303,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like an exception, so the workers, vhost and database are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run(args.messages, args.workers, args.seed, args.timeout)
 
 
