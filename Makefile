@@ -8,7 +8,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 RUN := $(UV) run --frozen
 
-.PHONY: help install demo check lint types security audit test test-unit test-integration schemas sandbox bench clean
+.PHONY: help install demo check lint types security audit test test-unit test-integration schemas sandbox bench faults poison clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -64,6 +64,14 @@ sandbox: install ## run the local Stripe sandbox on 127.0.0.1:12111
 
 bench: install ## benchmark ours vs a naive worker; writes docs/performance.md (BENCH_ARGS=--quick)
 	$(RUN) python -m bench $(BENCH_ARGS)
+
+N ?= 5000
+M ?= 10000
+faults: install ## N debits under kills, crash points, broker/PostgreSQL restarts, Stripe faults; exits 1 on any violation
+	$(RUN) python -m faults.harness --requests $(N) --broker-restarts 3 --postgres-restarts 3 --report faults-report.json
+
+poison: install ## M malformed/adversarial messages: each DebitFailed or dead-lettered, zero Stripe calls
+	$(RUN) python -m faults.poison --messages $(M)
 
 clean: ## remove the virtualenvs and caches
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -10,6 +10,7 @@ from worker.bootstrap import Runtime, attach, build_services
 from worker.celery_app import create_app
 from worker.handlers import Services
 from worker.intake import CommandIntake
+from worker.janitor import JanitorStep
 from worker.relay import RelayStep
 from worker.settings import Settings
 from worker.tasks import register_tasks
@@ -30,6 +31,7 @@ def build_worker(
     app.steps["consumer"].add(CommandIntake)
     if relay:
         app.steps["worker"].add(RelayStep)
+        app.steps["worker"].add(JanitorStep)
     return app, runtime
 
 

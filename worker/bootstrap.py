@@ -65,6 +65,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         consent_required=settings.consent_required,
         balance_precheck=settings.balance_precheck,
         lease_seconds=settings.claim_lease_seconds,
+        key_escalation_after_seconds=settings.key_escalation_after_seconds,
         event_source=settings.event_source,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 import uuid
 from typing import Any
@@ -19,8 +20,10 @@ from pydantic import ValidationError
 from schemas.commands import DebitReason, DebitRequested
 from worker.app import build_worker, declare_topology
 from worker.demo import run_demo
+from worker.janitor import janitor_once, task_enqueuer
 from worker.ledger import Ledger
 from worker.ledger.database import make_engine
+from worker.ledger.janitor_store import needing_reconciliation
 from worker.ledger.migrate import head_revision, upgrade
 from worker.observability import configure_logging, init_sentry
 from worker.producer import DebitProducer, signer_from
@@ -85,6 +88,9 @@ def run(concurrency: int | None, migrate: bool, loglevel: str | None) -> None:
             f"--concurrency={settings.concurrency}",
             f"--queues={TASK_QUEUE}",
             f"--loglevel={settings.log_level}",
+            # One node name per process: two workers on one host would otherwise share
+            # `celery@host` and the second dies on its remote-control (pidbox) queue.
+            f"--hostname=debit-worker.{os.getpid()}@%h",
             "--without-gossip",
             "--without-mingle",
         ]
@@ -210,10 +216,17 @@ def consent_list(account: str | None) -> None:
 
 
 @main.command(context_settings=_CONTEXT)
-@click.argument("request_id")
-def status(request_id: str) -> None:
-    """Show REQUEST_ID's status, its whole history, and the events recorded for it."""
+@click.argument("request_id", required=False)
+def status(request_id: str | None) -> None:
+    """Show REQUEST_ID's status, its whole history, and the events recorded for it.
+
+    Without REQUEST_ID: how many requests are in each status, and every request waiting for
+    an operator (needs_reconciliation).
+    """
     ledger = _ledger(_settings())
+    if request_id is None:
+        _overview(ledger)
+        return
     record = ledger.requests.get(request_id)
     events = ledger.outbox.for_request(request_id)
     if record is None and not events:
@@ -221,6 +234,8 @@ def status(request_id: str) -> None:
     if record is not None:
         click.echo(f"request {request_id}: {record.status}  attempts={record.attempts}")
         click.echo(f"  command: {json.dumps(record.command, sort_keys=True)}")
+        if record.first_attempt_at:
+            click.echo(f"  first Stripe attempt: {record.first_attempt_at.isoformat()}")
         if record.payment_id:
             click.echo(f"  payment: {record.payment_id}")
         if record.failure_code:
@@ -233,6 +248,39 @@ def status(request_id: str) -> None:
     for pending in events:
         sent = "sent" if pending.sent else "NOT YET SENT (the relay will retry)"
         click.echo(f"    {pending.event.event_type}  id={pending.event.event_id}  {sent}")
+
+
+def _overview(ledger: Ledger) -> None:
+    counts = ledger.requests.count_by_status()
+    click.echo("  ".join(f"{name}={count}" for name, count in sorted(counts.items())) or "empty")
+    waiting = needing_reconciliation(ledger.engine, limit=1000)
+    if waiting:
+        click.echo(f"needs_reconciliation ({len(waiting)}): look each up in Stripe first")
+    for record in waiting:
+        called = (
+            f"first Stripe attempt {record.first_attempt_at.isoformat()}"
+            if record.first_attempt_at
+            else "Stripe never called (replay is safe)"
+        )
+        click.echo(
+            f"  {record.request_id}  {record.command.get('amount')} "
+            f"{record.command.get('currency')} from {record.command.get('account')}  {called}"
+        )
+
+
+@main.command(context_settings=_CONTEXT)
+@click.option("--once", is_flag=True, required=True, help="One round, then exit.")
+def janitor(once: bool) -> None:  # noqa: ARG001 - the flag documents the only mode
+    """Re-enqueue requests whose worker died (lease expired), and escalate requests whose
+    first Stripe attempt is near the 24 h key expiry. Every worker also runs this every
+    DEBIT_WORKER_JANITOR_INTERVAL_SECONDS."""
+    settings = _settings()
+    configure_logging(settings)
+    init_sentry(settings)
+    app, runtime = build_worker(settings)
+    services = runtime.services()
+    done = janitor_once(services.ledger, task_enqueuer(app), settings, services.clock())
+    click.echo(f"re-enqueued {done.requeued}, escalated {done.escalated}")
 
 
 @main.group(context_settings=_CONTEXT)

@@ -5,6 +5,7 @@
 - :class:`OutcomeUnknown`: Stripe may or may not have moved the money; only a repeat of the
   same call (same key) may decide, so it is retried like a transient failure and is never
   reported as failed.
+- :class:`Unresolvable`: an unknown outcome that no repeat can settle; escalated at once.
 - :class:`OperatorActionNeeded`: the worker itself is misconfigured (bad key, missing
   permission); no money moved; retried, and loudly reported, until an operator fixes it.
 """
@@ -44,6 +45,12 @@ class TransientFailure(DebitWorkerError):
 
 class OutcomeUnknown(TransientFailure):
     """The request may have reached Stripe; repeat it with the same key to learn its fate."""
+
+
+class Unresolvable(OutcomeUnknown):
+    """The outcome is unknown and repeating the call cannot tell: Stripe replays a stored
+    error for the key, or the key is about to expire (or has). Escalated at once, never
+    retried: an operator reconciles it."""
 
 
 class OperatorActionNeeded(TransientFailure):

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from schemas.codes import FailureCode
@@ -32,7 +32,8 @@ from schemas.events import (
 )
 from schemas.topology import FAILED_ROUTING_KEY, SUCCEEDED_ROUTING_KEY
 from worker.authentication import Authenticator, Unauthorized, Verified
-from worker.errors import PermanentFailure, RequestBusy
+from worker.crashpoints import crash_point
+from worker.errors import PermanentFailure, RequestBusy, Unresolvable
 from worker.ledger import (
     ClaimKind,
     Ledger,
@@ -59,6 +60,8 @@ class HandlerConfig:
     consent_required: bool = True
     balance_precheck: bool = False
     lease_seconds: float = 120.0
+    # Stripe keeps idempotency keys 24 h: past this age of the first attempt, never call again.
+    key_escalation_after_seconds: float = 20 * 3600.0
     event_source: str = "urn:debit-worker"
 
 
@@ -141,13 +144,30 @@ class _Debit:
             )
             return Result.REEMITTED
         if claim.kind is ClaimKind.BUSY:
-            raise RequestBusy(f"request {self.command.request_id} is being handled elsewhere")
-        if claim.record.status is Status.RECEIVED:
+            held = claim.record.lease_until
+            raise RequestBusy(
+                f"request {self.command.request_id} is being handled elsewhere",
+                retry_after=(held - self.svc.clock()).total_seconds() if held else None,
+            )
+        if claim.record.idempotency_key is None:  # Stripe never asked: the rules decide
             try:
                 self._decide_and_begin()
             except PermanentFailure as failure:
                 return self._fail(failure.code, failure.message, failure.stripe_error)
+        else:
+            self._refuse_expiring_key(claim.record.first_attempt_at)
         return self._charge()
+
+    def _refuse_expiring_key(self, first_attempt_at: datetime | None) -> None:
+        """Repeating the call is safe only while Stripe keeps the key (24 h); past the
+        configured age the outcome must be reconciled by a person, never guessed."""
+        limit = timedelta(seconds=self.svc.config.key_escalation_after_seconds)
+        if first_attempt_at is not None and self.svc.clock() - first_attempt_at >= limit:
+            raise Unresolvable(
+                f"request {self.command.request_id}: first Stripe attempt at "
+                f"{first_attempt_at.isoformat()}; its idempotency key is near or past Stripe's "
+                "24 h expiry, so it is not sent again"
+            )
 
     def _decide_and_begin(self) -> None:
         cmd, stripe, ledger = self.command, self.svc.stripe, self.svc.ledger
@@ -220,7 +240,9 @@ class _Debit:
                 )
             )
         except PermanentFailure as failure:
+            crash_point("after_stripe")
             return self._fail(failure.code, failure.message, failure.stripe_error)
+        crash_point("after_stripe")
         data = DebitSucceeded(
             **cmd.model_dump(exclude={"requested_at"}),
             payment=payment.id,
@@ -235,6 +257,7 @@ class _Debit:
             Success(payment.id, payment.transfer, payment.balance_transaction),
             OutboxEvent.of(event, SUCCEEDED_ROUTING_KEY),
         )
+        crash_point("after_record")
         log.info(
             "request %s succeeded: %s from %s, payment %s%s",
             cmd.request_id,
@@ -244,6 +267,7 @@ class _Debit:
             " (replayed by Stripe)" if payment.replayed else "",
         )
         _publish_recorded(cmd.request_id, self.svc)
+        crash_point("after_publish")
         return Result.SUCCEEDED
 
     def _fail(
@@ -260,8 +284,10 @@ class _Debit:
             stripe_error=stripe_error.model_dump(mode="json") if stripe_error else None,
             event=OutboxEvent.of(event, FAILED_ROUTING_KEY),
         )
+        crash_point("after_record")
         log.info("request %s refused: %s: %s", cmd.request_id, code, message)
         _publish_recorded(cmd.request_id, self.svc)
+        crash_point("after_publish")
         return Result.FAILED
 
     def _failed(

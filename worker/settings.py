@@ -100,6 +100,22 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="How long one worker owns a request it is processing."
     )
     relay_interval_seconds: float = Field(default=5.0, gt=0)
+    key_escalation_after_seconds: float = Field(
+        default=20 * 3600.0,
+        gt=0,
+        lt=24 * 3600.0,
+        description="Age of a request's first Stripe attempt after which it is no longer "
+        "retried but escalated (needs_reconciliation): Stripe keeps keys only 24 h.",
+    )
+    janitor_interval_seconds: float = Field(
+        default=30.0, gt=0, description="How often each worker looks for abandoned claims."
+    )
+    janitor_stale_after_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="A request with no lease, untouched this long, is re-enqueued by the "
+        "janitor (longer than the longest retry delay).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     broker_ca_file: Path | None = Field(
         default=None,

@@ -22,6 +22,7 @@ from worker.errors import (
     OutcomeUnknown,
     PermanentFailure,
     TransientFailure,
+    Unresolvable,
 )
 from worker.facts import AccountFacts, PlatformFacts, RefundFacts
 from worker.rate_budget import RateBudget
@@ -89,6 +90,10 @@ def _should_retry_header(err: stripe.StripeError) -> bool | None:
     return None if value is None else value == "true"
 
 
+def _replayed(err: stripe.StripeError) -> bool:
+    return (err.headers or {}).get("idempotent-replayed") == "true"
+
+
 def _retry_after(err: stripe.StripeError) -> float | None:
     value = (err.headers or {}).get("retry-after")
     try:
@@ -107,6 +112,12 @@ def classify(err: stripe.StripeError, *, effectful: bool) -> DebitWorkerError:  
     info = error_info(err)
     code = info.code
     unknown = OutcomeUnknown if effectful else TransientFailure
+    if effectful and _replayed(err) and (err.http_status or 0) >= 500:
+        # Stripe stored this error under our key and replays it for 24 h: no repeat can
+        # tell whether money moved. An operator must look.
+        return Unresolvable(
+            f"Stripe replays a stored error {err.http_status} ({code}) for this key"
+        )
     if _should_retry_header(err) is True:
         return unknown(f"Stripe asked for a retry ({info.type}/{code})")
     if isinstance(err, stripe.RateLimitError):

@@ -7,19 +7,25 @@ import logging
 from typing import Final
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker.backoff import retry_delay
 from worker.bootstrap import Runtime
-from worker.errors import OperatorActionNeeded, TransientFailure
+from worker.errors import OperatorActionNeeded, RequestBusy, TransientFailure, Unresolvable
 from worker.handlers import handle_debit_requested
 from worker.observability import report_unexpected
 from worker.parsing import Undeliverable, screen
+from worker.ports import PublishFailed
+from worker.publisher import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
 
 PROCESS_TASK: Final = "debit_worker.process_debit"
 _DATABASE_TROUBLE = (OperationalError, DBAPIError)
+# Recording an escalation or scheduling a retry can itself fail (database or broker away):
+# then the command goes back to its queue instead of being acknowledged and forgotten.
+_BOOKKEEPING_TROUBLE = (*_DATABASE_TROUBLE, PublishFailed, *BROKER_ERRORS)
 
 
 def register_tasks(app: Celery, runtime: Runtime) -> Task:  # type: ignore[type-arg]
@@ -48,6 +54,8 @@ def process(
     except Undeliverable as exc:  # the intake screens for this; kept for direct publishers
         runtime.dead_letters.send(body, reason=str(exc), stage="task")
         return "dead_lettered"
+    except Unresolvable as exc:  # no repeat can tell: escalate now, never guess
+        return _give_up(runtime, body, _request_id(body), owner, exc)
     except TransientFailure as exc:
         level = logging.ERROR if isinstance(exc, OperatorActionNeeded) else logging.WARNING
         log.log(level, "attempt %d of %s: %s", attempt, _request_id(body), exc.reason)
@@ -62,10 +70,16 @@ def process(
         retry_after, error = None, exc
 
     request_id = _request_id(body)
+    if attempt >= settings.max_attempts and isinstance(error, RequestBusy):
+        # Its lease holder finishes it; if that process died, the janitor re-enqueues it.
+        log.warning(
+            "request %s: leaving it to its lease holder after %d tries", request_id, attempt
+        )
+        return "left_to_lease_holder"
     if attempt >= settings.max_attempts:
         return _give_up(runtime, body, request_id, owner, error)
     if request_id:
-        runtime.services().ledger.requests.release(request_id, owner)
+        _release(runtime, request_id, owner)
     delay = retry_delay(
         attempt,
         base=settings.retry_base_seconds,
@@ -75,7 +89,19 @@ def process(
     # RabbitMQ's delayed delivery (used for quorum queues) counts in whole seconds.
     countdown = max(1, round(delay))
     log.info("request %s: next attempt in %d s", request_id, countdown)
-    raise task.retry(countdown=countdown, exc=error)
+    try:
+        raise task.retry(countdown=countdown, exc=error)
+    except Reject as unpublished:  # Celery's answer when the retry could not be published
+        log.warning("request %s: retry not scheduled (%s); requeued", request_id, unpublished)
+        raise Reject(str(unpublished), requeue=True) from error
+
+
+def _release(runtime: Runtime, request_id: str, owner: str) -> None:
+    """Best effort: if the ledger is away the lease simply runs out."""
+    try:
+        runtime.services().ledger.requests.release(request_id, owner)
+    except _DATABASE_TROUBLE as exc:
+        log.warning("request %s: lease not released (%s); it expires by itself", request_id, exc)
 
 
 def _give_up(
@@ -83,10 +109,14 @@ def _give_up(
 ) -> str:
     """Out of attempts: never guess an outcome. Escalate, and keep the command."""
     why = f"{type(error).__name__}: {error}"
-    if request_id:
-        runtime.services().ledger.requests.mark_needs_reconciliation(request_id, owner, why)
+    try:
+        if request_id:
+            runtime.services().ledger.requests.mark_needs_reconciliation(request_id, owner, why)
+        runtime.dead_letters.send(body, reason=f"attempts exhausted: {why}", stage="task")
+    except _BOOKKEEPING_TROUBLE as exc:
+        log.warning("request %s: escalation not recorded (%s); requeued", request_id, exc)
+        raise Reject(str(exc), requeue=True) from exc
     report_unexpected(error, request_id=request_id, escalation=True)
-    runtime.dead_letters.send(body, reason=f"attempts exhausted: {why}", stage="task")
     log.error("request %s needs reconciliation after every attempt: %s", request_id, why)
     return "needs_reconciliation"
 

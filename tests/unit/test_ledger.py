@@ -383,23 +383,63 @@ def test_a_request_whose_attempt_began_can_be_marked_for_reconciliation(ledger: 
     last = ledger.history("request", "req-1")[-1]
     assert (last.action, last.detail) == (
         "needs_reconciliation",
-        {"why": "OutcomeUnknown: timeout"},
+        {"why": "OutcomeUnknown: timeout", "stripe_called": True},
     )
 
 
-def test_a_received_request_is_not_marked_for_reconciliation(ledger: Ledger) -> None:
+def test_a_received_request_given_up_on_is_escalated_saying_stripe_was_never_called(
+    ledger: Ledger,
+) -> None:
     # Given a request that never reached Stripe (the policy has not allowed it yet)
     ledger.requests.claim(a_command(), "w1", LEASE)
 
     # When the task gives up on it
     ledger.requests.mark_needs_reconciliation("req-1", "w1", "TransientFailure: reads failed")
 
-    # Then it stays received: a later redelivery must still go through the policy (a
-    # needs_reconciliation request is charged without asking it again)
+    # Then an operator sees it, and the audit says no money can have moved
     record = ledger.requests.get("req-1")
     assert record is not None
-    assert record.status is Status.RECEIVED
-    assert [e.action for e in ledger.history("request", "req-1")] == ["received"]
+    assert (record.status, record.idempotency_key) == (Status.NEEDS_RECONCILIATION, None)
+    last = ledger.history("request", "req-1")[-1]
+    assert last.detail["stripe_called"] is False
+
+
+def test_an_escalated_request_that_never_reached_stripe_goes_through_the_rules_on_replay(
+    ledger: Ledger,
+) -> None:
+    # Given a request escalated before its first attempt
+    ledger.requests.claim(a_command(), "w1", LEASE)
+    ledger.requests.mark_needs_reconciliation("req-1", "w1", "TransientFailure: reads failed")
+
+    # When a replay claims it and the rules allow it
+    ledger.requests.claim(a_command(), "w2", LEASE)
+    began = ledger.requests.begin_attempt("req-1", "w2", "key-1", None)
+
+    # Then it begins its first attempt like any new request
+    record = ledger.requests.get("req-1")
+    assert record is not None
+    assert began
+    assert (record.status, record.idempotency_key) == (Status.ATTEMPTING, "key-1")
+
+
+def test_a_recovery_escalated_before_any_attempt_gives_back_nothing_when_it_fails(
+    ledger: Ledger,
+) -> None:
+    # Given a 30.00 recovery in flight, and a second recovery escalated before it ever
+    # reserved anything (its Stripe reads kept failing)
+    refund = a_refund(amount=5000)
+    ledger.requests.claim(a_recovery("rec-1", 3000), "w1", LEASE)
+    ledger.requests.begin_attempt("rec-1", "w1", "k1", refund)
+    ledger.requests.claim(a_recovery("rec-2", 2000), "w1", LEASE)
+    ledger.requests.mark_needs_reconciliation("rec-2", "w1", "TransientFailure: reads failed")
+
+    # When the escalated one is later refused by the rules
+    ledger.requests.record_failed(
+        "rec-2", "w1", code="consent_missing", message="no", stripe_error=None, event=an_event()
+    )
+
+    # Then the first recovery's reservation is untouched
+    assert ledger.requests.reserved_for_refund(REFUND_ID) == 3000
 
 
 @pytest.mark.parametrize("outcome", [Status.SUCCEEDED, Status.FAILED])

@@ -40,6 +40,7 @@ class RequestRecord:
     finished_at: datetime | None
     lease_owner: str | None
     lease_until: datetime | None
+    first_attempt_at: datetime | None = None
 
 
 def _record(row: Any) -> RequestRecord:
@@ -58,6 +59,7 @@ def _record(row: Any) -> RequestRecord:
         finished_at=row["finished_at"],
         lease_owner=row["lease_owner"],
         lease_until=row["lease_until"],
+        first_attempt_at=row["first_attempt_at"],
     )
 
 
@@ -157,9 +159,9 @@ class RequestLedger:
         refund: RefundFacts | None,
         daily: DailyLimit | None = None,
     ) -> bool:
-        """received → attempting, reserving the recovery against its refund and the amount
-        against the producer's daily room in the same transaction. False when the request is
-        no longer ours to move.
+        """received (or escalated before any attempt) → attempting, reserving the recovery
+        against its refund and the amount against the producer's daily room in the same
+        transaction. False when the request is no longer ours to move.
 
         Raises RecoveryBudgetExceeded when a concurrent recovery took the room first, and
         ProducerLimitExceeded when the producer's rolling day has no room left.
@@ -170,7 +172,9 @@ class RequestLedger:
                 update(debit_requests)
                 .where(
                     debit_requests.c.request_id == request_id,
-                    debit_requests.c.status == Status.RECEIVED,
+                    # an escalated request that never reached Stripe has no key yet
+                    debit_requests.c.status.in_([Status.RECEIVED, Status.NEEDS_RECONCILIATION]),
+                    debit_requests.c.idempotency_key.is_(None),
                     debit_requests.c.lease_owner == owner,
                 )
                 .values(status=Status.ATTEMPTING, idempotency_key=idempotency_key, updated_at=now)
@@ -236,11 +240,17 @@ class RequestLedger:
         return int(value or 0)
 
     def count_attempt(self, request_id: str) -> int:
+        """Count a Stripe attempt about to start; the first one starts the key's 24 h."""
+        now = self._clock()
         with self._engine.begin() as conn:
             conn.execute(
                 update(debit_requests)
                 .where(debit_requests.c.request_id == request_id)
-                .values(attempts=debit_requests.c.attempts + 1, updated_at=self._clock())
+                .values(
+                    attempts=debit_requests.c.attempts + 1,
+                    updated_at=now,
+                    first_attempt_at=func.coalesce(debit_requests.c.first_attempt_at, now),
+                )
             )
             return int(
                 conn.execute(
@@ -313,7 +323,10 @@ class RequestLedger:
             if not moved:
                 return False
             refund = before.command.get("refund")
-            if status is Status.FAILED and before.status is not Status.RECEIVED and refund:
+            # Reservations exist exactly when begin_attempt set the key; a request escalated
+            # before any attempt has none to give back.
+            reserved = status is Status.FAILED and before.idempotency_key is not None
+            if reserved and refund:
                 # The reservation made when the attempt began is given back.
                 conn.execute(
                     update(refund_budgets)
@@ -323,7 +336,7 @@ class RequestLedger:
                         updated_at=now,
                     )
                 )
-            if status is Status.FAILED and before.status is not Status.RECEIVED:
+            if reserved:
                 release(conn, request_id, now)  # the producer's daily room, given back
             insert_event(conn, event, now)
             detail = {k: v for k, v in values.items() if v is not None}
@@ -338,14 +351,19 @@ class RequestLedger:
             )
             return True
 
-    def mark_needs_reconciliation(self, request_id: str, owner: str, why: str) -> None:
+    def mark_needs_reconciliation(self, request_id: str, owner: str, why: str) -> bool:
+        """Hand an unfinished request to an operator. A `received` one never reached Stripe
+        (the audit entry says so); an `attempting` one may have moved money."""
         now = self._clock()
         with self._engine.begin() as conn:
+            before = conn.execute(
+                select(debit_requests.c.status).where(debit_requests.c.request_id == request_id)
+            ).scalar_one_or_none()
             moved = conn.execute(
                 update(debit_requests)
                 .where(
                     debit_requests.c.request_id == request_id,
-                    debit_requests.c.status == Status.ATTEMPTING,
+                    debit_requests.c.status.in_([Status.RECEIVED, Status.ATTEMPTING]),
                 )
                 .values(
                     status=Status.NEEDS_RECONCILIATION,
@@ -362,8 +380,9 @@ class RequestLedger:
                     entity_id=request_id,
                     action=str(Status.NEEDS_RECONCILIATION),
                     actor=owner,
-                    detail={"why": why},
+                    detail={"why": why, "stripe_called": before == Status.ATTEMPTING},
                 )
+            return bool(moved)
 
     def release(self, request_id: str, owner: str) -> None:
         """Give up the lease early (e.g. before a delayed retry) so others need not wait."""

@@ -85,8 +85,12 @@ debit_requests = Table(
     Column("received_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
+    # When the idempotency key was first sent to Stripe (migration 0003): Stripe keeps keys
+    # 24 h, so this bounds how long the request may be retried.
+    Column("first_attempt_at", UTCDateTime, nullable=True),
     Index("ix_debit_requests_status", "status"),
     Index("ix_debit_requests_refund", "refund"),
+    Index("ix_debit_requests_lease_until", "lease_until"),
 )
 
 # What has been reserved against each refund by recoveries in flight or succeeded. The
