@@ -31,6 +31,7 @@ from kombu import Connection
 from faults.broker import Broker, events_of
 from faults.invariants import Plan, PlannedRequest, check
 from faults.services import (
+    HARNESS_SIGNER,
     RABBIT_HOST,
     WorkerPool,
     grant_consents,
@@ -116,7 +117,12 @@ def publish_all(broker: Broker, plan: Plan, seconds: float, rng: random.Random) 
     rng.shuffle(order)
     pause = seconds / max(1, len(order))
     for item in order:
-        broker.publish(json.dumps(item.body).encode(), content_type="application/json")
+        body = json.dumps(item.body).encode()
+        broker.publish(
+            body,
+            content_type="application/json",
+            application_headers=HARNESS_SIGNER.headers_for(body),
+        )
         time.sleep(pause)
 
 

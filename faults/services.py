@@ -3,6 +3,7 @@ sandbox process, and real `debit-worker run` processes it can kill and restart."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from schemas.signing import Signer
 from worker.crashpoints import EXIT_CODES
 from worker.ledger import Ledger
 from worker.ledger.database import make_engine
@@ -173,8 +175,16 @@ def grant_consents(database_url: str, accounts: tuple[str, ...]) -> None:
     ledger.engine.dispose()
 
 
+# The harness is a producer like any other: its commands are signed, and the workers know
+# its key. (A test-only secret; never a real one.)
+HARNESS_SIGNER = Signer("fault-harness", "k1", "fault-harness-test-secret")
+
+
 def worker_env(vhost: str, database_url: str, sandbox_url: str, **extra: Any) -> dict[str, str]:
     env = {
+        "DEBIT_WORKER_PRODUCER_KEYS": json.dumps(
+            {HARNESS_SIGNER.producer: {HARNESS_SIGNER.key_id: HARNESS_SIGNER.secret}}
+        ),
         "DEBIT_WORKER_BROKER_URL": f"amqp://guest:guest@{RABBIT_HOST}/{vhost}",
         "DEBIT_WORKER_DATABASE_URL": database_url,
         "DEBIT_WORKER_STRIPE_API_KEY": "sk_test_sandbox",

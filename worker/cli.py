@@ -316,8 +316,22 @@ def dlq_replay(limit: int) -> None:
     """Publish dead-lettered commands to debits.commands again, then drop them from the DLQ.
 
     Replaying is safe for commands the worker already finished: it re-emits the outcome.
+    The original signatures are too old to be accepted again, so replayed commands are signed
+    anew with the operator's producer key (DEBIT_WORKER_PRODUCER_ID / _KEY_ID / _SECRET).
     """
     settings = _settings()
+    if settings.producer_id is None:
+        click.echo(
+            "warning: no DEBIT_WORKER_PRODUCER_ID set; replayed commands go out unsigned and a "
+            "worker that requires signatures refuses them (unauthorized)",
+            err=True,
+        )
+        signer = None
+    else:
+        try:
+            signer = signer_from(settings)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
     replayed = 0
     with Connection(settings.broker_url, transport_options={"confirm_publish": True}) as conn:
         channel: Any = conn.channel()
@@ -327,8 +341,10 @@ def dlq_replay(limit: int) -> None:
             message = channel.basic_get(dead_letter_queue.name, no_ack=False)
             if message is None:
                 break
+            command = original_command(message.body, message.headers or {})
             producer.publish(
-                original_command(message.body, message.headers or {}),
+                command,
+                headers=signer.headers_for(command) if signer else {},
                 exchange=command_exchange,
                 routing_key="debit.requested",
                 content_type="application/json",

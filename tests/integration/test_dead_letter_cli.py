@@ -8,7 +8,7 @@ import amqp
 import pytest
 from click.testing import CliRunner
 
-from tests.integration.conftest import PlainAmqp, new_id
+from tests.integration.conftest import DEFAULT_KEY, PlainAmqp, new_id
 from worker.cli import main
 from worker.demo import command_body
 from worker.settings import Settings
@@ -33,7 +33,13 @@ def test_a_task_message_dead_lettered_by_rabbitmq_is_replayed_as_its_command(
     command = json.dumps(command_body(request_id, "acct_1ExpressUS00000001", 321))
     task_body = json.dumps([[command], {}, {"callbacks": None}]).encode()
     _dead_letter(broker, task_body, {"task": PROCESS_TASK, "id": f"{request_id}:x"})
-    env = {"DEBIT_WORKER_BROKER_URL": settings.broker_url}
+    env = {
+        "DEBIT_WORKER_BROKER_URL": settings.broker_url,
+        # the operator replays as a known producer: old signatures are past their age
+        "DEBIT_WORKER_PRODUCER_ID": DEFAULT_KEY.producer,
+        "DEBIT_WORKER_PRODUCER_KEY_ID": DEFAULT_KEY.key_id,
+        "DEBIT_WORKER_PRODUCER_SECRET": DEFAULT_KEY.secret,
+    }
     runner = CliRunner()
     # When an operator lists the queue, then replays it
     listed = runner.invoke(main, ["dlq", "list"], env=env)

@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from faults.broker import Broker
-from faults.services import WorkerPool, own_database, own_vhost, sandbox_process, worker_env
+from faults.services import (
+    HARNESS_SIGNER,
+    WorkerPool,
+    own_database,
+    own_vhost,
+    sandbox_process,
+    worker_env,
+)
 from worker.sandbox import SandboxAdmin
 
 pytestmark = pytest.mark.integration
@@ -124,7 +131,10 @@ def _publish(broker: Broker, request_id: str) -> None:
         "currency": "usd",
         "reason": "platform_charge",
     }
-    broker.publish(json.dumps(body).encode(), content_type="application/json")
+    raw = json.dumps(body).encode()
+    broker.publish(
+        raw, content_type="application/json", application_headers=HARNESS_SIGNER.headers_for(raw)
+    )
 
 
 def _events(broker: Broker, at_least: int) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ SIGKILLed while debits are in flight; a second one finishes every request exactl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,14 @@ from typing import Any
 import amqp
 import pytest
 
-from tests.integration.conftest import RABBIT, PlainAmqp, new_id, own_vhost
+from tests.integration.conftest import (
+    PRODUCER_KEYS,
+    PRODUCERS,
+    RABBIT,
+    PlainAmqp,
+    new_id,
+    own_vhost,
+)
 from worker.demo import command_body
 from worker.ledger import Ledger, Status
 from worker.sandbox import RunningSandbox, running_sandbox
@@ -79,6 +87,9 @@ def _start_worker(
         "DEBIT_WORKER_RETRY_BASE_SECONDS": "1",
         "DEBIT_WORKER_RETRY_MAX_SECONDS": "3",
         "DEBIT_WORKER_RELAY_INTERVAL_SECONDS": "1",
+        # the test's plain client signs with the integration producers' keys
+        "DEBIT_WORKER_PRODUCER_KEYS": json.dumps(PRODUCER_KEYS),
+        "DEBIT_WORKER_PRODUCERS": json.dumps(PRODUCERS),
     }
     cli = Path(sys.executable).with_name("debit-worker")
     with log.open("ab") as out:
