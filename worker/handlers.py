@@ -97,13 +97,15 @@ def handle_debit_requested(
         try:
             verified = svc.auth.verify(raw, headers or {}, svc.clock())
         except Unauthorized as refused:
-            if not _already_attempting(raw, svc):
+            if not _claimed_before(raw, svc):
                 _emit_unauthorized(raw, refused, svc)
                 return Result.FAILED
-            # Accepted before (only accepted commands are claimed), and Stripe may have been
-            # called: a key retired or removed meanwhile must not strand it, so the same
-            # debit carries on (its policy was decided; repeating it moves no more money).
-            log.warning("request %s: %s; carrying on its attempt", screen(raw), refused.reason)
+            # Only authenticated commands are claimed, so the same content under a claim was
+            # authenticated once. Carrying on (resuming it, or re-emitting its outcome) moves
+            # no more money than that command asked for, whereas refusing would give the
+            # request a second outcome. This covers the janitor's re-enqueued commands (no
+            # producer headers), keys retired mid-attempt, and late replays of finished ones.
+            log.warning("request %s: %s; continuing its claim", screen(raw), refused.reason)
     try:
         command = parse_command(body)
     except InvalidCommand as invalid:
@@ -346,17 +348,13 @@ def _emit_invalid(invalid: InvalidCommand, svc: Services) -> None:
     _publish_recorded(invalid.request_id, svc)
 
 
-def _already_attempting(raw: bytes, svc: Services) -> bool:
+def _claimed_before(raw: bytes, svc: Services) -> bool:
     try:
         command = parse_command(raw)
     except (InvalidCommand, Undeliverable):
         return False
     record = svc.ledger.requests.get(command.request_id)
-    return (
-        record is not None
-        and record.status in {Status.ATTEMPTING, Status.NEEDS_RECONCILIATION}
-        and record.fingerprint == command.fingerprint()
-    )
+    return record is not None and record.fingerprint == command.fingerprint()
 
 
 def _emit_unauthorized(raw: bytes, refused: Unauthorized, svc: Services) -> None:

@@ -236,13 +236,15 @@ class PlainAmqp:
                 continue
             self.received.append(json.loads(message.body))
 
-    def dead_letters(self, timeout: float = 20.0) -> list[amqp.Message]:
+    def dead_letters(self, body: bytes, timeout: float = 20.0) -> list[amqp.Message]:
+        """The dead letters carrying `body`; others (left by earlier tests) are consumed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             message = self.channel.basic_get("debits.dead-letter", no_ack=True)
-            if message is not None:
+            if message is None:
+                time.sleep(0.05)
+            elif message.body == body:
                 return [message]
-            time.sleep(0.05)
         return []
 
 

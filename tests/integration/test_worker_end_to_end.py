@@ -133,7 +133,7 @@ def test_a_message_nobody_can_answer_lands_in_the_dead_letter_queue(
     # When it is published to the command exchange
     broker.publish(body, content_type="application/octet-stream")
     # Then it is kept in the dead-letter queue, with the reason in its headers
-    dead = broker.dead_letters()
+    dead = broker.dead_letters(body)
     assert len(dead) == 1
     assert dead[0].body == body
     headers = dead[0].headers or {}
