@@ -28,7 +28,11 @@ class Broker:
     def channel(self) -> Any:
         if self._channel is None:
             conn = amqp.Connection(
-                RABBIT_HOST, userid="guest", password="guest", virtual_host=self.vhost
+                RABBIT_HOST,
+                userid="guest",
+                password="guest",
+                virtual_host=self.vhost,
+                confirm_publish=True,
             )
             conn.connect()
             channel = conn.channel()

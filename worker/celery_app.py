@@ -35,7 +35,9 @@ def create_app(settings: Settings) -> Celery:
         result_backend=None,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
+        # A task that fails unhandled is rejected (to the dead-letter exchange), never acked
+        # and forgotten.
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         task_queues=[task_queue],
         task_default_queue=TASK_QUEUE,

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery import bootsteps
-
-from worker.bootstrap import runtime_of
+from worker.background import PeriodicStep
+from worker.bootstrap import Runtime
 from worker.errors import Unresolvable
 from worker.ledger import Ledger
 from worker.ledger.janitor_store import abandoned_claims, expiring_attempts, take_over
@@ -80,31 +78,14 @@ def task_enqueuer(app: Any) -> Callable[[str], None]:
     return enqueue
 
 
-class JanitorStep(bootsteps.StartStopStep):
+class JanitorStep(PeriodicStep):
     """Runs the janitor in a background thread of every worker process."""
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self._app = parent.app
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    thread_name = "janitor"
 
-    def start(self, parent: Any) -> None:  # noqa: ARG002 - bootstep signature
-        self._thread = threading.Thread(target=self._loop, name="janitor", daemon=True)
-        self._thread.start()
+    def interval(self, runtime: Runtime) -> float:
+        return runtime.settings.janitor_interval_seconds
 
-    def stop(self, parent: Any) -> None:  # noqa: ARG002 - bootstep signature
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        runtime = runtime_of(self._app)
-        interval = runtime.settings.janitor_interval_seconds
-        enqueue = task_enqueuer(self._app)
-        while not self._stop.wait(interval):
-            try:
-                services = runtime.services()
-                janitor_once(services.ledger, enqueue, runtime.settings, services.clock())
-            except Exception:  # the janitor must outlive a bad round (e.g. database restart)
-                log.exception("janitor round failed; trying again in %.0f s", interval)
+    def run_round(self, runtime: Runtime) -> None:
+        services = runtime.services()
+        janitor_once(services.ledger, task_enqueuer(self._app), runtime.settings, services.clock())

@@ -4,12 +4,9 @@ first. Sending twice is possible (at-least-once); the event id lets consumers de
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
 
-from celery import bootsteps
-
-from worker.bootstrap import runtime_of
+from worker.background import PeriodicStep
+from worker.bootstrap import Runtime
 from worker.ledger import Ledger
 from worker.ports import EventPublisher, PublishFailed
 
@@ -36,34 +33,14 @@ def relay_once(
     return sent
 
 
-class RelayStep(bootsteps.StartStopStep):
+class RelayStep(PeriodicStep):
     """Runs the relay in a background thread of every worker process."""
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self._app = parent.app
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    thread_name = "outbox-relay"
 
-    def start(self, parent: Any) -> None:  # noqa: ARG002 - bootstep signature
-        self._thread = threading.Thread(target=self._loop, name="outbox-relay", daemon=True)
-        self._thread.start()
+    def interval(self, runtime: Runtime) -> float:
+        return runtime.settings.relay_interval_seconds
 
-    def stop(self, parent: Any) -> None:  # noqa: ARG002 - bootstep signature
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    # A cold shutdown calls terminate, not stop: the relay must end either way.
-    terminate = stop
-    shutdown = stop
-
-    def _loop(self) -> None:
-        runtime = runtime_of(self._app)
-        interval = runtime.settings.relay_interval_seconds
-        while not self._stop.wait(interval):
-            try:
-                services = runtime.services()
-                relay_once(services.ledger, services.publisher)
-            except Exception:  # the relay must outlive a bad round (e.g. database restart)
-                log.exception("relay round failed; trying again in %.0f s", interval)
+    def run_round(self, runtime: Runtime) -> None:
+        services = runtime.services()
+        relay_once(services.ledger, services.publisher)

@@ -7,7 +7,7 @@ import logging
 from typing import Final
 
 from celery import Celery, Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker.backoff import retry_delay
@@ -35,7 +35,15 @@ def register_tasks(app: Celery, runtime: Runtime) -> Task:  # type: ignore[type-
         body: str,
         headers: dict[str, str] | None = None,
     ) -> str:
-        return process(self, body, runtime, headers)
+        try:
+            return process(self, body, runtime, headers)
+        except (Retry, Reject):
+            raise
+        except Exception as exc:  # bookkeeping itself broke: keep the command, never ack it
+            log.exception(
+                "request %s: task failed outside the handler; requeued", _request_id(body)
+            )
+            raise Reject(str(exc), requeue=True) from exc
 
     return process_debit
 
@@ -48,7 +56,9 @@ def process(
 ) -> str:
     settings = runtime.settings
     attempt = task.request.retries + 1
-    owner = f"{runtime.identity}:{task.request.id}:{attempt}"
+    # Stable across this task's retries: a retry whose lease could not be released (the
+    # database was away) takes it straight back instead of waiting for it to expire.
+    owner = f"{runtime.identity}:{task.request.id}"
     try:
         return handle_debit_requested(body, runtime.services(), owner, headers).value
     except Undeliverable as exc:  # the intake screens for this; kept for direct publishers

@@ -250,7 +250,13 @@ class PlainAmqp:
 
 def connect(vhost: str) -> amqp.Connection:
     connection = amqp.Connection(
-        f"{RABBIT[0]}:{RABBIT[1]}", userid="guest", password="guest", virtual_host=vhost
+        f"{RABBIT[0]}:{RABBIT[1]}",
+        userid="guest",
+        password="guest",
+        virtual_host=vhost,
+        # py-amqp waits for each publisher confirm only with this flag; confirm_select alone
+        # turns confirms on without waiting for them.
+        confirm_publish=True,
     )
     connection.connect()
     return connection

@@ -52,7 +52,11 @@ def slow_sandbox() -> Iterator[RunningSandbox]:
 @pytest.fixture
 def plain_amqp(restart_vhost: str) -> Iterator[PlainAmqp]:
     connection = amqp.Connection(
-        f"{RABBIT[0]}:{RABBIT[1]}", userid="guest", password="guest", virtual_host=restart_vhost
+        f"{RABBIT[0]}:{RABBIT[1]}",
+        userid="guest",
+        password="guest",
+        virtual_host=restart_vhost,
+        confirm_publish=True,
     )
     connection.connect()
     channel = connection.channel()
