@@ -41,7 +41,7 @@ security: install ## bandit: medium and higher findings fail the build
 # pip-audit asks PyPI's per-version JSON API about every pinned version in uv.lock and fails
 # on a known vulnerability, or (--strict) on a package it could not audit. It is not part of
 # `check` because this build machine cannot reach a vulnerability database (PyPI's
-# per-version JSON answers 404 here, api.osv.dev is unreachable): without one it would pass
+# per-version JSON answers 404 here, the OSV service is unreachable): without one it would pass
 # while auditing nothing. Run it where the network allows.
 audit: install ## pip-audit --strict on the locked dependencies (needs a vulnerability database)
 	$(UV) export --frozen --format requirements-txt --no-hashes --no-emit-project \
