@@ -62,14 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     extra = EXTRA.read_text() if EXTRA.exists() else ""
     args.output.write_text(markdown(run, png.name, extra))
     print(f"wrote {args.output} and {png}; sandbox money problems: {problems or 'none'}")
-    return 0 if ours.answered == ours.published and not problems else 1
+    complete = all(m.answered == m.published and not m.failed for m in (ours, fast))
+    return 0 if complete and not problems else 1
 
 
 def _say(m: phases.Measured) -> None:
     print(
         f"{m.name}: {m.answered}/{m.published} in {m.seconds:.1f} s = {m.throughput:.1f}/s, "
         f"p99 {m.latency(0.99) * 1000:.0f} ms, 429s {m.rate_limited}, "
-        f"requests/debit {m.requests_per_debit:.3f}, RSS {m.rss_main_mb:.0f} MB",
+        f"requests/debit {m.requests_per_debit:.3f}, RSS {m.rss_main_mb:.0f} MB"
+        + (f", FAILED {m.failed}" if m.failed else ""),
         flush=True,
     )
 

@@ -15,11 +15,17 @@ from typing import Any
 import amqp
 
 from bench.services import ACCOUNTS
+from schemas.signing import Signer
 
 
 def connect(vhost: str) -> amqp.Connection:
+    # confirm_publish: py-amqp waits for the broker's confirm on every publish only with it.
     connection = amqp.Connection(
-        "127.0.0.1:5672", userid="guest", password="guest", virtual_host=vhost
+        "127.0.0.1:5672",
+        userid="guest",
+        password="guest",
+        virtual_host=vhost,
+        confirm_publish=True,
     )
     connection.connect()
     return connection
@@ -43,6 +49,9 @@ class Timeline:
 
     published: dict[str, float] = field(default_factory=dict)
     answered: dict[str, float] = field(default_factory=dict)
+    # request → failure code, for every request answered with DebitFailed: a benchmark that
+    # counts refusals as throughput measures nothing, so the report shows and fails on them.
+    failed: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def samples(self) -> list[tuple[float, float]]:
@@ -72,9 +81,14 @@ class EventListener:
 
     def _on_message(self, message: amqp.Message) -> None:
         now = time.time()
-        subject = json.loads(message.body)["subject"]
+        event = json.loads(message.body)
+        subject = event["subject"]
         with self._timeline.lock:
-            self._timeline.answered.setdefault(subject, now)
+            if subject in self._timeline.answered:
+                return
+            self._timeline.answered[subject] = now
+            if str(event.get("type", "")).endswith(".failed"):
+                self._timeline.failed[subject] = str(event.get("data", {}).get("code"))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -119,14 +133,22 @@ def steady(
         publish(request_id, index)
 
 
+# The benchmark is a producer like any other: its commands are signed and the worker it
+# starts knows this (test-only) key.
+BENCH_SIGNER = Signer("benchmark", "k1", "benchmark-test-secret")
+
+
 def product_publisher(vhost: str) -> tuple[Callable[[str, int], None], amqp.Connection]:
     connection = connect(vhost)
     channel = connection.channel()
-    channel.confirm_select()
 
     def publish(request_id: str, index: int) -> None:
+        body = command(request_id, index)
         message = amqp.Message(
-            command(request_id, index), content_type="application/json", delivery_mode=2
+            body,
+            content_type="application/json",
+            delivery_mode=2,
+            application_headers=BENCH_SIGNER.headers_for(body),
         )
         channel.basic_publish(
             message, exchange="debits.commands", routing_key="debit.requested", mandatory=True

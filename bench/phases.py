@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ class Measured:
     rss_main_mb: float = 0.0
     rss_tree_mb: float = 0.0
     per_second: list[int] = field(default_factory=list)
+    failed: dict[str, int] = field(default_factory=dict)  # failure code → requests
 
     @property
     def throughput(self) -> float:
@@ -88,6 +91,9 @@ def product_env(setup: Setup, *, rate: float, redis: bool) -> dict[str, str]:
         "DEBIT_WORKER_STRIPE_RATE_LIMIT": str(rate),
         "DEBIT_WORKER_LOG_LEVEL": "WARNING",
         "DEBIT_WORKER_RATE_BUDGET_REDIS_URL": REDIS_URL if redis else "",
+        "DEBIT_WORKER_PRODUCER_KEYS": json.dumps(
+            {load.BENCH_SIGNER.producer: {load.BENCH_SIGNER.key_id: load.BENCH_SIGNER.secret}}
+        ),
     }
     if setup.concurrency:
         env["DEBIT_WORKER_CONCURRENCY"] = str(setup.concurrency)
@@ -173,6 +179,7 @@ def _measure(
         rss_main_mb=rss.main,
         rss_tree_mb=rss.tree,
         per_second=_per_second(timeline),
+        failed=dict(Counter(timeline.failed.values())),
     )
 
 

@@ -74,10 +74,21 @@ def _row(m: Measured) -> str:
         else "-"
     )
     return (
-        f"| {m.name} | {m.published} | {m.answered} | {m.throughput:.1f} | "
+        f"| {m.name} | {m.published} | {m.answered} | {_failed(m)} | {m.throughput:.1f} | "
         f"{m.slowest_window():.1f} | {lat} | {m.rate_limited} | {m.requests_per_debit:.3f} | "
         f"{m.rss_main_mb:.0f} / {m.rss_tree_mb:.0f} |"
     )
+
+
+def len_failed(m: Measured) -> int:
+    return sum(m.failed.values())
+
+
+def _failed(m: Measured) -> str:
+    if not m.failed:
+        return "0"
+    codes = ", ".join(f"{code} {n}" for code, n in sorted(m.failed.items()))
+    return f"{len_failed(m)} ({codes})"
 
 
 def _check(ok: bool) -> str:
@@ -90,6 +101,12 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
     sustained = ours.slowest_window()
     ratio = fast.throughput / noop.throughput if noop.throughput else float("nan")
     targets = [
+        (
+            "every debit answered, and answered DebitSucceeded (ours, both runs)",
+            f"{ours.answered - len_failed(ours)}/{ours.published} and "
+            f"{fast.answered - len_failed(fast)}/{fast.published} succeeded",
+            all(m.answered == m.published and not m.failed for m in (ours, fast)),
+        ),
         (
             f">= 95 debits/s sustained for >= 60 s ({run.duration:g} s run)",
             f"{ours.throughput:.1f}/s overall, slowest 10 s window {sustained:.1f}/s",
@@ -131,14 +148,15 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
         "",
         "## Results",
         "",
-        "| run | published | answered | debits/s | slowest 10 s window /s | publish→event "
-        "p50 / p99 / max ms | 429s | Stripe requests/debit | RSS main / with children MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | published | answered | of which failed | debits/s | slowest 10 s window /s "
+        "| publish→event p50 / p99 / max ms | 429s | Stripe requests/debit "
+        "| RSS main / with children MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         _row(ours),
         _row(naive),
         _row(fast),
-        f"| {noop.name} | {noop.published} | {noop.answered} | {noop.throughput:.0f} | - | - "
-        "| - | - | - |",
+        f"| {noop.name} | {noop.published} | {noop.answered} | - | {noop.throughput:.0f} | - "
+        "| - | - | - | - |",
         "",
         f"- Ours vs the naive worker, same offered load: **{_ratio(ours, naive)}x** the "
         f"throughput; Stripe requests per debit {ours.requests_per_debit:.3f} vs "
