@@ -74,6 +74,8 @@ def _say(m: phases.Measured) -> None:
         + (f", FAILED {m.failed}" if m.failed else ""),
         flush=True,
     )
+    for stage, (p50, p99) in m.stages.items():
+        print(f"  {stage}: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms", flush=True)
 
 
 if __name__ == "__main__":

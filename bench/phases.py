@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import amqp
+from sqlalchemy import select
 
 from bench import load, naive
 from bench.services import ACCOUNTS, REDIS_URL, VENV_BIN, Services, start, stop, tree_rss_mb
+from worker.ledger.database import make_engine
+from worker.ledger.tables import debit_requests
 from worker.sandbox.admin_client import SandboxAdmin
 from worker.sandbox.faults import Faults
 
@@ -44,6 +47,8 @@ class Measured:
     rss_tree_mb: float = 0.0
     per_second: list[int] = field(default_factory=list)
     failed: dict[str, int] = field(default_factory=dict)  # failure code → requests
+    # where the time went: stage → (p50, p99) seconds, from the ledger's own timestamps
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -180,7 +185,55 @@ def _measure(
         rss_tree_mb=rss.tree,
         per_second=_per_second(timeline),
         failed=dict(Counter(timeline.failed.values())),
+        stages=stage_breakdown(setup.services.database_url, timeline),
     )
+
+
+STAGES = (
+    ("publish → claimed", "published", "received"),
+    ("claimed → Stripe call", "received", "attempt"),
+    ("Stripe call → recorded", "attempt", "finished"),
+    ("recorded → event", "finished", "answered"),
+)
+
+
+def stage_breakdown(database_url: str, timeline: load.Timeline) -> dict[str, tuple[float, float]]:
+    """Split publish → event by the ledger's timestamps (claimed, first Stripe attempt,
+    outcome recorded). Nothing for the naive worker, which keeps no ledger."""
+    ids = list(timeline.answered)
+    if not ids:
+        return {}
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    debit_requests.c.request_id,
+                    debit_requests.c.received_at,
+                    debit_requests.c.first_attempt_at,
+                    debit_requests.c.finished_at,
+                ).where(debit_requests.c.request_id.in_(ids))
+            ).all()
+    finally:
+        engine.dispose()
+    spans: dict[str, list[float]] = {name: [] for name, _, _ in STAGES}
+    for request_id, received, attempt, finished in rows:
+        if attempt is None or finished is None:
+            continue
+        at = {
+            "published": timeline.published[request_id],
+            "received": received.timestamp(),
+            "attempt": attempt.timestamp(),
+            "finished": finished.timestamp(),
+            "answered": timeline.answered[request_id],
+        }
+        for name, since, until in STAGES:
+            spans[name].append(at[until] - at[since])
+    return {
+        name: (load.percentile(values, 0.5), load.percentile(values, 0.99))
+        for name, values in spans.items()
+        if values
+    }
 
 
 def ours_at_stripe_rate(setup: Setup, rate: float, duration: float) -> Measured:

@@ -80,6 +80,13 @@ def _row(m: Measured) -> str:
     )
 
 
+def _stage(m: Measured, stage: str) -> str:
+    if stage not in m.stages:
+        return "-"
+    p50, p99 = m.stages[stage]
+    return f"{p50 * 1000:.0f} / {p99 * 1000:.0f}"
+
+
 def len_failed(m: Measured) -> int:
     return sum(m.failed.values())
 
@@ -162,6 +169,16 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
         f"throughput; Stripe requests per debit {ours.requests_per_debit:.3f} vs "
         f"{naive.requests_per_debit:.3f}.",
         f"- Whole pipeline at zero latency vs a bare Celery no-op task, same run: **{ratio:.2f}**.",
+        "",
+        "Where the time goes (ours), from the ledger's timestamps of each request: claimed "
+        "(its row written), first Stripe call, outcome recorded; p50 / p99 ms:",
+        "",
+        "| stage | " + " | ".join(m.name for m in (ours, fast)) + " |",
+        "|---|---|---|",
+        *(
+            f"| {stage} | " + " | ".join(_stage(m, stage) for m in (ours, fast)) + " |"
+            for stage in dict.fromkeys([*ours.stages, *fast.stages])
+        ),
         "",
         f"![publish-to-event latency over time]({plot_name})",
         "",

@@ -25,6 +25,7 @@ from worker.redis_budget import RedisRateBudget, budget_key
 from worker.rules import RuleTables
 from worker.settings import Settings
 from worker.stripe_gateway import StripeGateway
+from worker.stripe_http import stripe_session
 
 
 def stripe_client(settings: Settings) -> stripe.StripeClient:
@@ -33,7 +34,10 @@ def stripe_client(settings: Settings) -> stripe.StripeClient:
         settings.require_stripe_key().get_secret_value(),
         base_addresses=base,  # type: ignore[arg-type]
         max_network_retries=settings.stripe_max_network_retries,
-        http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),
+        http_client=stripe.RequestsClient(
+            timeout=settings.stripe_timeout_seconds,
+            session=stripe_session(base["api"] if base else None, settings.concurrency),
+        ),
     )
 
 

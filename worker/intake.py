@@ -16,6 +16,7 @@ from kombu import Consumer, Message
 
 from worker.authentication import RECEIVED_AT_HEADER, carried_headers
 from worker.bootstrap import runtime_of
+from worker.handover import ConfirmingHandover
 from worker.parsing import Undeliverable, screen
 from worker.ports import PublishFailed
 from worker.publisher import BROKER_ERRORS
@@ -26,10 +27,33 @@ log = logging.getLogger(__name__)
 
 # Screening is cheap and hand-over is one confirmed publish, so a small window keeps the
 # consumer busy without hoarding commands another worker host could take.
-INTAKE_PREFETCH: Final = 32
+INTAKE_PREFETCH: Final = 200
 
 
 class CommandIntake(bootsteps.ConsumerStep):
+    handover: ConfirmingHandover | None = None
+
+    def start(self, c: Any) -> None:
+        # On RabbitMQ the worker runs an event loop: hand-overs are confirmed asynchronously
+        # on it. The embedded (memory) transport has none, and confirms are immediate there.
+        if c.hub is not None and c.connection.transport.implements.asynchronous:
+            self.handover = ConfirmingHandover(self.parent_app, c.hub)
+            self.handover.start()
+        super().start(c)
+
+    def stop(self, c: Any) -> None:
+        super().stop(c)
+        self._close_handover()
+
+    def shutdown(self, c: Any) -> None:
+        super().shutdown(c)
+        self._close_handover()
+
+    def _close_handover(self) -> None:
+        if self.handover is not None:
+            self.handover.close()
+            self.handover = None
+
     def get_consumers(self, channel: Any) -> list[Consumer]:
         declare_all(channel)  # every worker (re)declares what it consumes and publishes to
         channel.basic_qos(0, INTAKE_PREFETCH, False)
@@ -51,11 +75,13 @@ class CommandIntake(bootsteps.ConsumerStep):
         # The signature's headers travel with the body; the task verifies them before the
         # ledger or Stripe see anything. The receipt time is ours, never the producer's.
         headers = carried_headers(message.headers) | {RECEIVED_AT_HEADER: f"{time.time():.3f}"}
+        task_id = f"{request_id}:{uuid.uuid4().hex[:12]}"
+        if self.handover is not None:
+            self.handover.forward(message, task_id, (text, headers))
+            return
         try:
             self.parent_app.tasks[PROCESS_TASK].apply_async(
-                args=[text, headers],
-                task_id=f"{request_id}:{uuid.uuid4().hex[:12]}",
-                queue=TASK_QUEUE,
+                args=[text, headers], task_id=task_id, queue=TASK_QUEUE
             )
         except (PublishFailed, *BROKER_ERRORS) as exc:
             log.warning("could not hand over %s (%s); requeued", request_id, exc)

@@ -22,8 +22,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             cursor.close()
 
         return engine
+    # No pre-ping: it cost a round trip on every checkout (several per debit). A connection
+    # that died with its server fails its first statement instead; SQLAlchemy then discards
+    # every pooled connection made before it, and the task retries like any ledger outage.
     return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, pool_recycle=1800
     )
 
 
