@@ -50,9 +50,17 @@ class ConfirmingHandover:
     """Publishes task messages with asynchronous publisher confirms on `hub`, the worker's
     event loop, and settles each command (ack or requeue) when its confirm arrives."""
 
-    def __init__(self, app: Celery, hub: Any, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        app: Celery,
+        hub: Any,
+        *,
+        connect: Callable[[], Connection] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._app = app
         self._hub = hub
+        self._connect = connect or self._connect_to_broker
         self._clock = clock
         self._connection: Connection | None = None
         self._channel: Any = None
@@ -73,10 +81,7 @@ class ConfirmingHandover:
     def forward(self, command: Message, task_id: str, args: tuple[Any, ...]) -> None:
         """Publish the task for `command`; its ack (or requeue) follows its confirm."""
         try:
-            producer = self._ensure_open()
-            self._app.tasks[PROCESS_TASK].apply_async(
-                args=args, task_id=task_id, queue=TASK_QUEUE, producer=producer, **_PUBLISH
-            )
+            self._send(self._ensure_open(), task_id, args)
         except BROKER_ERRORS as exc:
             log.warning("could not hand over task %s (%s); requeued", task_id, exc)
             _settle(command, ack=False)
@@ -86,6 +91,11 @@ class ConfirmingHandover:
         self._next_tag += 1
         self._pending[tag] = _Pending(command, task_id, self._clock())
         self._by_task[task_id] = tag
+
+    def _send(self, producer: Producer, task_id: str, args: tuple[Any, ...]) -> None:
+        self._app.tasks[PROCESS_TASK].apply_async(
+            args=args, task_id=task_id, queue=TASK_QUEUE, producer=producer, **_PUBLISH
+        )
 
     def check_stalled(self) -> None:
         if not self._pending:
@@ -148,9 +158,7 @@ class ConfirmingHandover:
     def _ensure_open(self) -> Producer:
         if self._producer is not None:
             return self._producer
-        # Celery's own connections wait for each confirm (confirm_publish); this one must not.
-        connection = self._app.connection_for_write(transport_options={"confirm_publish": False})
-        connection.ensure_connection(max_retries=1)
+        connection = self._connect()
         channel: Any = connection.default_channel  # py-amqp's channel: confirms, events
         channel.confirm_select()
         channel.events["basic_ack"].add(self._on_ack)
@@ -162,6 +170,12 @@ class ConfirmingHandover:
         self._producer = Producer(channel)
         self._next_tag = 1  # confirms are numbered per channel, from 1
         return self._producer
+
+    def _connect_to_broker(self) -> Connection:
+        # Celery's own connections wait for each confirm (confirm_publish); this one must not.
+        connection = self._app.connection_for_write(transport_options={"confirm_publish": False})
+        connection.ensure_connection(max_retries=1)
+        return connection
 
     def _reset(self, why: str) -> None:
         """Forget the connection; every unconfirmed command goes back to its queue."""

@@ -25,9 +25,10 @@ from worker.topology import TASK_QUEUE, command_queue, declare_all
 
 log = logging.getLogger(__name__)
 
-# Screening is cheap and hand-over is one confirmed publish, so a small window keeps the
-# consumer busy without hoarding commands another worker host could take.
-INTAKE_PREFETCH: Final = 200
+# Commands stay unacked until their hand-over is confirmed (a quorum-queue commit away), so
+# the window must cover a confirm's round trip at full rate, without hoarding commands that
+# another worker host could take.
+INTAKE_PREFETCH: Final = 128
 
 
 class CommandIntake(bootsteps.ConsumerStep):
