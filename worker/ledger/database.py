@@ -27,11 +27,20 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
+def _insert_or_nothing(conn: Connection, table: Table, values: dict[str, Any]) -> Insert:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    return sqlite.insert(table).values(**values).on_conflict_do_nothing()
+
+
 def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING on either database; True when a row was written."""
-    stmt: Insert
-    if conn.dialect.name == "postgresql":
-        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    return conn.execute(stmt).rowcount == 1
+    return conn.execute(_insert_or_nothing(conn, table, values)).rowcount == 1
+
+
+def insert_returning_id(conn: Connection, table: Table, values: dict[str, Any]) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id, in one statement on either database
+    (SQLite ≥ 3.35); the new row's id, or None when a row with the same key was there."""
+    stmt = _insert_or_nothing(conn, table, values).returning(table.c.id)
+    row_id = conn.execute(stmt).scalar_one_or_none()
+    return None if row_id is None else int(row_id)
