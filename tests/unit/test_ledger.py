@@ -7,12 +7,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import StatementError
 
 from schemas.commands import DebitRequested
 from worker.facts import RefundFacts
 from worker.ledger import ClaimKind, Ledger, OutboxEvent, RecoveryBudgetExceeded, Status, Success
 from worker.ledger.migrate import current_revision, head_revision, upgrade
+from worker.ledger.producer_budgets import ProducerLimitExceeded, reserve
+from worker.ledger.tables import producer_budgets, producer_reservations
+from worker.producer_limits import DailyLimit
 from worker.stripe_gateway import idempotency_key
 
 from .fakes import ACCOUNT_ID, REFUND_ID, FakeClock, a_refund, migrated_ledger
@@ -327,6 +331,30 @@ def test_a_recovery_refused_before_its_attempt_reserved_nothing_and_returns_noth
 
     # Then rec-1's reservation is untouched
     assert ledger.requests.reserved_for_refund(REFUND_ID) == 3000
+
+
+def test_the_producers_daily_room_is_reserved_once_per_request_and_refused_past_the_limit(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # Given a producer allowed 50.00 a day, 30.00 of it reserved by req-1
+    daily = DailyLimit("billing", "usd", 5000)
+    with ledger.engine.begin() as conn:
+        reserve(conn, "req-1", daily, 3000, clock.now)
+
+    # When req-1 reserves again (its room is already held), and req-2 asks for 30.00 more
+    clock.advance(1)
+    with ledger.engine.begin() as conn:
+        reserve(conn, "req-1", daily, 3000, clock.now)
+    with pytest.raises(ProducerLimitExceeded) as exceeded, ledger.engine.begin() as conn:
+        reserve(conn, "req-2", daily, 3000, clock.now)
+
+    # Then req-1 counted once, req-2 was refused, and the producer's lock row was touched
+    assert exceeded.value.used == 3000
+    with ledger.engine.connect() as conn:
+        held = conn.execute(select(producer_reservations.c.request_id)).scalars().all()
+        touched = conn.execute(select(producer_budgets.c.updated_at)).scalars().all()
+    assert held == ["req-1"]
+    assert touched == [clock.now]
 
 
 # --- outcomes and the outbox ----------------------------------------------------------------

@@ -27,10 +27,15 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
-def _insert_or_nothing(conn: Connection, table: Table, values: dict[str, Any]) -> Insert:
+def upsert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT, which offers ON CONFLICT (both build the same clauses)."""
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    return sqlite.insert(table).values(**values).on_conflict_do_nothing()
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _insert_or_nothing(conn: Connection, table: Table, values: dict[str, Any]) -> Insert:
+    return upsert(conn, table).values(**values).on_conflict_do_nothing()
 
 
 def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
