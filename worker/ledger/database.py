@@ -40,7 +40,10 @@ def _insert_or_nothing(conn: Connection, table: Table, values: dict[str, Any]) -
 
 def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING on either database; True when a row was written."""
-    return conn.execute(_insert_or_nothing(conn, table, values)).rowcount == 1
+    # SQLAlchemy keeps an INSERT's rowcount only when asked to: psycopg reports -1 once the
+    # cursor is closed, so without this every insert looked like a duplicate on PostgreSQL.
+    stmt = _insert_or_nothing(conn, table, values).execution_options(preserve_rowcount=True)
+    return conn.execute(stmt).rowcount == 1
 
 
 def insert_returning_id(conn: Connection, table: Table, values: dict[str, Any]) -> int | None:
