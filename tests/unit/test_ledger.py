@@ -386,6 +386,25 @@ def test_an_outcome_is_recorded_once_with_one_outbox_row(ledger: Ledger) -> None
     ]
 
 
+def test_an_outcome_whose_event_is_already_in_the_outbox_names_that_row(ledger: Ledger) -> None:
+    # Given an attempting request, and its event already in the outbox (event ids are
+    # deterministic, so an earlier writer may have put it there)
+    ledger.requests.claim(a_command(), "w1", LEASE)
+    begin(ledger)
+    ledger.outbox.add(an_event(event_id="evt-1"))
+    [existing] = ledger.outbox.for_request("req-1")
+
+    # When the outcome is recorded with that event
+    row_id = ledger.requests.record_succeeded("req-1", "w1", PAID, an_event(event_id="evt-1"))
+
+    # Then the outcome is recorded, and its row id is the existing row's: still one row
+    assert row_id == existing.row_id
+    assert len(ledger.outbox.for_request("req-1")) == 1
+    record = ledger.requests.get("req-1")
+    assert record is not None
+    assert record.status is Status.SUCCEEDED
+
+
 def test_a_failure_cannot_be_recorded_over_a_success(ledger: Ledger) -> None:
     # Given a request that succeeded
     ledger.requests.claim(a_command(), "w1", LEASE)

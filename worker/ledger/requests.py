@@ -135,7 +135,7 @@ class RequestLedger:
                 fresh_record = RequestRecord(
                     request_id=command.request_id,
                     fingerprint=fingerprint,
-                    command=document,
+                    command=dict(document),
                     status=Status.RECEIVED,
                     attempts=0,
                     idempotency_key=None,
