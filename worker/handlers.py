@@ -153,12 +153,13 @@ class _Debit:
             )
         if claim.record.idempotency_key is None:  # Stripe never asked: the rules decide
             try:
-                self._decide_and_begin()
+                attempt = self._decide_and_begin()  # counts this first attempt
             except PermanentFailure as failure:
                 return self._fail(failure.code, failure.message, failure.stripe_error)
         else:
             self._refuse_expiring_key(claim.record.first_attempt_at)
-        return self._charge()
+            attempt = self.requests.count_attempt(self.command.request_id)
+        return self._charge(attempt)
 
     def _refuse_expiring_key(self, first_attempt_at: datetime | None) -> None:
         """Repeating the call is safe only while Stripe keeps the key (24 h); past the
@@ -171,7 +172,9 @@ class _Debit:
                 "24 h expiry, so it is not sent again"
             )
 
-    def _decide_and_begin(self) -> None:
+    def _decide_and_begin(self) -> int:
+        """The rules, then received → attempting; returns the number of the attempt about to
+        be made (counted by begin_attempt)."""
         cmd, stripe, ledger = self.command, self.svc.stripe, self.svc.ledger
         daily = None
         if self.producer is not None:
@@ -221,12 +224,13 @@ class _Debit:
                 f"refund {cmd.refund} has {format_amount(remaining, cmd.currency)} left to "
                 f"recover; this debit asks for {format_amount(cmd.amount, cmd.currency)}",
             ) from None
-        if not began:
+        if began is None:
             raise RequestBusy(f"request {cmd.request_id} was taken over by another worker")
+        return began
 
-    def _charge(self) -> Result:
+    def _charge(self, attempt: int) -> Result:
+        """One Stripe attempt, already counted in the ledger as number `attempt`."""
         cmd = self.command
-        attempt = self.requests.count_attempt(cmd.request_id)
         log.info("request %s: Stripe attempt %d", cmd.request_id, attempt)
         try:
             payment = self.svc.stripe.create_debit(
@@ -252,12 +256,14 @@ class _Debit:
             balance_transaction=payment.balance_transaction,
             succeeded_at=payment.created,
         )
-        event = succeeded_event(data, source=self.svc.config.event_source)
-        self.requests.record_succeeded(
+        event = OutboxEvent.of(
+            succeeded_event(data, source=self.svc.config.event_source), SUCCEEDED_ROUTING_KEY
+        )
+        row_id = self.requests.record_succeeded(
             cmd.request_id,
             self.owner,
             Success(payment.id, payment.transfer, payment.balance_transaction),
-            OutboxEvent.of(event, SUCCEEDED_ROUTING_KEY),
+            event,
         )
         crash_point("after_record")
         log.info(
@@ -268,7 +274,7 @@ class _Debit:
             payment.id,
             " (replayed by Stripe)" if payment.replayed else "",
         )
-        _publish_recorded(cmd.request_id, self.svc)
+        self._publish_outcome(row_id, event)
         crash_point("after_publish")
         return Result.SUCCEEDED
 
@@ -277,20 +283,31 @@ class _Debit:
     ) -> Result:
         cmd = self.command
         data = self._failed(code, message, stripe_error)
-        event = failed_event(data, source=self.svc.config.event_source)
-        self.requests.record_failed(
+        event = OutboxEvent.of(
+            failed_event(data, source=self.svc.config.event_source), FAILED_ROUTING_KEY
+        )
+        row_id = self.requests.record_failed(
             cmd.request_id,
             self.owner,
             code=code,
             message=message,
             stripe_error=stripe_error.model_dump(mode="json") if stripe_error else None,
-            event=OutboxEvent.of(event, FAILED_ROUTING_KEY),
+            event=event,
         )
         crash_point("after_record")
         log.info("request %s refused: %s: %s", cmd.request_id, code, message)
-        _publish_recorded(cmd.request_id, self.svc)
+        self._publish_outcome(row_id, event)
         crash_point("after_publish")
         return Result.FAILED
+
+    def _publish_outcome(self, row_id: int | None, event: OutboxEvent) -> None:
+        """Publish the event just recorded with the outcome (outbox row `row_id`) without
+        reading the outbox back. None: another worker recorded the outcome first, so send
+        whatever of this request is still unsent instead."""
+        if row_id is None:
+            _publish_recorded(self.command.request_id, self.svc)
+            return
+        _send(row_id, event, self.command.request_id, self.svc)
 
     def _failed(
         self, code: FailureCode, message: str, stripe_error: StripeErrorInfo | None = None
@@ -388,14 +405,22 @@ def _publish_recorded(request_id: str, svc: Services, resend: str | None = None)
     for pending in svc.ledger.outbox.for_request(request_id):
         if pending.sent and pending.event.event_id != resend:
             continue
-        try:
-            svc.publisher.publish(pending.event)
-        except PublishFailed:
-            log.warning(
-                "event %s for request %s not published now; the outbox relay will retry",
-                pending.event.event_id,
-                request_id,
-                exc_info=True,
-            )
+        if not _send(pending.row_id, pending.event, request_id, svc):
             return
-        svc.ledger.outbox.mark_sent(pending.row_id)
+
+
+def _send(row_id: int, event: OutboxEvent, request_id: str, svc: Services) -> bool:
+    """Publish one outbox event and mark its row sent; False (row left unsent for the relay)
+    when the broker did not take it."""
+    try:
+        svc.publisher.publish(event)
+    except PublishFailed:
+        log.warning(
+            "event %s for request %s not published now; the outbox relay will retry",
+            event.event_id,
+            request_id,
+            exc_info=True,
+        )
+        return False
+    svc.ledger.outbox.mark_sent(row_id)
+    return True

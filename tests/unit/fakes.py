@@ -6,17 +6,21 @@ was asked of them, so tests assert on outcomes instead of on calls to mocks.
   scripted to fail the next calls, or to move the money *and then* fail (a lost response).
 - :class:`FakePublisher` records what was published, and can be switched off.
 - :class:`FakeClock` / :class:`FakeMonotonic` are clocks the test moves by hand.
+- :func:`sql_counted` counts the SQL statements and transactions an engine runs.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine, event
 
 from schemas.codes import FailureCode
 from schemas.events import StripeErrorInfo
@@ -237,6 +241,48 @@ class FakePublisher:
 
 
 # --- the ledger and the whole handler ---------------------------------------------------------
+
+
+@dataclass
+class SqlLog:
+    """What one engine was asked while counting: every SQL statement sent to the database,
+    every transaction begun (reads included) and every transaction committed."""
+
+    statements: list[str] = field(default_factory=list)
+    begun: int = 0
+    committed: int = 0
+
+    def __str__(self) -> str:
+        return "\n".join(self.statements)
+
+
+@contextmanager
+def sql_counted(engine: Engine) -> Iterator[SqlLog]:
+    """Count the SQL the engine runs inside the block (pool pings and SQLite pragmas, which
+    bypass the cursor events, are not counted)."""
+    log = SqlLog()
+
+    def statement(*args: Any) -> None:
+        log.statements.append(" ".join(str(args[2]).split()))
+
+    def begun(_conn: Any) -> None:
+        log.begun += 1
+
+    def committed(_conn: Any) -> None:
+        log.committed += 1
+
+    listeners = [
+        ("before_cursor_execute", statement),
+        ("begin", begun),
+        ("commit", committed),
+    ]
+    for name, listener in listeners:
+        event.listen(engine, name, listener)
+    try:
+        yield log
+    finally:
+        for name, listener in listeners:
+            event.remove(engine, name, listener)
 
 
 def migrated_ledger(tmp_path: Path, clock: Callable[[], datetime], name: str = "ledger") -> Ledger:

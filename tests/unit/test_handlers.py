@@ -15,12 +15,13 @@ import pytest
 
 from schemas.codes import FailureCode
 from schemas.events import FAILED_TYPE, SUCCEEDED_TYPE
+from schemas.topology import SUCCEEDED_ROUTING_KEY
 from worker.errors import OutcomeUnknown, RequestBusy, TransientFailure
 from worker.handlers import HandlerConfig, Result, handle_debit_requested
-from worker.ledger import Status
+from worker.ledger import OutboxEvent, Status, Success
 from worker.parsing import Undeliverable
 from worker.relay import GRACE_SECONDS, relay_once
-from worker.stripe_gateway import idempotency_key
+from worker.stripe_gateway import DebitCharge, Payment, idempotency_key
 
 from .fakes import (
     ACCOUNT_ID,
@@ -516,6 +517,34 @@ def test_a_duplicate_after_a_failed_publish_sends_the_recorded_event_once(world:
     assert result is Result.REEMITTED
     assert len(world.publisher.published) == 1
     assert world.ledger.outbox.count_unsent() == 0
+
+
+def test_a_worker_beaten_to_the_outcome_sends_the_event_the_other_worker_left_unsent(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given another worker records the outcome while this one waits for Stripe, and could
+    # not publish its event (the broker was away for it)
+    charge = world.stripe.create_debit
+    theirs = OutboxEvent("evt-theirs", "req-1", SUCCEEDED_TYPE, SUCCEEDED_ROUTING_KEY, "{}")
+
+    def racing_charge(debit: DebitCharge) -> Payment:
+        payment = charge(debit)
+        world.ledger.requests.record_succeeded(
+            "req-1", "worker-2", Success(payment.id, None, None), theirs
+        )
+        return payment
+
+    monkeypatch.setattr(world.stripe, "create_debit", racing_charge)
+
+    # When this worker then tries to record the same outcome
+    result = handle(world, a_body())
+
+    # Then its own event is not written; the other worker's is published and marked sent
+    assert result is Result.SUCCEEDED
+    assert world.publisher.ids == ["evt-theirs"]
+    assert [(p.event.event_id, p.sent) for p in world.ledger.outbox.for_request("req-1")] == [
+        ("evt-theirs", True)
+    ]
 
 
 def test_stripe_is_not_charged_for_an_account_that_stripe_does_not_know(world: World) -> None:

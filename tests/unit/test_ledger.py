@@ -7,12 +7,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import StatementError
 
 from schemas.commands import DebitRequested
 from worker.facts import RefundFacts
 from worker.ledger import ClaimKind, Ledger, OutboxEvent, RecoveryBudgetExceeded, Status, Success
 from worker.ledger.migrate import current_revision, head_revision, upgrade
+from worker.ledger.producer_budgets import ProducerLimitExceeded, reserve
+from worker.ledger.tables import producer_budgets, producer_reservations
+from worker.producer_limits import DailyLimit
 from worker.stripe_gateway import idempotency_key
 
 from .fakes import ACCOUNT_ID, REFUND_ID, FakeClock, a_refund, migrated_ledger
@@ -56,7 +60,7 @@ def an_event(request_id: str = "req-1", event_id: str = "evt-1") -> OutboxEvent:
     )
 
 
-def begin(ledger: Ledger, request_id: str = "req-1", owner: str = "w1") -> bool:
+def begin(ledger: Ledger, request_id: str = "req-1", owner: str = "w1") -> int | None:
     return ledger.requests.begin_attempt(request_id, owner, idempotency_key(request_id), None)
 
 
@@ -95,6 +99,37 @@ def test_the_first_claim_of_a_request_is_new_and_holds_a_lease(
     assert (record.status, record.attempts, record.lease_owner) == (Status.RECEIVED, 0, "w1")
     assert record.lease_until == clock.now + timedelta(seconds=LEASE)
     assert record.command["amount"] == 2500
+
+
+def test_a_new_claims_record_is_the_row_as_the_ledger_stored_it(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # Given a clock in another time zone than UTC
+    clock.now = clock.now.astimezone(timezone(timedelta(hours=-5)))
+
+    # When a command is claimed for the first time (its record is not read back)
+    claim = ledger.requests.claim(a_command(metadata={"invoice": "in_1"}), "w1", LEASE)
+
+    # Then the record it returns is the one a read of the row returns, datetimes in UTC
+    assert claim.kind is ClaimKind.NEW
+    assert claim.record == ledger.requests.get("req-1")
+    assert claim.record.received_at.tzinfo is UTC
+
+
+def test_a_resumed_claim_returns_the_row_with_its_new_lease(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # Given a request claimed by w1 whose lease ran out
+    ledger.requests.claim(a_command(), "w1", LEASE)
+    clock.advance(LEASE + 1)
+
+    # When w2 claims it
+    claim = ledger.requests.claim(a_command(), "w2", LEASE)
+
+    # Then the record it returns is the row as it now is: w2's lease, touched now
+    assert claim.kind is ClaimKind.RESUMED
+    assert claim.record == ledger.requests.get("req-1")
+    assert (claim.record.lease_owner, claim.record.updated_at) == ("w2", clock.now)
 
 
 def test_a_second_claim_by_the_lease_holder_resumes(ledger: Ledger) -> None:
@@ -180,7 +215,7 @@ def test_other_content_under_a_known_request_id_is_a_conflict(
 
 
 def test_begin_attempt_moves_a_received_request_to_attempting_with_its_key(
-    ledger: Ledger,
+    ledger: Ledger, clock: FakeClock
 ) -> None:
     # Given a claimed request
     ledger.requests.claim(a_command(), "w1", LEASE)
@@ -188,14 +223,16 @@ def test_begin_attempt_moves_a_received_request_to_attempting_with_its_key(
     # When its owner begins the attempt
     began = begin(ledger)
 
-    # Then it is attempting with the request's key
-    assert began
+    # Then it is attempting with the request's key, its first Stripe attempt counted
+    assert began == 1
     record = ledger.requests.get("req-1")
     assert record is not None
-    assert (record.status, record.idempotency_key) == (
+    assert (record.status, record.idempotency_key, record.attempts) == (
         Status.ATTEMPTING,
         idempotency_key("req-1"),
+        1,
     )
+    assert record.first_attempt_at == clock.now
 
 
 def test_begin_attempt_refuses_a_worker_that_does_not_hold_the_lease(ledger: Ledger) -> None:
@@ -205,21 +242,25 @@ def test_begin_attempt_refuses_a_worker_that_does_not_hold_the_lease(ledger: Led
     # When w2 tries to begin the attempt
     began = begin(ledger, owner="w2")
 
-    # Then nothing moved
-    assert not began
+    # Then nothing moved, and no attempt was counted
+    assert began is None
     record = ledger.requests.get("req-1")
     assert record is not None
-    assert record.status is Status.RECEIVED
+    assert (record.status, record.attempts, record.first_attempt_at) == (
+        Status.RECEIVED,
+        0,
+        None,
+    )
 
 
 def test_begin_attempt_happens_only_once(ledger: Ledger) -> None:
     # Given a request already attempting
     ledger.requests.claim(a_command(), "w1", LEASE)
-    assert begin(ledger)
+    assert begin(ledger) == 1
 
     # When the attempt is begun again
     # Then it is refused
-    assert not begin(ledger)
+    assert begin(ledger) is None
 
 
 def test_the_refund_budget_reserves_each_recovery_and_refuses_to_go_past_the_refund(
@@ -231,7 +272,7 @@ def test_the_refund_budget_reserves_each_recovery_and_refuses_to_go_past_the_ref
         ledger.requests.claim(a_recovery(request_id, 3000), "w1", LEASE)
 
     # When both begin their attempts
-    assert ledger.requests.begin_attempt("rec-1", "w1", "k1", refund)
+    assert ledger.requests.begin_attempt("rec-1", "w1", "k1", refund) == 1
     with pytest.raises(RecoveryBudgetExceeded) as exceeded:
         ledger.requests.begin_attempt("rec-2", "w1", "k2", refund)
 
@@ -240,7 +281,7 @@ def test_the_refund_budget_reserves_each_recovery_and_refuses_to_go_past_the_ref
     assert ledger.requests.reserved_for_refund(REFUND_ID) == 3000
     second = ledger.requests.get("rec-2")
     assert second is not None
-    assert (second.status, second.idempotency_key) == (Status.RECEIVED, None)
+    assert (second.status, second.idempotency_key, second.attempts) == (Status.RECEIVED, None, 0)
     assert [e.action for e in ledger.history("request", "rec-2")] == ["received"]
 
 
@@ -260,8 +301,11 @@ def test_a_recovery_that_fails_after_its_attempt_began_returns_its_reservation(
 
     # Then the reservation is given back, once, even if the failure is recorded again
     assert ledger.requests.reserved_for_refund(REFUND_ID) == 0
-    assert not ledger.requests.record_failed(
-        "rec-1", "w1", code="stripe_rejected", message="no", stripe_error=None, event=an_event()
+    assert (
+        ledger.requests.record_failed(
+            "rec-1", "w1", code="stripe_rejected", message="no", stripe_error=None, event=an_event()
+        )
+        is None
     )
     assert ledger.requests.reserved_for_refund(REFUND_ID) == 0
 
@@ -289,6 +333,30 @@ def test_a_recovery_refused_before_its_attempt_reserved_nothing_and_returns_noth
     assert ledger.requests.reserved_for_refund(REFUND_ID) == 3000
 
 
+def test_the_producers_daily_room_is_reserved_once_per_request_and_refused_past_the_limit(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # Given a producer allowed 50.00 a day, 30.00 of it reserved by req-1
+    daily = DailyLimit("billing", "usd", 5000)
+    with ledger.engine.begin() as conn:
+        reserve(conn, "req-1", daily, 3000, clock.now)
+
+    # When req-1 reserves again (its room is already held), and req-2 asks for 30.00 more
+    clock.advance(1)
+    with ledger.engine.begin() as conn:
+        reserve(conn, "req-1", daily, 3000, clock.now)
+    with pytest.raises(ProducerLimitExceeded) as exceeded, ledger.engine.begin() as conn:
+        reserve(conn, "req-2", daily, 3000, clock.now)
+
+    # Then req-1 counted once, req-2 was refused, and the producer's lock row was touched
+    assert exceeded.value.used == 3000
+    with ledger.engine.connect() as conn:
+        held = conn.execute(select(producer_reservations.c.request_id)).scalars().all()
+        touched = conn.execute(select(producer_budgets.c.updated_at)).scalars().all()
+    assert held == ["req-1"]
+    assert touched == [clock.now]
+
+
 # --- outcomes and the outbox ----------------------------------------------------------------
 
 
@@ -303,8 +371,9 @@ def test_an_outcome_is_recorded_once_with_one_outbox_row(ledger: Ledger) -> None
         "req-1", "w2", Success("py_2", None, None), an_event(event_id="evt-2")
     )
 
-    # Then only the first counts: one outcome, one event
-    assert (first, second) == (True, False)
+    # Then only the first counts: one outcome, one event, whose outbox row the first names
+    assert first is not None
+    assert second is None
     record = ledger.requests.get("req-1")
     assert record is not None
     assert (record.status, record.payment_id, record.lease_owner) == (
@@ -312,7 +381,28 @@ def test_an_outcome_is_recorded_once_with_one_outbox_row(ledger: Ledger) -> None
         "py_1",
         None,
     )
-    assert [p.event.event_id for p in ledger.outbox.for_request("req-1")] == ["evt-1"]
+    assert [(p.row_id, p.event.event_id) for p in ledger.outbox.for_request("req-1")] == [
+        (first, "evt-1")
+    ]
+
+
+def test_an_outcome_whose_event_is_already_in_the_outbox_names_that_row(ledger: Ledger) -> None:
+    # Given an attempting request, and its event already in the outbox (event ids are
+    # deterministic, so an earlier writer may have put it there)
+    ledger.requests.claim(a_command(), "w1", LEASE)
+    begin(ledger)
+    ledger.outbox.add(an_event(event_id="evt-1"))
+    [existing] = ledger.outbox.for_request("req-1")
+
+    # When the outcome is recorded with that event
+    row_id = ledger.requests.record_succeeded("req-1", "w1", PAID, an_event(event_id="evt-1"))
+
+    # Then the outcome is recorded, and its row id is the existing row's: still one row
+    assert row_id == existing.row_id
+    assert len(ledger.outbox.for_request("req-1")) == 1
+    record = ledger.requests.get("req-1")
+    assert record is not None
+    assert record.status is Status.SUCCEEDED
 
 
 def test_a_failure_cannot_be_recorded_over_a_success(ledger: Ledger) -> None:
@@ -327,7 +417,7 @@ def test_a_failure_cannot_be_recorded_over_a_success(ledger: Ledger) -> None:
     )
 
     # Then the success stands
-    assert not moved
+    assert moved is None
     record = ledger.requests.get("req-1")
     assert record is not None
     assert (record.status, record.failure_code) == (Status.SUCCEEDED, None)
@@ -418,7 +508,7 @@ def test_an_escalated_request_that_never_reached_stripe_goes_through_the_rules_o
     # Then it begins its first attempt like any new request
     record = ledger.requests.get("req-1")
     assert record is not None
-    assert began
+    assert began == 1
     assert (record.status, record.idempotency_key) == (Status.ATTEMPTING, "key-1")
 
 
@@ -494,6 +584,24 @@ def test_count_attempt_counts_up_from_one(ledger: Ledger) -> None:
     # When two attempts are counted
     # Then they are numbered 1 and 2
     assert [ledger.requests.count_attempt("req-1") for _ in range(2)] == [1, 2]
+
+
+def test_attempts_after_the_first_are_counted_on_from_begin_attempt(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # Given a request whose attempt began (counting attempt 1) at t0
+    t0 = clock.now
+    ledger.requests.claim(a_command(), "w1", LEASE)
+    assert begin(ledger) == 1
+
+    # When a later retry counts its attempt
+    clock.advance(30)
+    again = ledger.requests.count_attempt("req-1")
+
+    # Then it is attempt 2, and the key's 24 h still start at the first attempt
+    record = ledger.requests.get("req-1")
+    assert record is not None
+    assert (again, record.attempts, record.first_attempt_at) == (2, 2, t0)
 
 
 # --- the audit trail ------------------------------------------------------------------------

@@ -30,11 +30,28 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
+def upsert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT, which offers ON CONFLICT (both build the same clauses)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _insert_or_nothing(conn: Connection, table: Table, values: dict[str, Any]) -> Insert:
+    return upsert(conn, table).values(**values).on_conflict_do_nothing()
+
+
 def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING on either database; True when a row was written."""
-    stmt: Insert
-    if conn.dialect.name == "postgresql":
-        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    # SQLAlchemy keeps an INSERT's rowcount only when asked to: psycopg reports -1 once the
+    # cursor is closed, so without this every insert looked like a duplicate on PostgreSQL.
+    stmt = _insert_or_nothing(conn, table, values).execution_options(preserve_rowcount=True)
     return conn.execute(stmt).rowcount == 1
+
+
+def insert_returning_id(conn: Connection, table: Table, values: dict[str, Any]) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING id, in one statement on either database
+    (SQLite ≥ 3.35); the new row's id, or None when a row with the same key was there."""
+    stmt = _insert_or_nothing(conn, table, values).returning(table.c.id)
+    row_id = conn.execute(stmt).scalar_one_or_none()
+    return None if row_id is None else int(row_id)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, func, select, update
 
 from schemas.events import CloudEvent
-from worker.ledger.database import insert_ignoring_duplicates
+from worker.ledger.database import insert_ignoring_duplicates, insert_returning_id
 from worker.ledger.tables import outbox
 
 
@@ -40,19 +40,31 @@ class PendingEvent:
     sent: bool
 
 
+def _row(event: OutboxEvent, now: datetime) -> dict[str, object]:
+    return {
+        "event_id": event.event_id,
+        "request_id": event.request_id,
+        "event_type": event.event_type,
+        "routing_key": event.routing_key,
+        "body": event.body,
+        "created_at": now,
+        "publish_attempts": 0,
+    }
+
+
 def insert_event(conn: Connection, event: OutboxEvent, now: datetime) -> bool:
-    return insert_ignoring_duplicates(
-        conn,
-        outbox,
-        {
-            "event_id": event.event_id,
-            "request_id": event.request_id,
-            "event_type": event.event_type,
-            "routing_key": event.routing_key,
-            "body": event.body,
-            "created_at": now,
-            "publish_attempts": 0,
-        },
+    return insert_ignoring_duplicates(conn, outbox, _row(event, now))
+
+
+def record_event(conn: Connection, event: OutboxEvent, now: datetime) -> int:
+    """Insert the event (once per event id) and return its outbox row id, so its writer can
+    publish it and mark it sent without reading the outbox back."""
+    row_id = insert_returning_id(conn, outbox, _row(event, now))
+    if row_id is not None:
+        return row_id
+    # Already there (event ids are deterministic): the row that holds it.
+    return int(
+        conn.execute(select(outbox.c.id).where(outbox.c.event_id == event.event_id)).scalar_one()
     )
 
 

@@ -1,10 +1,11 @@
 """Reserving a producer's rolling-day room, inside the transaction that moves a request to
 ``attempting``.
 
-The UPDATE of the (producer, currency) row takes a row lock held until commit, so the sum
-read after it sees every reservation committed by a concurrent worker: two workers can never
-both fit into the same remaining room. A request reserves at most once (its request_id is
-the reservation's key), and a failed request gives its reservation back.
+The upsert (INSERT … ON CONFLICT DO UPDATE) of the (producer, currency) row takes a row lock
+held until commit, so the sum read after it sees every reservation committed by a concurrent
+worker: two workers can never both fit into the same remaining room. A request reserves at
+most once (its request_id is the reservation's key), and a failed request gives its
+reservation back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Final
 
 from sqlalchemy import Connection, func, select, update
 
-from worker.ledger.database import insert_ignoring_duplicates
+from worker.ledger.database import upsert
 from worker.ledger.tables import producer_budgets, producer_reservations
 from worker.producer_limits import DailyLimit
 
@@ -32,30 +33,32 @@ def reserve(
     conn: Connection, request_id: str, limit: DailyLimit, amount: int, now: datetime
 ) -> None:
     """Raises ProducerLimitExceeded (the caller's transaction then rolls back)."""
-    insert_ignoring_duplicates(
-        conn,
-        producer_budgets,
-        {"producer": limit.producer, "currency": limit.currency, "updated_at": now},
-    )
     budget, held = producer_budgets.c, producer_reservations.c
-    conn.execute(  # the lock: concurrent reservations of this producer wait here
-        update(producer_budgets)
-        .where(budget.producer == limit.producer, budget.currency == limit.currency)
-        .values(updated_at=now)
+    # The lock: concurrent reservations of this producer wait here. One upsert both creates
+    # the (producer, currency) row the first time and locks it until commit.
+    conn.execute(
+        upsert(conn, producer_budgets)
+        .values(producer=limit.producer, currency=limit.currency, updated_at=now)
+        .on_conflict_do_update(
+            index_elements=[budget.producer, budget.currency], set_={"updated_at": now}
+        )
     )
-    already = conn.execute(select(held.request_id).where(held.request_id == request_id)).first()
-    if already is not None:
+    already = select(held.request_id).where(held.request_id == request_id).exists().label("already")
+    used_sum = (
+        select(func.coalesce(func.sum(held.amount), 0))
+        .where(
+            held.producer == limit.producer,
+            held.currency == limit.currency,
+            held.reserved_at > now - WINDOW,
+            held.released_at.is_(None),
+        )
+        .scalar_subquery()
+        .label("used")
+    )
+    found = conn.execute(select(already, used_sum)).one()
+    if found.already:
         return
-    used = int(
-        conn.execute(
-            select(func.coalesce(func.sum(held.amount), 0)).where(
-                held.producer == limit.producer,
-                held.currency == limit.currency,
-                held.reserved_at > now - WINDOW,
-                held.released_at.is_(None),
-            )
-        ).scalar_one()
-    )
+    used = int(found.used)
     if used + amount > limit.limit:
         raise ProducerLimitExceeded(limit, used)
     conn.execute(

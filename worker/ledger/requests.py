@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -18,7 +18,7 @@ from schemas.commands import DebitRequested
 from worker.facts import RefundFacts
 from worker.ledger.audit import write_audit
 from worker.ledger.database import insert_ignoring_duplicates
-from worker.ledger.outbox_store import OutboxEvent, insert_event
+from worker.ledger.outbox_store import OutboxEvent, record_event
 from worker.ledger.producer_budgets import release, reserve
 from worker.ledger.tables import TERMINAL, Status, debit_requests, refund_budgets
 from worker.producer_limits import DailyLimit
@@ -99,19 +99,21 @@ class RequestLedger:
     def claim(self, command: DebitRequested, owner: str, lease_seconds: float) -> Claim:
         now = self._clock()
         lease_until = now + timedelta(seconds=lease_seconds)
+        fingerprint = command.fingerprint()
+        document = command.model_dump(mode="json")
         with self._engine.begin() as conn:
             fresh = insert_ignoring_duplicates(
                 conn,
                 debit_requests,
                 {
                     "request_id": command.request_id,
-                    "fingerprint": command.fingerprint(),
+                    "fingerprint": fingerprint,
                     "account": command.account,
                     "amount": command.amount,
                     "currency": command.currency,
                     "reason": str(command.reason),
                     "refund": command.refund,
-                    "command": command.model_dump(mode="json"),
+                    "command": document,
                     "status": Status.RECEIVED,
                     "attempts": 0,
                     "lease_owner": owner,
@@ -129,27 +131,50 @@ class RequestLedger:
                     action="received",
                     actor=owner,
                 )
-                return Claim(ClaimKind.NEW, self._get(conn, command.request_id))
+                # The row just written, as reading it back would return it (in UTC).
+                fresh_record = RequestRecord(
+                    request_id=command.request_id,
+                    fingerprint=fingerprint,
+                    command=dict(document),
+                    status=Status.RECEIVED,
+                    attempts=0,
+                    idempotency_key=None,
+                    payment_id=None,
+                    failure_code=None,
+                    failure_message=None,
+                    received_at=now.astimezone(UTC),
+                    updated_at=now.astimezone(UTC),
+                    finished_at=None,
+                    lease_owner=owner,
+                    lease_until=lease_until.astimezone(UTC),
+                    first_attempt_at=None,
+                )
+                return Claim(ClaimKind.NEW, fresh_record)
             record = self._get(conn, command.request_id)
-            if record.fingerprint != command.fingerprint():
+            if record.fingerprint != fingerprint:
                 return Claim(ClaimKind.CONFLICT, record)
             if record.status in TERMINAL:
                 return Claim(ClaimKind.FINISHED, record)
-            took = conn.execute(
-                update(debit_requests)
-                .where(
-                    debit_requests.c.request_id == command.request_id,
-                    or_(
-                        debit_requests.c.lease_until.is_(None),
-                        debit_requests.c.lease_until < now,
-                        debit_requests.c.lease_owner == owner,
-                    ),
+            taken = (
+                conn.execute(
+                    update(debit_requests)
+                    .where(
+                        debit_requests.c.request_id == command.request_id,
+                        or_(
+                            debit_requests.c.lease_until.is_(None),
+                            debit_requests.c.lease_until < now,
+                            debit_requests.c.lease_owner == owner,
+                        ),
+                    )
+                    .values(lease_owner=owner, lease_until=lease_until, updated_at=now)
+                    .returning(*debit_requests.c)
                 )
-                .values(lease_owner=owner, lease_until=lease_until, updated_at=now)
-            ).rowcount
-            if not took:
+                .mappings()
+                .one_or_none()
+            )
+            if taken is None:
                 return Claim(ClaimKind.BUSY, record)
-            return Claim(ClaimKind.RESUMED, self._get(conn, command.request_id))
+            return Claim(ClaimKind.RESUMED, _record(taken))
 
     def begin_attempt(
         self,
@@ -158,32 +183,41 @@ class RequestLedger:
         idempotency_key: str,
         refund: RefundFacts | None,
         daily: DailyLimit | None = None,
-    ) -> bool:
+    ) -> int | None:
         """received (or escalated before any attempt) → attempting, reserving the recovery
         against its refund and the amount against the producer's daily room in the same
-        transaction. False when the request is no longer ours to move.
+        transaction, and counting the first Stripe attempt (its time starts the key's 24 h).
+
+        Returns the number of the attempt counted (the caller goes to Stripe at once, and
+        does not count it again), or None when the request is no longer ours to move.
 
         Raises RecoveryBudgetExceeded when a concurrent recovery took the room first, and
         ProducerLimitExceeded when the producer's rolling day has no room left.
         """
         now = self._clock()
+        c = debit_requests.c
         with self._engine.begin() as conn:
             moved = conn.execute(
                 update(debit_requests)
                 .where(
-                    debit_requests.c.request_id == request_id,
+                    c.request_id == request_id,
                     # an escalated request that never reached Stripe has no key yet
-                    debit_requests.c.status.in_([Status.RECEIVED, Status.NEEDS_RECONCILIATION]),
-                    debit_requests.c.idempotency_key.is_(None),
-                    debit_requests.c.lease_owner == owner,
+                    c.status.in_([Status.RECEIVED, Status.NEEDS_RECONCILIATION]),
+                    c.idempotency_key.is_(None),
+                    c.lease_owner == owner,
                 )
-                .values(status=Status.ATTEMPTING, idempotency_key=idempotency_key, updated_at=now)
-            ).rowcount
-            if not moved:
-                return False
-            amount = conn.execute(
-                select(debit_requests.c.amount).where(debit_requests.c.request_id == request_id)
-            ).scalar_one()
+                .values(
+                    status=Status.ATTEMPTING,
+                    idempotency_key=idempotency_key,
+                    updated_at=now,
+                    attempts=c.attempts + 1,
+                    first_attempt_at=func.coalesce(c.first_attempt_at, now),
+                )
+                .returning(c.amount, c.attempts)
+            ).one_or_none()
+            if moved is None:
+                return None
+            amount, attempt = int(moved.amount), int(moved.attempts)
             if refund is not None:
                 self._reserve(conn, refund, amount, now)  # raises: the transaction rolls back
             if daily is not None:
@@ -197,7 +231,7 @@ class RequestLedger:
                 actor=owner,
                 detail={"idempotency_key": idempotency_key},
             )
-            return True
+            return attempt
 
     def _reserve(self, conn: Connection, refund: RefundFacts, amount: int, now: datetime) -> None:
         insert_ignoring_duplicates(
@@ -240,29 +274,27 @@ class RequestLedger:
         return int(value or 0)
 
     def count_attempt(self, request_id: str) -> int:
-        """Count a Stripe attempt about to start; the first one starts the key's 24 h."""
+        """Count a Stripe attempt about to start; the first one starts the key's 24 h.
+        (begin_attempt counts the first attempt of a request itself.)"""
         now = self._clock()
         with self._engine.begin() as conn:
-            conn.execute(
-                update(debit_requests)
-                .where(debit_requests.c.request_id == request_id)
-                .values(
-                    attempts=debit_requests.c.attempts + 1,
-                    updated_at=now,
-                    first_attempt_at=func.coalesce(debit_requests.c.first_attempt_at, now),
-                )
-            )
             return int(
                 conn.execute(
-                    select(debit_requests.c.attempts).where(
-                        debit_requests.c.request_id == request_id
+                    update(debit_requests)
+                    .where(debit_requests.c.request_id == request_id)
+                    .values(
+                        attempts=debit_requests.c.attempts + 1,
+                        updated_at=now,
+                        first_attempt_at=func.coalesce(debit_requests.c.first_attempt_at, now),
                     )
+                    .returning(debit_requests.c.attempts)
                 ).scalar_one()
             )
 
     def record_succeeded(
         self, request_id: str, owner: str, success: Success, event: OutboxEvent
-    ) -> bool:
+    ) -> int | None:
+        """The outbox row id of the recorded event; None if the request was already finished."""
         return self._finish(
             request_id,
             owner,
@@ -284,7 +316,8 @@ class RequestLedger:
         message: str,
         stripe_error: dict[str, Any] | None,
         event: OutboxEvent,
-    ) -> bool:
+    ) -> int | None:
+        """The outbox row id of the recorded event; None if the request was already finished."""
         return self._finish(
             request_id,
             owner,
@@ -300,16 +333,18 @@ class RequestLedger:
         status: Status,
         event: OutboxEvent,
         values: dict[str, Any],
-    ) -> bool:
-        """Record the outcome and its event in one transaction; False if already finished."""
+    ) -> int | None:
+        """Record the outcome and its event in one transaction; returns the event's outbox
+        row id, or None (nothing written) if the request was already finished."""
         now = self._clock()
+        c = debit_requests.c
         with self._engine.begin() as conn:
-            before = self._get(conn, request_id)
+            # RETURNING only columns this UPDATE leaves alone: they are what the row held.
             moved = conn.execute(
                 update(debit_requests)
                 .where(
-                    debit_requests.c.request_id == request_id,
-                    debit_requests.c.status.not_in([s.value for s in TERMINAL]),
+                    c.request_id == request_id,
+                    c.status.not_in([s.value for s in TERMINAL]),
                 )
                 .values(
                     status=status,
@@ -319,26 +354,26 @@ class RequestLedger:
                     lease_until=None,
                     **values,
                 )
-            ).rowcount
-            if not moved:
-                return False
-            refund = before.command.get("refund")
+                .returning(c.idempotency_key, c.refund, c.amount)
+            ).one_or_none()
+            if moved is None:
+                return None
             # Reservations exist exactly when begin_attempt set the key; a request escalated
             # before any attempt has none to give back.
-            reserved = status is Status.FAILED and before.idempotency_key is not None
-            if reserved and refund:
+            reserved = status is Status.FAILED and moved.idempotency_key is not None
+            if reserved and moved.refund:
                 # The reservation made when the attempt began is given back.
                 conn.execute(
                     update(refund_budgets)
-                    .where(refund_budgets.c.refund_id == refund)
+                    .where(refund_budgets.c.refund_id == moved.refund)
                     .values(
-                        reserved_amount=refund_budgets.c.reserved_amount - before.command["amount"],
+                        reserved_amount=refund_budgets.c.reserved_amount - moved.amount,
                         updated_at=now,
                     )
                 )
             if reserved:
                 release(conn, request_id, now)  # the producer's daily room, given back
-            insert_event(conn, event, now)
+            row_id = record_event(conn, event, now)
             detail = {k: v for k, v in values.items() if v is not None}
             write_audit(
                 conn,
@@ -349,7 +384,7 @@ class RequestLedger:
                 actor=owner,
                 detail=detail,
             )
-            return True
+            return row_id
 
     def mark_needs_reconciliation(self, request_id: str, owner: str, why: str) -> bool:
         """Hand an unfinished request to an operator. A `received` one never reached Stripe

@@ -1,0 +1,123 @@
+"""The ledger on a real PostgreSQL: what SQLite cannot show (psycopg's rowcount, RETURNING on
+PostgreSQL), with the handler's fakes around it. Each test gets its own database, so no
+running worker's janitor or relay ever sees these rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from schemas.commands import DebitRequested
+from tests.integration.conftest import POSTGRES, _unavailable
+from tests.unit.fakes import (
+    ACCOUNT_ID,
+    FakeClock,
+    FakePublisher,
+    FakeStripe,
+    World,
+    a_body,
+    a_refund,
+    an_account,
+    sql_counted,
+)
+from tests.unit.test_ledger_cost import (
+    STATEMENTS,
+    TRANSACTIONS,
+    WRITE_TRANSACTIONS,
+    assert_fully_recorded,
+)
+from worker.handlers import Result, handle_debit_requested
+from worker.ledger import ClaimKind, Ledger, OutboxEvent
+from worker.ledger.database import make_engine
+from worker.ledger.migrate import upgrade
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    name = f"debit_ledger_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        _unavailable(f"PostgreSQL is not reachable ({exc})")
+    engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", pool_size=2)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(engine: Engine, clock: FakeClock) -> Ledger:
+    return Ledger.on(engine, clock)
+
+
+def a_command(request_id: str = "req-1") -> DebitRequested:
+    return DebitRequested.model_validate(
+        {
+            "request_id": request_id,
+            "account": ACCOUNT_ID,
+            "amount": 2500,
+            "currency": "usd",
+            "reason": "platform_charge",
+        }
+    )
+
+
+def test_a_first_claim_on_postgresql_is_new_and_audited_as_received(ledger: Ledger) -> None:
+    # Given an empty ledger on PostgreSQL
+    # When a command is claimed, then claimed again by its owner
+    first = ledger.requests.claim(a_command(), "w1", 60.0)
+    stored = ledger.requests.get("req-1")
+    second = ledger.requests.claim(a_command(), "w1", 60.0)
+
+    # Then the first claim is new (its insert is seen as one: psycopg's rowcount of an INSERT
+    # once read as -1 made every claim look like a resume), audited, and its record is the
+    # row as stored; the second resumes
+    assert (first.kind, second.kind) == (ClaimKind.NEW, ClaimKind.RESUMED)
+    assert first.record == stored
+    assert [e.action for e in ledger.history("request", "req-1")] == ["received"]
+
+
+def test_an_outbox_event_added_twice_on_postgresql_is_written_once(ledger: Ledger) -> None:
+    # Given an event / When it is added twice
+    event = OutboxEvent("evt-1", "req-1", "test.event", "debit.test", "{}")
+    added = (ledger.outbox.add(event), ledger.outbox.add(event))
+
+    # Then the first add wrote it and the second saw it there
+    assert added == (True, False)
+    assert len(ledger.outbox.for_request("req-1")) == 1
+
+
+def test_a_permitted_debit_on_postgresql_costs_no_more_than_on_sqlite(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # Given a debitable account with consent, on a PostgreSQL ledger whose SQL is counted
+    stripe = FakeStripe(clock=clock)
+    stripe.add_account(an_account())
+    stripe.add_refund(a_refund())
+    ledger.consents.grant(ACCOUNT_ID, "agreements/acct_1Debtor.pdf", "ops@example.com")
+    clock.advance(1)
+    world = World(clock=clock, ledger=ledger, stripe=stripe, publisher=FakePublisher())
+    with sql_counted(ledger.engine) as sql:
+        # When one debit is handled and succeeds
+        result = handle_debit_requested(a_body(), world.services(), "worker-1")
+
+    # Then it costs what it costs on SQLite, and leaves the whole record
+    assert result is Result.SUCCEEDED
+    assert len(sql.statements) <= STATEMENTS, f"{len(sql.statements)} statements:\n{sql}"
+    assert sql.committed <= WRITE_TRANSACTIONS, str(sql)
+    assert sql.begun <= TRANSACTIONS, str(sql)
+    assert_fully_recorded(world)

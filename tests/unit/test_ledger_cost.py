@@ -1,0 +1,96 @@
+"""What one debit costs the ledger: SQL statements and transactions on the happy path, on a
+real SQLite ledger. Regression guards for issue #7 (throughput): each transition is still one
+guarded transaction, but nothing is read back that the transaction already knows."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from schemas.events import SUCCEEDED_TYPE
+from schemas.signing import Signer
+from worker.authentication import Authenticator
+from worker.handlers import Result, Services, handle_debit_requested
+from worker.ledger import Status
+from worker.producer_limits import ProducerPolicy
+
+from .fakes import World, a_body, a_world, sql_counted
+
+# claim: INSERT request + audit; consent read; begin attempt (counts attempt 1): UPDATE …
+# RETURNING + audit; outcome: UPDATE … RETURNING + outbox INSERT … RETURNING + audit;
+# the event marked sent. (Before issue #7: 15 statements, 5 write transactions, 7 in all.)
+STATEMENTS = 9
+WRITE_TRANSACTIONS = 4  # claim, begin attempt, outcome + outbox, mark sent
+TRANSACTIONS = 5  # the write transactions and the consent read
+# A signed command also reserves the producer's daily room while the attempt begins: lock
+# upsert, one read of what is already reserved, the reservation. (Before: 20 statements.)
+SIGNED_STATEMENTS = STATEMENTS + 3
+
+BILLING = Signer("billing", "k1", "billing-secret")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return a_world(tmp_path)
+
+
+def assert_fully_recorded(world: World) -> None:
+    """The cheaper path still leaves the whole record: outcome, audit trail, sent event."""
+    record = world.ledger.requests.get("req-1")
+    assert record is not None
+    assert (record.status, record.attempts, record.payment_id) == (
+        Status.SUCCEEDED,
+        1,
+        "py_Fake1",
+    )
+    assert record.first_attempt_at is not None
+    assert [e.action for e in world.ledger.history("request", "req-1")] == [
+        "received",
+        "attempting",
+        "succeeded",
+    ]
+    assert [e.event_type for e in world.publisher.published] == [SUCCEEDED_TYPE]
+    assert [p.sent for p in world.ledger.outbox.for_request("req-1")] == [True]
+
+
+def test_one_permitted_debit_costs_at_most_nine_statements_in_four_write_transactions(
+    world: World,
+) -> None:
+    # Given a debitable account with consent, and the ledger's SQL being counted
+    with sql_counted(world.ledger.engine) as sql:
+        # When one debit is handled and succeeds
+        result = handle_debit_requested(a_body(), world.services(), "worker-1")
+
+    # Then it cost no more than the statements and transactions each step needs
+    assert result is Result.SUCCEEDED
+    assert len(sql.statements) <= STATEMENTS, f"{len(sql.statements)} statements:\n{sql}"
+    assert sql.committed <= WRITE_TRANSACTIONS, str(sql)
+    assert sql.begun <= TRANSACTIONS, str(sql)
+    # And nothing was read back that a transaction had just written
+    assert not [s for s in sql.statements if s.startswith("SELECT debit_requests.")], str(sql)
+    assert not [s for s in sql.statements if s.startswith("SELECT outbox.")], str(sql)
+    assert_fully_recorded(world)
+
+
+def test_a_signed_debit_adds_only_its_daily_reservation_to_the_cost(world: World) -> None:
+    # Given a producer with a daily maximum, whose signed command is being counted
+    policy = ProducerPolicy(max_per_day={"usd": 10_000})
+    auth = Authenticator(
+        keys={BILLING.producer: {BILLING.key_id: BILLING.secret}},
+        policies={BILLING.producer: policy},
+    )
+    services: Services = dataclasses.replace(world.services(), auth=auth)
+    body = a_body()
+    headers = BILLING.headers_for(body.encode(), int(world.clock().timestamp()))
+    with sql_counted(world.ledger.engine) as sql:
+        # When it is handled and succeeds
+        result = handle_debit_requested(body, services, "worker-1", headers)
+
+    # Then the reservation costs three statements inside the attempt's own transaction
+    assert result is Result.SUCCEEDED
+    assert len(sql.statements) <= SIGNED_STATEMENTS, f"{len(sql.statements)} statements:\n{sql}"
+    assert sql.committed <= WRITE_TRANSACTIONS, str(sql)
+    assert sql.begun <= TRANSACTIONS, str(sql)
+    assert_fully_recorded(world)
