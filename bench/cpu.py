@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import re
 import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from pydantic import AnyUrl, SecretStr
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         statements.clear()
         # CPU time, not wall time: waiting for PostgreSQL or the broker is not the worker's cost
         profiler = cProfile.Profile(time.process_time) if args.profile else None
+        others = _cpu_of_services()
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
@@ -96,11 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         if profiler:
             profiler.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        others = {name: _cpu_of_services()[name] - spent for name, spent in others.items()}
         result = {
             "debits": args.debits,
             "cpu_ms_per_debit": round(cpu / args.debits * 1000, 3),
             "wall_ms_per_debit": round(wall / args.debits * 1000, 3),
             "sql_statements_per_debit": round(statements["all"] / args.debits, 2),
+            **{
+                f"{name}_cpu_ms_per_debit": round(spent / args.debits * 1000, 3)
+                for name, spent in others.items()
+            },
         }
         print(json.dumps(result))
         if profiler:
@@ -108,6 +116,27 @@ def main(argv: list[str] | None = None) -> int:
             if args.dump:
                 profiler.dump_stats(args.dump)
     return 0
+
+
+SERVICES = {"postgresql": "postgres", "rabbitmq": "beam.smp", "sandbox": "worker.sandbox"}
+
+
+def _cpu_of_services() -> dict[str, float]:
+    """CPU seconds used so far by every process of each service on this machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys(SERVICES, 0.0)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        for name, marker in SERVICES.items():
+            if marker in cmdline:
+                used[name] += (int(fields[11]) + int(fields[12])) / ticks
+    return used
 
 
 def _by_package(profiler: cProfile.Profile, debits: int) -> None:
