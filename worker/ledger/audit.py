@@ -21,6 +21,9 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
+_INSERT = insert(audit_log)  # built once; the values come as parameters
+
+
 def write_audit(
     conn: Connection,
     *,
@@ -32,14 +35,15 @@ def write_audit(
     detail: dict[str, Any] | None = None,
 ) -> None:
     conn.execute(
-        insert(audit_log).values(
-            at=at,
-            entity=entity,
-            entity_id=entity_id,
-            action=action,
-            actor=actor,
-            detail=detail or {},
-        )
+        _INSERT,
+        {
+            "at": at,
+            "entity": entity,
+            "entity_id": entity_id,
+            "action": action,
+            "actor": actor,
+            "detail": detail or {},
+        },
     )
 
 

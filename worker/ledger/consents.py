@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, insert, or_, select, update
 
 from worker.facts import ConsentRecord
 from worker.ledger.audit import write_audit
@@ -25,6 +25,22 @@ def _consent(row: Any) -> ConsentRecord:
         revoked_at=row["revoked_at"],
         revoked_by=row["revoked_by"],
     )
+
+
+# Read for every debit: built once, executed with parameters (see ledger/database.py).
+_ACTIVE = (
+    select(consents)
+    .where(
+        consents.c.account == bindparam("b_account"),
+        consents.c.granted_at <= bindparam("b_at", type_=consents.c.granted_at.type),
+        or_(
+            consents.c.revoked_at.is_(None),
+            consents.c.revoked_at > bindparam("b_at", type_=consents.c.revoked_at.type),
+        ),
+    )
+    .order_by(consents.c.granted_at.desc())
+    .limit(1)
+)
 
 
 class ConsentStore:
@@ -73,20 +89,7 @@ class ConsentStore:
 
     def active(self, account: str, at: datetime) -> ConsentRecord | None:
         with self._engine.connect() as conn:
-            row = (
-                conn.execute(
-                    select(consents)
-                    .where(
-                        consents.c.account == account,
-                        consents.c.granted_at <= at,
-                        or_(consents.c.revoked_at.is_(None), consents.c.revoked_at > at),
-                    )
-                    .order_by(consents.c.granted_at.desc())
-                    .limit(1)
-                )
-                .mappings()
-                .one_or_none()
-            )
+            row = conn.execute(_ACTIVE, {"b_account": account, "b_at": at}).mappings().one_or_none()
         return None if row is None else _consent(row)
 
     def list(self, account: str | None = None) -> list[ConsentRecord]:

@@ -37,21 +37,35 @@ def upsert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     return sqlite.insert(table)
 
 
-def _insert_or_nothing(conn: Connection, table: Table, values: dict[str, Any]) -> Insert:
-    return upsert(conn, table).values(**values).on_conflict_do_nothing()
+# Statements on the hot path are built once per (database, table) and executed with their
+# values as parameters: building a statement and computing its cache key on every call
+# cost more CPU than executing it.
+_OR_NOTHING: dict[tuple[str, str, bool], Insert] = {}
+
+
+def _insert_or_nothing(conn: Connection, table: Table, *, returning_id: bool) -> Insert:
+    key = (conn.dialect.name, table.name, returning_id)
+    stmt = _OR_NOTHING.get(key)
+    if stmt is None:
+        stmt = upsert(conn, table).on_conflict_do_nothing()
+        if returning_id:
+            stmt = stmt.returning(table.c.id)
+        else:
+            # SQLAlchemy keeps an INSERT's rowcount only when asked to: psycopg reports -1
+            # once the cursor is closed, so without this every insert looked like a duplicate.
+            stmt = stmt.execution_options(preserve_rowcount=True)
+        _OR_NOTHING[key] = stmt  # a race builds it twice, harmlessly
+    return stmt
 
 
 def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING on either database; True when a row was written."""
-    # SQLAlchemy keeps an INSERT's rowcount only when asked to: psycopg reports -1 once the
-    # cursor is closed, so without this every insert looked like a duplicate on PostgreSQL.
-    stmt = _insert_or_nothing(conn, table, values).execution_options(preserve_rowcount=True)
-    return conn.execute(stmt).rowcount == 1
+    return conn.execute(_insert_or_nothing(conn, table, returning_id=False), values).rowcount == 1
 
 
 def insert_returning_id(conn: Connection, table: Table, values: dict[str, Any]) -> int | None:
     """INSERT … ON CONFLICT DO NOTHING RETURNING id, in one statement on either database
     (SQLite ≥ 3.35); the new row's id, or None when a row with the same key was there."""
-    stmt = _insert_or_nothing(conn, table, values).returning(table.c.id)
-    row_id = conn.execute(stmt).scalar_one_or_none()
+    stmt = _insert_or_nothing(conn, table, returning_id=True)
+    row_id = conn.execute(stmt, values).scalar_one_or_none()
     return None if row_id is None else int(row_id)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from schemas.events import CloudEvent
 from worker.ledger.database import insert_ignoring_duplicates, insert_returning_id
@@ -83,6 +83,17 @@ def _pending(row: dict[str, object]) -> PendingEvent:
     )
 
 
+# Run after every publish: built once, executed with parameters (see ledger/database.py).
+_MARK_SENT = (
+    update(outbox)
+    .where(outbox.c.id == bindparam("b_id"), outbox.c.sent_at.is_(None))
+    .values(
+        sent_at=bindparam("b_now", type_=outbox.c.sent_at.type),
+        publish_attempts=outbox.c.publish_attempts + 1,
+    )
+)
+
+
 class OutboxStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
@@ -113,11 +124,7 @@ class OutboxStore:
 
     def mark_sent(self, row_id: int) -> None:
         with self._engine.begin() as conn:
-            conn.execute(
-                update(outbox)
-                .where(outbox.c.id == row_id, outbox.c.sent_at.is_(None))
-                .values(sent_at=self._clock(), publish_attempts=outbox.c.publish_attempts + 1)
-            )
+            conn.execute(_MARK_SENT, {"b_id": row_id, "b_now": self._clock()})
 
     def count_unsent(self) -> int:
         with self._engine.connect() as conn:

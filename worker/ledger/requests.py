@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 
 from schemas.commands import DebitRequested
 from worker.facts import RefundFacts
@@ -89,6 +89,50 @@ class RecoveryBudgetExceeded(Exception):
         super().__init__(f"refunded {refunded}, already recovered or in flight {reserved}")
         self.refunded = refunded
         self.reserved = reserved
+
+
+# The hot path's statements, built once (see database.py); parameters are named b_*.
+_c = debit_requests.c
+_BEGIN_ATTEMPT = (
+    update(debit_requests)
+    .where(
+        _c.request_id == bindparam("b_request_id"),
+        # an escalated request that never reached Stripe has no key yet
+        _c.status.in_([Status.RECEIVED, Status.NEEDS_RECONCILIATION]),
+        _c.idempotency_key.is_(None),
+        _c.lease_owner == bindparam("b_owner"),
+    )
+    .values(
+        status=Status.ATTEMPTING,
+        idempotency_key=bindparam("b_key"),
+        updated_at=bindparam("b_now"),
+        attempts=_c.attempts + 1,
+        first_attempt_at=func.coalesce(_c.first_attempt_at, bindparam("b_now")),
+    )
+    .returning(_c.amount, _c.attempts)
+)
+_OUTCOME_COLUMNS = {
+    Status.SUCCEEDED: ("payment_id", "transfer_id", "balance_transaction"),
+    Status.FAILED: ("failure_code", "failure_message", "stripe_error"),
+}
+_FINISH = {
+    status: update(debit_requests)
+    .where(
+        _c.request_id == bindparam("b_request_id"),
+        _c.status.not_in([s.value for s in TERMINAL]),
+    )
+    .values(
+        status=bindparam("b_status"),
+        finished_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+        lease_owner=None,
+        lease_until=None,
+        **{name: bindparam(f"b_{name}", type_=_c[name].type) for name in columns},
+    )
+    # RETURNING only columns this UPDATE leaves alone: they are what the row held.
+    .returning(_c.idempotency_key, _c.refund, _c.amount)
+    for status, columns in _OUTCOME_COLUMNS.items()
+}
 
 
 class RequestLedger:
@@ -195,25 +239,15 @@ class RequestLedger:
         ProducerLimitExceeded when the producer's rolling day has no room left.
         """
         now = self._clock()
-        c = debit_requests.c
         with self._engine.begin() as conn:
             moved = conn.execute(
-                update(debit_requests)
-                .where(
-                    c.request_id == request_id,
-                    # an escalated request that never reached Stripe has no key yet
-                    c.status.in_([Status.RECEIVED, Status.NEEDS_RECONCILIATION]),
-                    c.idempotency_key.is_(None),
-                    c.lease_owner == owner,
-                )
-                .values(
-                    status=Status.ATTEMPTING,
-                    idempotency_key=idempotency_key,
-                    updated_at=now,
-                    attempts=c.attempts + 1,
-                    first_attempt_at=func.coalesce(c.first_attempt_at, now),
-                )
-                .returning(c.amount, c.attempts)
+                _BEGIN_ATTEMPT,
+                {
+                    "b_request_id": request_id,
+                    "b_owner": owner,
+                    "b_key": idempotency_key,
+                    "b_now": now,
+                },
             ).one_or_none()
             if moved is None:
                 return None
@@ -337,24 +371,15 @@ class RequestLedger:
         """Record the outcome and its event in one transaction; returns the event's outbox
         row id, or None (nothing written) if the request was already finished."""
         now = self._clock()
-        c = debit_requests.c
         with self._engine.begin() as conn:
-            # RETURNING only columns this UPDATE leaves alone: they are what the row held.
             moved = conn.execute(
-                update(debit_requests)
-                .where(
-                    c.request_id == request_id,
-                    c.status.not_in([s.value for s in TERMINAL]),
-                )
-                .values(
-                    status=status,
-                    finished_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_until=None,
-                    **values,
-                )
-                .returning(c.idempotency_key, c.refund, c.amount)
+                _FINISH[status],
+                {
+                    "b_request_id": request_id,
+                    "b_status": str(status),
+                    "b_now": now,
+                    **{f"b_{name}": value for name, value in values.items()},
+                },
             ).one_or_none()
             if moved is None:
                 return None
