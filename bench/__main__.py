@@ -28,7 +28,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=97.0, help="debits/s offered")
     parser.add_argument("--backlog", type=int, default=6000, help="zero-latency commands")
     parser.add_argument("--noop", type=int, default=20000, help="bare no-op tasks")
-    parser.add_argument("--concurrency", type=int, help="our worker's threads [its default]")
+    parser.add_argument(
+        "--concurrency", type=int, help="threads per worker process [64 / processes]"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="our worker processes (`run --processes`) [one per core]",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: ~10 s per phase")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args(argv)
@@ -45,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="debit-bench-"))
     api_key = f"sk_test_bench{uuid.uuid4().hex}"
     with own_services() as services, sandbox_process(api_key) as admin:
-        setup = phases.Setup(services, admin, api_key, logs, args.concurrency)
+        threads = args.concurrency or max(1, 64 // args.processes)
+        setup = phases.Setup(services, admin, api_key, logs, threads, args.processes)
         print(f"logs in {logs}", flush=True)
         ours = phases.ours_at_stripe_rate(setup, args.rate, args.duration)
         _say(ours)
@@ -53,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         _say(naive)
         fast = phases.ours_without_latency(setup, args.backlog)
         _say(fast)
-        noop = phases.bare_celery_noop(setup, args.noop, args.concurrency or 64)
+        noop = phases.bare_celery_noop(setup, args.noop, threads)
         _say(noop)
         problems = admin.problems()
-    run = Run(ours, naive, fast, noop, args.rate, args.duration, command)
+    run = Run(ours, naive, fast, noop, args.rate, args.duration, command, args.processes, threads)
     png = args.output.with_suffix(".png")
     plot(run, png)
     extra = EXTRA.read_text() if EXTRA.exists() else ""

@@ -18,14 +18,14 @@ from bench.services import ACCOUNTS
 from schemas.signing import Signer
 
 
-def connect(vhost: str) -> amqp.Connection:
+def connect(vhost: str, *, confirm_publish: bool = True) -> amqp.Connection:
     # confirm_publish: py-amqp waits for the broker's confirm on every publish only with it.
     connection = amqp.Connection(
         "127.0.0.1:5672",
         userid="guest",
         password="guest",
         virtual_host=vhost,
-        confirm_publish=True,
+        confirm_publish=confirm_publish,
     )
     connection.connect()
     return connection
@@ -138,11 +138,21 @@ def steady(
 BENCH_SIGNER = Signer("benchmark", "k1", "benchmark-test-secret")
 
 
-def product_publisher(vhost: str) -> tuple[Callable[[str, int], None], amqp.Connection]:
-    connection = connect(vhost)
-    channel = connection.channel()
+class ConfirmedPublisher:
+    """Publishes commands open-loop: confirms are collected as they come instead of waited
+    for one by one (a quorum-queue confirm takes longer than the gap between two commands
+    at the offered rate). `close` waits for every outstanding confirm and fails on a nack."""
 
-    def publish(request_id: str, index: int) -> None:
+    def __init__(self, vhost: str) -> None:
+        self.connection = connect(vhost, confirm_publish=False)
+        self._channel = self.connection.channel()
+        self._channel.confirm_select()
+        events: Any = getattr(self._channel, "events")  # noqa: B009 (untyped in py-amqp)
+        events["basic_ack"].add(self._on_ack)
+        events["basic_nack"].add(self._on_nack)
+        self._published = self._confirmed = self._refused = 0
+
+    def __call__(self, request_id: str, index: int) -> None:
         body = command(request_id, index)
         message = amqp.Message(
             body,
@@ -150,11 +160,37 @@ def product_publisher(vhost: str) -> tuple[Callable[[str, int], None], amqp.Conn
             delivery_mode=2,
             application_headers=BENCH_SIGNER.headers_for(body),
         )
-        channel.basic_publish(
+        self._channel.basic_publish(
             message, exchange="debits.commands", routing_key="debit.requested", mandatory=True
         )
+        self._published += 1
+        self._collect(timeout=0)
 
-    return publish, connection
+    def close(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._confirmed + self._refused < self._published:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self._published - self._confirmed} commands unconfirmed")
+            self._collect(timeout=0.2)
+        self.connection.close()
+        if self._refused:
+            raise RuntimeError(f"the broker refused {self._refused} commands")
+
+    def abandon(self) -> None:
+        """Close without waiting (after a failure; a no-op after `close`)."""
+        with contextlib.suppress(OSError, amqp.exceptions.AMQPError):
+            self.connection.close()
+
+    def _collect(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                self.connection.drain_events(timeout=timeout)
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._confirmed = tag if multiple else self._confirmed + 1
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._refused += tag - self._confirmed - self._refused if multiple else 1
 
 
 def wait_for(timeline: Timeline, count: int, timeout: float) -> None:

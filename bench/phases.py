@@ -17,10 +17,12 @@ from sqlalchemy import select
 
 from bench import load, naive
 from bench.services import ACCOUNTS, REDIS_URL, VENV_BIN, Services, start, stop, tree_rss_mb
+from schemas.topology import COMMAND_QUEUE
 from worker.ledger.database import make_engine
 from worker.ledger.tables import debit_requests
 from worker.sandbox.admin_client import SandboxAdmin
 from worker.sandbox.faults import Faults
+from worker.topology import TASK_QUEUE
 
 STRIPE_LIKE = Faults(latency_p50_ms=300, latency_p99_ms=1000, rate_limit_rps=100)
 
@@ -32,6 +34,7 @@ class Setup:
     api_key: str
     logs: Path
     concurrency: int | None
+    processes: int = 1
 
 
 @dataclass
@@ -102,6 +105,7 @@ def product_env(setup: Setup, *, rate: float, redis: bool) -> dict[str, str]:
     }
     if setup.concurrency:
         env["DEBIT_WORKER_CONCURRENCY"] = str(setup.concurrency)
+    env["DEBIT_WORKER_PROCESSES"] = str(setup.processes)
     return env
 
 
@@ -113,10 +117,30 @@ def product_worker(setup: Setup, env: dict[str, str]) -> Iterator[RssSampler]:
     sampler = RssSampler(process.pid)
     try:
         _wait_for_exchange(setup.services.vhost, "debits.events")
+        # The topology is declared before the worker processes consume: load that started
+        # then would measure their start-up, not their pace.
+        for queue in (COMMAND_QUEUE, TASK_QUEUE):
+            _wait_for_consumers(setup.services.vhost, queue, setup.processes)
         yield sampler
     finally:
         sampler.close()
         stop(process)
+
+
+def _wait_for_consumers(vhost: str, queue: str, count: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with _connection(vhost) as connection:
+        channel = connection.channel()
+        while time.monotonic() < deadline:
+            try:
+                declared = channel.queue_declare(queue, passive=True)
+            except amqp.exceptions.NotFound:
+                channel = connection.channel()
+            else:
+                if declared is not None and declared[2] >= count:
+                    return
+            time.sleep(0.2)
+    raise RuntimeError(f"{queue} did not get {count} consumers in {timeout:.0f} s")
 
 
 def _wait_for_exchange(vhost: str, name: str, timeout: float = 60.0) -> None:
@@ -243,19 +267,17 @@ def ours_at_stripe_rate(setup: Setup, rate: float, duration: float) -> Measured:
     with product_worker(setup, env) as rss:
         timeline = load.Timeline()
         listener = load.EventListener(setup.services.vhost, timeline, load.bind_events)
-        publish, connection = load.product_publisher(setup.services.vhost)
+        publisher = load.ConfirmedPublisher(setup.services.vhost)
+
+        def run() -> None:
+            load.steady(rate, duration, publisher, timeline, "ours")
+            publisher.close()
+
         try:
-            return _measure(
-                "ours",
-                setup,
-                timeline,
-                lambda: load.steady(rate, duration, publish, timeline, "ours"),
-                rss,
-                settle=30,
-            )
+            return _measure("ours", setup, timeline, run, rss, settle=30)
         finally:
             listener.close()
-            connection.close()
+            publisher.abandon()
 
 
 def naive_at_stripe_rate(setup: Setup, rate: float, duration: float) -> Measured:
@@ -312,18 +334,19 @@ def ours_without_latency(setup: Setup, count: int) -> Measured:
     setup.admin.set_faults(Faults())
     timeline = load.Timeline()
     listener = load.EventListener(setup.services.vhost, timeline, load.bind_events)
-    publish, connection = load.product_publisher(setup.services.vhost)
+    publisher = load.ConfirmedPublisher(setup.services.vhost)
     try:
         for index in range(count):
             request_id = f"fast-{index:07d}"
             timeline.published[request_id] = time.time()
-            publish(request_id, index)
+            publisher(request_id, index)
+        publisher.close()
         env = product_env(setup, rate=1_000_000, redis=False)
         with product_worker(setup, env) as rss:
             measured = _measure("ours, zero latency", setup, timeline, lambda: None, rss, 120)
     finally:
         listener.close()
-        connection.close()
+        publisher.abandon()
     first = min(timeline.answered.values(), default=0.0)
     last = max(timeline.answered.values(), default=0.0)
     measured.seconds = last - first
@@ -332,16 +355,27 @@ def ours_without_latency(setup: Setup, count: int) -> Measured:
 
 
 def bare_celery_noop(setup: Setup, count: int, concurrency: int) -> Measured:
-    """Celery's own ceiling: `count` no-op tasks drained by a threads-pool worker."""
+    """Celery's own ceiling: `count` no-op tasks drained by threads-pool workers, as many
+    processes and threads as ours."""
     naive.app.conf.update(broker_url=setup.services.broker_url)
     with naive.app.producer_or_acquire() as producer:
         for _ in range(count):
             naive.noop.apply_async(queue=naive.NOOP_QUEUE, producer=producer)
-    process = start(
-        _celery("-Q", naive.NOOP_QUEUE, "-P", "threads", f"--concurrency={concurrency}"),
-        _naive_env(setup),
-        setup.logs / "noop.log",
-    )
+    processes = [
+        start(
+            _celery(
+                "-Q",
+                naive.NOOP_QUEUE,
+                "-P",
+                "threads",
+                f"--concurrency={concurrency}",
+                f"--hostname=noop{number}@%h",
+            ),
+            _naive_env(setup),
+            setup.logs / f"noop{number}.log",
+        )
+        for number in range(setup.processes)
+    ]
     first = last = 0.0
     try:
         with _connection(setup.services.vhost) as connection:
@@ -358,5 +392,6 @@ def bare_celery_noop(setup: Setup, count: int, concurrency: int) -> Measured:
                     break
                 time.sleep(0.02)
     finally:
-        stop(process, grace=10)
+        for process in processes:
+            stop(process, grace=10)
     return Measured("bare Celery no-op", count, count, last - first)

@@ -146,14 +146,12 @@ def stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
 
 
 def tree_rss_mb(pid: int) -> tuple[float, float]:
-    """(main process RSS, RSS of it and its children) in MiB, from /proc."""
-    main = _rss_kib(pid)
+    """(RSS of the largest process, RSS of all) in MiB of `pid` and its children, from /proc."""
+    sizes = [_rss_kib(pid)]
     children = Path(f"/proc/{pid}/task/{pid}/children")
-    total = main
     with contextlib.suppress(OSError):
-        for child in children.read_text().split():
-            total += _rss_kib(int(child))
-    return main / 1024, total / 1024
+        sizes.extend(_rss_kib(int(child)) for child in children.read_text().split())
+    return max(sizes) / 1024, sum(sizes) / 1024
 
 
 def _rss_kib(pid: int) -> float:

@@ -44,13 +44,15 @@ def stripe_client(settings: Settings) -> stripe.StripeClient:
 def rate_budget(settings: Settings) -> RateBudget:
     """Shared through Redis when configured, else this process's own token bucket."""
     rate = settings.effective_stripe_rate
+    burst = settings.effective_stripe_burst
     if settings.rate_budget_redis_url is None:
-        return LocalTokenBucket(rate)
+        return LocalTokenBucket(rate, burst)
     key = budget_key(settings.require_stripe_key().get_secret_value())
     return RedisRateBudget.from_url(
         settings.rate_budget_redis_url.get_secret_value(),
         key,
         rate,
+        burst=burst,
         processes=settings.rate_budget_processes,
     )
 

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         description="Stripe requests per second for this platform; default from the key's "
         "mode (test 25, live 100).",
     )
+    stripe_rate_burst_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="How much of one second's budget may be spent at once after a quiet "
+        "spell (burst = rate x this). Stripe's limiter allows a second's worth; half keeps a "
+        "margin while absorbing the pipeline's jitter near full rate (at a tenth, requests "
+        "queued for the budget at 97% load).",
+    )
     rate_budget_redis_url: SecretStr | None = Field(
         default=None,
         description="Redis URL (redis://host:6379/0) of the rate budget shared by every "
@@ -87,7 +96,16 @@ class Settings(BaseSettings):
     event_source: str = Field(default="urn:debit-worker", min_length=1)
     sentry_dsn: SecretStr | None = None
     sentry_environment: str = "production"
-    concurrency: int = Field(default=64, ge=1, le=1024, description="Worker threads.")
+    concurrency: int = Field(
+        default=64, ge=1, le=1024, description="Worker threads (in each worker process)."
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes `run` starts on this host, each with `concurrency` "
+        "threads; one process uses about one core.",
+    )
     max_attempts: int = Field(
         default=12,
         ge=1,
@@ -197,6 +215,11 @@ class Settings(BaseSettings):
         if self.stripe_rate_limit is not None:
             return self.stripe_rate_limit
         return LIVE_MODE_RATE if self.live_mode else TEST_MODE_RATE
+
+
+    @property
+    def effective_stripe_burst(self) -> float:
+        return max(1.0, self.effective_stripe_rate * self.stripe_rate_burst_seconds)
 
 
 class SettingsError(Exception):

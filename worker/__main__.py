@@ -1,0 +1,5 @@
+"""`python -m worker …` is `debit-worker …` (the supervisor starts its processes this way)."""
+
+from worker.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""`debit-worker run --processes N`: several worker processes on one host, kept running.
+
+One worker process runs its threads under one interpreter lock, so it uses about one core.
+On a host with more cores, N processes (each with its own threads, broker connections and
+ledger pool) use them. This parent starts them, restarts one that dies (as Celery's prefork
+pool would), and passes SIGTERM/SIGINT on so that each finishes its tasks and stops.
+
+The Stripe rate budget stays the host's, not each process's: shared through Redis when
+DEBIT_WORKER_RATE_BUDGET_REDIS_URL is set, otherwise split evenly between the processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Final
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A process that dies sooner than this after its start counts as a crash loop.
+QUICK_DEATH_SECONDS: Final = 30.0
+MAX_QUICK_DEATHS: Final = 5
+RESTART_DELAY_MAX_SECONDS: Final = 30.0
+
+
+def child_environment(settings: Settings, processes: int) -> dict[str, str]:
+    """The environment of each child: this one, with the host's budget divided."""
+    env = dict(os.environ)
+    env["DEBIT_WORKER_CONCURRENCY"] = str(settings.concurrency)
+    env["DEBIT_WORKER_LOG_LEVEL"] = settings.log_level
+    if settings.rate_budget_redis_url is None:
+        # Each process keeps its own bucket: together they must not exceed the host's rate.
+        env["DEBIT_WORKER_STRIPE_RATE_LIMIT"] = repr(settings.effective_stripe_rate / processes)
+    elif settings.rate_budget_processes == 1:
+        # While Redis is unreachable, each process falls back to its share of the rate.
+        env["DEBIT_WORKER_RATE_BUDGET_PROCESSES"] = str(processes)
+    return env
+
+
+def child_command() -> list[str]:
+    return [sys.executable, "-m", "worker", "run", "--no-migrate", "--processes", "1"]
+
+
+@dataclass
+class _Slot:
+    number: int
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    command: list[str]
+    env: dict[str, str]
+    processes: int
+    clock: Callable[[], float] = time.monotonic
+    poll_seconds: float = 0.5
+    slots: list[_Slot] = field(init=False)
+    stopping: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = [_Slot(number) for number in range(1, self.processes + 1)]
+
+    def run(self) -> int:
+        """Until a signal asks to stop (0) or a process keeps dying at start-up (1)."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while not self.stopping:
+                if not self._watch():
+                    self._stop_all()
+                    return 1
+                time.sleep(self.poll_seconds)
+            return self._wait_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info(
+            "received %s; stopping %d worker processes (each finishes its tasks)",
+            signal.Signals(signum).name,
+            self.processes,
+        )
+        self.stopping = True
+        for slot in self.slots:
+            if slot.process is not None and slot.process.poll() is None:
+                slot.process.send_signal(signum)
+
+    def _start(self, slot: _Slot) -> None:
+        slot.process = subprocess.Popen(self.command, env=self.env)  # noqa: S603 (our own CLI)
+        slot.started_at = self.clock()
+        log.info(
+            "worker process %d/%d started (pid %d)", slot.number, self.processes, slot.process.pid
+        )
+
+    def _watch(self) -> bool:
+        """Restart processes that died; False when one keeps dying right after its start."""
+        now = self.clock()
+        for slot in self.slots:
+            if slot.process is None:
+                if now >= slot.restart_at:
+                    self._start(slot)
+                continue
+            code = slot.process.poll()
+            if code is None or self.stopping:
+                continue
+            lived = now - slot.started_at
+            slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
+            if slot.quick_deaths >= MAX_QUICK_DEATHS:
+                log.error(
+                    "worker process %d died %d times within %.0f s of starting (last exit code "
+                    "%s); giving up, see its log above",
+                    slot.number,
+                    slot.quick_deaths,
+                    QUICK_DEATH_SECONDS,
+                    code,
+                )
+                return False
+            delay = min(RESTART_DELAY_MAX_SECONDS, 2.0**slot.quick_deaths - 1)
+            log.error(
+                "worker process %d (pid %d) exited with code %s after %.0f s; its unfinished "
+                "commands return to the queue; restarting it in %.0f s",
+                slot.number,
+                slot.process.pid,
+                code,
+                lived,
+                delay,
+            )
+            slot.process, slot.restart_at = None, now + delay
+        return True
+
+    def _wait_all(self) -> int:
+        codes = [slot.process.wait() for slot in self.slots if slot.process is not None]
+        failed = [code for code in codes if code not in (0, -signal.SIGTERM, -signal.SIGINT)]
+        if failed:
+            log.warning("worker processes ended with codes %s", codes)
+        return 1 if failed else 0
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        for slot in self.slots:
+            if slot.process is not None and slot.process.poll() is None:
+                slot.process.terminate()
+        self._wait_all()
