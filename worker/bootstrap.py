@@ -100,7 +100,12 @@ def build_services(
     publisher: EventPublisher | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Services:
-    engine = make_engine(settings.database_url, pool_size=min(settings.concurrency, 32))
+    # A thread holds at most one connection at a time; the relay and janitor one more each.
+    engine = make_engine(
+        settings.database_url,
+        pool_size=min(settings.concurrency, 16),
+        max_connections=settings.concurrency + 2,
+    )
     return Services(
         ledger=Ledger.on(engine, clock),
         stripe=stripe_port or real_stripe(settings),

@@ -59,6 +59,11 @@ class _Slot:
     restart_at: float = 0.0
 
 
+def restart_delay(quick_deaths: int) -> float:
+    """0 s after a process that ran a while, then 1, 3, 7 … up to 30 s while it keeps dying."""
+    return min(RESTART_DELAY_MAX_SECONDS, 2.0**quick_deaths - 1)
+
+
 @dataclass
 class Supervisor:
     command: list[str]
@@ -66,6 +71,7 @@ class Supervisor:
     processes: int
     clock: Callable[[], float] = time.monotonic
     poll_seconds: float = 0.5
+    delay: Callable[[int], float] = restart_delay
     slots: list[_Slot] = field(init=False)
     stopping: bool = field(default=False, init=False)
 
@@ -78,28 +84,35 @@ class Supervisor:
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            for slot in self.slots:
-                self._start(slot)
+            self.start_all()
             while not self.stopping:
-                if not self._watch():
-                    self._stop_all()
+                if not self.watch():
+                    self.stop_all()
                     return 1
                 time.sleep(self.poll_seconds)
-            return self._wait_all()
+            return self.wait_all()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def start_all(self) -> None:
+        for slot in self.slots:
+            self._start(slot)
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.pass_on(signal.Signals(signum))
+
+    def pass_on(self, sig: signal.Signals) -> None:
+        """Stop: every process gets `sig` (SIGTERM: finish the tasks, then stop)."""
         log.info(
             "received %s; stopping %d worker processes (each finishes its tasks)",
-            signal.Signals(signum).name,
+            sig.name,
             self.processes,
         )
         self.stopping = True
         for slot in self.slots:
             if slot.process is not None and slot.process.poll() is None:
-                slot.process.send_signal(signum)
+                slot.process.send_signal(sig)
 
     def _start(self, slot: _Slot) -> None:
         slot.process = subprocess.Popen(self.command, env=self.env)  # noqa: S603 (our own CLI)
@@ -108,7 +121,7 @@ class Supervisor:
             "worker process %d/%d started (pid %d)", slot.number, self.processes, slot.process.pid
         )
 
-    def _watch(self) -> bool:
+    def watch(self) -> bool:
         """Restart processes that died; False when one keeps dying right after its start."""
         now = self.clock()
         for slot in self.slots:
@@ -131,7 +144,7 @@ class Supervisor:
                     code,
                 )
                 return False
-            delay = min(RESTART_DELAY_MAX_SECONDS, 2.0**slot.quick_deaths - 1)
+            delay = self.delay(slot.quick_deaths)
             log.error(
                 "worker process %d (pid %d) exited with code %s after %.0f s; its unfinished "
                 "commands return to the queue; restarting it in %.0f s",
@@ -144,16 +157,13 @@ class Supervisor:
             slot.process, slot.restart_at = None, now + delay
         return True
 
-    def _wait_all(self) -> int:
+    def wait_all(self) -> int:
         codes = [slot.process.wait() for slot in self.slots if slot.process is not None]
         failed = [code for code in codes if code not in (0, -signal.SIGTERM, -signal.SIGINT)]
         if failed:
             log.warning("worker processes ended with codes %s", codes)
         return 1 if failed else 0
 
-    def _stop_all(self) -> None:
-        self.stopping = True
-        for slot in self.slots:
-            if slot.process is not None and slot.process.poll() is None:
-                slot.process.terminate()
-        self._wait_all()
+    def stop_all(self) -> None:
+        self.pass_on(signal.SIGTERM)
+        self.wait_all()

@@ -51,11 +51,17 @@ def slow_sandbox() -> Iterator[RunningSandbox]:
 
 @pytest.fixture
 def plain_amqp(restart_vhost: str) -> Iterator[PlainAmqp]:
+    yield from event_client(restart_vhost)
+
+
+def event_client(vhost: str) -> Iterator[PlainAmqp]:
+    """A producer's plain client that also listens to every event (the worker declares the
+    rest of the topology itself)."""
     connection = amqp.Connection(
         f"{RABBIT[0]}:{RABBIT[1]}",
         userid="guest",
         password="guest",
-        virtual_host=restart_vhost,
+        virtual_host=vhost,
         confirm_publish=True,
     )
     connection.connect()
@@ -78,7 +84,11 @@ def plain_amqp(restart_vhost: str) -> Iterator[PlainAmqp]:
 
 
 def _start_worker(
-    vhost: str, database_url: str, sandbox: RunningSandbox, log: Path
+    vhost: str,
+    database_url: str,
+    sandbox: RunningSandbox,
+    log: Path,
+    extra_args: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -98,7 +108,7 @@ def _start_worker(
     cli = Path(sys.executable).with_name("debit-worker")
     with log.open("ab") as out:
         return subprocess.Popen(
-            [str(cli), "run", "--no-migrate", "--loglevel", "INFO"],
+            [str(cli), "run", "--no-migrate", "--loglevel", "INFO", *extra_args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

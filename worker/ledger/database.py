@@ -8,7 +8,10 @@ from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, max_connections: int | None = None) -> Engine:
+    """`pool_size` connections are kept open; up to `max_connections` (default twice the
+    pool) are opened under load, so PostgreSQL's own limit can be planned for."""
+    most = max(pool_size, max_connections if max_connections is not None else 2 * pool_size)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -26,7 +29,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     # that died with its server fails its first statement instead; SQLAlchemy then discards
     # every pooled connection made before it, and the task retries like any ledger outage.
     return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, pool_recycle=1800
+        url,
+        pool_size=pool_size,
+        max_overflow=most - pool_size,
+        pool_pre_ping=False,
+        pool_recycle=1800,
     )
 
 

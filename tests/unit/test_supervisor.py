@@ -1,0 +1,163 @@
+"""`run --processes N`: the supervisor keeps N processes running, passes stop signals on,
+gives up on a crash loop, and keeps the host's Stripe budget the host's.
+
+The children here are tiny Python processes standing in for workers (the real one is
+covered by tests/integration/test_supervised_workers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from worker.settings import load_settings
+from worker.supervisor import (
+    MAX_QUICK_DEATHS,
+    Supervisor,
+    child_command,
+    child_environment,
+    restart_delay,
+)
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+# Stops at once on SIGTERM with exit code 0, as a worker's warm shutdown does.
+GRACEFUL = [
+    sys.executable,
+    "-c",
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+    "time.sleep(60)",
+]
+CRASHER = [sys.executable, "-c", "import sys; sys.exit(3)"]
+
+
+@pytest.fixture
+def supervisors() -> Iterator[list[Supervisor]]:
+    made: list[Supervisor] = []
+    yield made
+    for supervisor in made:  # no stray processes, whatever a test did
+        for slot in supervisor.slots:
+            if slot.process is not None and slot.process.poll() is None:
+                slot.process.kill()
+                slot.process.wait()
+
+
+def supervise(made: list[Supervisor], command: list[str], processes: int) -> Supervisor:
+    supervisor = Supervisor(command, {}, processes, poll_seconds=0.05, delay=lambda _n: 0.0)
+    made.append(supervisor)
+    return supervisor
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def pids(supervisor: Supervisor) -> list[int]:
+    return [slot.process.pid for slot in supervisor.slots if slot.process is not None]
+
+
+def test_it_starts_the_number_of_processes_asked_for(supervisors: list[Supervisor]) -> None:
+    # Given a supervisor of three processes
+    supervisor = supervise(supervisors, SLEEPER, 3)
+    # When it starts
+    supervisor.start_all()
+    # Then three distinct processes run
+    assert len(set(pids(supervisor))) == 3
+    assert all(slot.process and slot.process.poll() is None for slot in supervisor.slots)
+
+
+def test_a_process_that_dies_is_replaced_and_the_others_are_left_alone(
+    supervisors: list[Supervisor],
+) -> None:
+    # Given two running processes
+    supervisor = supervise(supervisors, SLEEPER, 2)
+    supervisor.start_all()
+    first, second = pids(supervisor)
+    # When the first is killed
+    supervisor.slots[0].process.kill()  # type: ignore[union-attr]
+    supervisor.slots[0].process.wait()  # type: ignore[union-attr]
+
+    def replaced() -> bool:
+        assert supervisor.watch()
+        now = pids(supervisor)
+        return len(now) == 2 and first not in now
+
+    # Then the supervisor starts a new one in its place, and the second keeps running
+    wait_for(replaced)
+    assert second in pids(supervisor)
+
+
+def test_a_stop_signal_reaches_every_process_and_a_clean_stop_exits_0(
+    supervisors: list[Supervisor],
+) -> None:
+    # Given two running processes that stop cleanly on SIGTERM
+    supervisor = supervise(supervisors, GRACEFUL, 2)
+    supervisor.start_all()
+    time.sleep(0.5)  # let them install their handler
+    # When the supervisor is asked to stop
+    supervisor.pass_on(signal.SIGTERM)
+    # Then every process ends, none is restarted, and the exit code is 0
+    assert supervisor.wait_all() == 0
+    assert supervisor.watch()
+    assert all(slot.process and slot.process.poll() == 0 for slot in supervisor.slots)
+
+
+def test_a_process_that_keeps_dying_at_start_makes_the_supervisor_give_up(
+    supervisors: list[Supervisor],
+) -> None:
+    # Given a process that exits as soon as it starts (a broken configuration, say)
+    supervisor = supervise(supervisors, CRASHER, 1)
+    supervisor.start_all()
+    # When the supervisor watches it die again and again
+    verdicts: list[bool] = []
+
+    def gave_up() -> bool:
+        verdicts.append(supervisor.watch())
+        return not verdicts[-1]
+
+    wait_for(gave_up)
+    # Then it gives up after the allowed number of quick deaths, instead of looping forever
+    assert supervisor.slots[0].quick_deaths == MAX_QUICK_DEATHS
+
+
+def test_restart_delays_grow_while_a_process_keeps_dying_and_are_capped() -> None:
+    assert [restart_delay(n) for n in range(6)] == [0.0, 1.0, 3.0, 7.0, 15.0, 30.0]
+
+
+def test_without_redis_each_process_gets_its_share_of_the_hosts_stripe_rate() -> None:
+    # Given a host allowed 100 Stripe requests/s, no shared budget, four processes
+    settings = load_settings(stripe_api_key="sk_live_x", stripe_rate_limit=100.0)
+    # When the children's environment is made
+    env = child_environment(settings, 4)
+    # Then each process allows itself a quarter, so together they stay at 100/s
+    assert float(env["DEBIT_WORKER_STRIPE_RATE_LIMIT"]) == 25.0
+
+
+def test_with_redis_the_budget_stays_shared_and_its_fallback_is_divided() -> None:
+    # Given a Redis-shared budget, and four processes
+    settings = load_settings(
+        stripe_api_key="sk_live_x",
+        stripe_rate_limit=100.0,
+        rate_budget_redis_url="redis://127.0.0.1:6379/0",
+    )
+    env = child_environment(settings, 4)
+    # Then the rate is not divided (Redis shares it), but the Redis-down fallback is
+    assert env.get("DEBIT_WORKER_STRIPE_RATE_LIMIT") == os.environ.get(
+        "DEBIT_WORKER_STRIPE_RATE_LIMIT"
+    )
+    assert env["DEBIT_WORKER_RATE_BUDGET_PROCESSES"] == "4"
+
+
+def test_each_child_is_a_single_worker_process_that_skips_migrations() -> None:
+    command = child_command()
+    assert command[1:4] == ["-m", "worker", "run"]
+    assert "--no-migrate" in command
+    assert command[command.index("--processes") + 1] == "1"
