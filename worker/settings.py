@@ -216,7 +216,6 @@ class Settings(BaseSettings):
             return self.stripe_rate_limit
         return LIVE_MODE_RATE if self.live_mode else TEST_MODE_RATE
 
-
     @property
     def effective_stripe_burst(self) -> float:
         return max(1.0, self.effective_stripe_rate * self.stripe_rate_burst_seconds)
