@@ -101,10 +101,14 @@ def build_services(
     clock: Callable[[], datetime] = utc_now,
 ) -> Services:
     # A thread holds at most one connection at a time; the relay and janitor one more each.
+    # No pre-ping: it cost a round trip on every checkout, several per debit. A connection
+    # that died with its server fails its first statement instead; SQLAlchemy then discards
+    # every pooled connection made before it, and the task retries like any ledger outage.
     engine = make_engine(
         settings.database_url,
         pool_size=min(settings.concurrency, 16),
         max_connections=settings.concurrency + 2,
+        pre_ping=False,
     )
     return Services(
         ledger=Ledger.on(engine, clock),

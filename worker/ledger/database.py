@@ -8,9 +8,15 @@ from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
 
-def make_engine(url: str, *, pool_size: int = 10, max_connections: int | None = None) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = 10, max_connections: int | None = None, pre_ping: bool = True
+) -> Engine:
     """`pool_size` connections are kept open; up to `max_connections` (default twice the
-    pool) are opened under load, so PostgreSQL's own limit can be planned for."""
+    pool) are opened under load, so PostgreSQL's own limit can be planned for.
+
+    `pre_ping` tests each connection as it leaves the pool (one round trip): right for
+    commands and tools, where a connection that died with a restarted server would
+    otherwise fail the command. The worker turns it off (see bootstrap)."""
     most = max(pool_size, max_connections if max_connections is not None else 2 * pool_size)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -25,14 +31,11 @@ def make_engine(url: str, *, pool_size: int = 10, max_connections: int | None = 
             cursor.close()
 
         return engine
-    # No pre-ping: it cost a round trip on every checkout (several per debit). A connection
-    # that died with its server fails its first statement instead; SQLAlchemy then discards
-    # every pooled connection made before it, and the task retries like any ledger outage.
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=most - pool_size,
-        pool_pre_ping=False,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
     )
 
