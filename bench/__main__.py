@@ -26,8 +26,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady load")
     parser.add_argument("--rate", type=float, default=97.0, help="debits/s offered")
-    parser.add_argument("--backlog", type=int, default=6000, help="zero-latency commands")
-    parser.add_argument("--noop", type=int, default=20000, help="bare no-op tasks")
+    parser.add_argument("--backlog", type=int, help="zero-latency commands [6000; quick 1500]")
+    parser.add_argument("--noop", type=int, help="bare no-op tasks [20000; quick 3000]")
     parser.add_argument(
         "--concurrency", type=int, help="threads per worker process [64 / processes]"
     )
@@ -41,7 +41,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.backlog, args.noop = 10.0, 1500, 3000
+        args.duration = 10.0
+    args.backlog = args.backlog or (1500 if args.quick else 6000)
+    args.noop = args.noop or (3000 if args.quick else 20000)
     return args
 
 
