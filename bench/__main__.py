@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 def _say(m: phases.Measured) -> None:
     print(
         f"{m.name}: {m.answered}/{m.published} in {m.seconds:.1f} s = {m.throughput:.1f}/s, "
-        f"p99 {m.latency(0.99) * 1000:.0f} ms, 429s {m.rate_limited}, "
+        f"p99 {m.latency(0.99) * 1000:.0f} ms (after 10 s {m.latency(0.99, 10) * 1000:.0f}), "
+        f"429s {m.rate_limited}, "
         f"requests/debit {m.requests_per_debit:.3f}, RSS {m.rss_main_mb:.0f} MB"
         + (f", FAILED {m.failed}" if m.failed else ""),
         flush=True,

@@ -124,7 +124,8 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
         ("zero 429s from the sandbox", str(ours.rate_limited), ours.rate_limited == 0),
         (
             "p99 publish → event <= Stripe p99 + 100 ms (1,100 ms)",
-            f"{p99 * 1000:.0f} ms",
+            f"{p99 * 1000:.0f} ms (commands published after the first 10 s: "
+            f"{ours.latency(0.99, after=10) * 1000:.0f} ms)",
             p99 <= STRIPE_P99_S + 0.1,
         ),
         (
