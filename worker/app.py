@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 from celery import Celery
 
@@ -15,6 +17,11 @@ from worker.relay import RelayStep
 from worker.settings import Settings
 from worker.tasks import register_tasks
 from worker.topology import declare_all
+
+log = logging.getLogger(__name__)
+
+# kombu retries without end when max_retries is None (its type hints say int).
+_FOREVER: dict[str, Any] = {"max_retries": None}
 
 
 def build_worker(
@@ -36,5 +43,19 @@ def build_worker(
 
 
 def declare_topology(app: Celery) -> None:
+    """Declare every exchange and queue, waiting for the broker if it is not up yet: a worker
+    (re)started during a broker outage waits for it, as Celery's own consumer does, instead
+    of exiting."""
     with app.connection_for_write() as connection:
+        connection.ensure_connection(
+            errback=_broker_unreachable,
+            interval_start=1,
+            interval_step=2,
+            interval_max=15,
+            **_FOREVER,
+        )
         declare_all(connection.default_channel)
+
+
+def _broker_unreachable(exc: Exception, interval: float) -> None:
+    log.warning("broker unreachable (%s); trying again in %.0f s", exc, interval)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -81,3 +86,36 @@ def test_request_refuses_an_invalid_command_before_publishing(env: dict[str, str
     )
     assert result.exit_code != 0
     assert "amount" in result.output
+
+
+def test_run_waits_for_an_unreachable_broker_instead_of_exiting(tmp_path: Path) -> None:
+    # Given a broker address where nothing listens (a broker being restarted, say)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "DEBIT_WORKER_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{port}//",
+        "DEBIT_WORKER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        "DEBIT_WORKER_STRIPE_API_KEY": "sk_test_unreachable_broker",
+        "DEBIT_WORKER_RATE_BUDGET_REDIS_URL": "",
+    }
+    log = tmp_path / "run.log"
+    cli = Path(sys.executable).with_name("debit-worker")
+    # When the worker starts
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(cli), "run"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "broker unreachable" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        # Then it keeps running and says why it waits, rather than dying with a traceback
+        assert "broker unreachable" in log.read_text()
+        time.sleep(1.5)
+        assert process.poll() is None, log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
