@@ -86,6 +86,8 @@ def _say(m: phases.Measured) -> None:
         + (f", FAILED {m.failed}" if m.failed else ""),
         flush=True,
     )
+    if m.cpu_ms:
+        print("  CPU ms/debit: " + ", ".join(f"{k} {v:.2f}" for k, v in m.cpu_ms.items()))
     for stage, (p50, p99) in m.stages.items():
         print(f"  {stage}: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms", flush=True)
 

@@ -12,21 +12,19 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
 import pstats
 import re
 import sys
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from pydantic import AnyUrl, SecretStr
 from sqlalchemy import event
 
 from bench.load import BENCH_SIGNER, command
-from bench.services import own_services, sandbox_process
+from bench.services import cpu_seconds, own_services, sandbox_process
 from worker.app import build_worker, declare_topology
 from worker.handlers import Result, handle_debit_requested
 from worker.settings import Settings
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         statements.clear()
         # CPU time, not wall time: waiting for PostgreSQL or the broker is not the worker's cost
         profiler = cProfile.Profile(time.process_time) if args.profile else None
-        others = _cpu_of_services()
+        others = cpu_seconds()
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
@@ -99,15 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         if profiler:
             profiler.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        others = {name: _cpu_of_services()[name] - spent for name, spent in others.items()}
+        spent = cpu_seconds().spent_since(others)
+        by_service = {kind: spent[kind] for kind in ("postgresql", "rabbitmq", "sandbox")}
         result = {
             "debits": args.debits,
             "cpu_ms_per_debit": round(cpu / args.debits * 1000, 3),
             "wall_ms_per_debit": round(wall / args.debits * 1000, 3),
             "sql_statements_per_debit": round(statements["all"] / args.debits, 2),
             **{
-                f"{name}_cpu_ms_per_debit": round(spent / args.debits * 1000, 3)
-                for name, spent in others.items()
+                f"{name}_cpu_ms_per_debit": round(seconds / args.debits * 1000, 3)
+                for name, seconds in by_service.items()
             },
         }
         print(json.dumps(result))
@@ -116,27 +115,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.dump:
                 profiler.dump_stats(args.dump)
     return 0
-
-
-SERVICES = {"postgresql": "postgres", "rabbitmq": "beam.smp", "sandbox": "worker.sandbox"}
-
-
-def _cpu_of_services() -> dict[str, float]:
-    """CPU seconds used so far by every process of each service on this machine."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    used = dict.fromkeys(SERVICES, 0.0)
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        for name, marker in SERVICES.items():
-            if marker in cmdline:
-                used[name] += (int(fields[11]) + int(fields[12])) / ticks
-    return used
 
 
 def _by_package(profiler: cProfile.Profile, debits: int) -> None:

@@ -16,7 +16,17 @@ import amqp
 from sqlalchemy import select
 
 from bench import load, naive
-from bench.services import ACCOUNTS, REDIS_URL, VENV_BIN, Services, start, stop, tree_rss_mb
+from bench.services import (
+    ACCOUNTS,
+    REDIS_URL,
+    VENV_BIN,
+    CpuSnapshot,
+    Services,
+    cpu_seconds,
+    start,
+    stop,
+    tree_rss_mb,
+)
 from schemas.topology import COMMAND_QUEUE
 from worker.ledger.database import make_engine
 from worker.ledger.tables import debit_requests
@@ -52,6 +62,8 @@ class Measured:
     failed: dict[str, int] = field(default_factory=dict)  # failure code → requests
     # where the time went: stage → (p50, p99) seconds, from the ledger's own timestamps
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # CPU milliseconds per answered debit, by process kind (bench.services.cpu_seconds)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -193,10 +205,13 @@ def _measure(
     rss: RssSampler,
     settle: float,
     before: tuple[int, int] | None = None,
+    cpu_before: CpuSnapshot | None = None,
 ) -> Measured:
     before = before or _counts(setup.admin)
+    cpu_before = cpu_before or cpu_seconds()
     run()
     load.wait_for(timeline, len(timeline.published), settle)
+    cpu_after = cpu_seconds()
     after = _counts(setup.admin)
     # Throughput is events per second between the first event and the last: the rate the
     # worker answers at. (Counting from the first publish would add one request's latency
@@ -216,6 +231,12 @@ def _measure(
         per_second=_per_second(timeline),
         failed=dict(Counter(timeline.failed.values())),
         stages=stage_breakdown(setup.services.database_url, timeline),
+        cpu_ms={
+            kind: seconds * 1000 / len(timeline.answered)
+            for kind, seconds in cpu_after.spent_since(cpu_before).items()
+        }
+        if timeline.answered
+        else {},
     )
 
 
@@ -349,9 +370,10 @@ def ours_without_latency(setup: Setup, count: int) -> Measured:
         publisher.close()
         env = product_env(setup, rate=1_000_000, redis=False)
         before = _counts(setup.admin)  # the workers start on the backlog at once
+        cpu_before = cpu_seconds()
         with product_worker(setup, env) as rss:
             measured = _measure(
-                "ours, zero latency", setup, timeline, lambda: None, rss, 120, before
+                "ours, zero latency", setup, timeline, lambda: None, rss, 120, before, cpu_before
             )
     finally:
         listener.close()

@@ -185,6 +185,18 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
             for stage in dict.fromkeys([*ours.stages, *fast.stages])
         ),
         "",
+        "CPU milliseconds per debit, by what used it (the whole machine: workers, services, "
+        "the benchmark's own load generator and listener; kernel = system time of all):",
+        "",
+        "| | " + " | ".join(m.name for m in (ours, fast)) + " |",
+        "|---|---|---|",
+        *(
+            f"| {what} | "
+            + " | ".join(f"{m.cpu_ms[what]:.2f}" if what in m.cpu_ms else "-" for m in (ours, fast))
+            + " |"
+            for what in dict.fromkeys([*ours.cpu_ms, *fast.cpu_ms])
+        ),
+        "",
         f"![publish-to-event latency over time]({plot_name})",
         "",
         "## Targets (issue 7)",

@@ -154,6 +154,69 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
     return max(sizes) / 1024, sum(sizes) / 1024
 
 
+# Where the machine's CPU goes, by what the process command lines contain.
+SERVICES = {
+    "workers": "worker run",  # `debit-worker run`, `python -m worker run`, the supervisor
+    "postgresql": "postgres",
+    "rabbitmq": "beam.smp",
+    "sandbox": "worker.sandbox",
+}
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds used so far: by each process (pid → (kind, seconds)) and by the machine."""
+
+    processes: dict[int, tuple[str, float]]
+    machine_busy: float
+    kernel: float
+
+    def spent_since(self, before: CpuSnapshot) -> dict[str, float]:
+        """CPU seconds by kind between two snapshots. A process that ended in between is
+        missing from its kind (its CPU shows in "machine busy" and "unattributed")."""
+        spent = dict.fromkeys([*SERVICES, "bench"], 0.0)
+        for pid, (kind, seconds) in self.processes.items():
+            earlier = before.processes.get(pid)
+            spent[kind] += seconds - (earlier[1] if earlier and earlier[0] == kind else 0.0)
+        spent["machine busy"] = self.machine_busy - before.machine_busy
+        spent["kernel"] = self.kernel - before.kernel
+        spent["unattributed"] = spent["machine busy"] - sum(
+            spent[kind] for kind in [*SERVICES, "bench"]
+        )
+        return spent
+
+
+def cpu_seconds() -> CpuSnapshot:
+    """Every process of each service on this machine, this process (the load generator and
+    event listener: "bench"), and the machine's busy and kernel time (from /proc/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    processes: dict[int, tuple[str, float]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        seconds = (int(fields[11]) + int(fields[12])) / ticks
+        pid = int(proc.name)
+        if pid == os.getpid():
+            processes[pid] = ("bench", seconds)
+            continue
+        for kind, marker in SERVICES.items():
+            if marker in cmdline:
+                processes[pid] = (kind, seconds)
+                break
+    cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = cpu
+    return CpuSnapshot(
+        processes,
+        machine_busy=(user + nice + system + irq + softirq) / ticks,
+        kernel=(system + irq + softirq) / ticks,
+    )
+
+
 def _rss_kib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
