@@ -188,12 +188,16 @@ def _counts(admin: SandboxAdmin) -> tuple[int, int]:
 
 
 def _per_second(timeline: load.Timeline) -> list[int]:
+    """Events in each whole second while commands were being published (the seconds after
+    the last publish only drain what is left, and would count as a slowdown)."""
     if not timeline.published or not timeline.answered:
         return []
     start = min(timeline.published.values())
-    series = [0] * (int(max(timeline.answered.values()) - start) + 1)
+    series = [0] * int(max(timeline.published.values()) - start)
     for at in timeline.answered.values():
-        series[int(at - start)] += 1
+        second = int(at - start)
+        if second < len(series):
+            series[second] += 1
     return series
 
 
