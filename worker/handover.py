@@ -25,7 +25,7 @@ from kombu import Connection, Message, Producer
 
 from worker.publisher import BROKER_ERRORS
 from worker.tasks import PROCESS_TASK
-from worker.topology import TASK_QUEUE
+from worker.topology import TASK_QUEUE, declare_all
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,13 @@ class ConfirmingHandover:
         hub: Any,
         *,
         connect: Callable[[], Connection] | None = None,
+        declare: Callable[[Any], None] = declare_all,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._app = app
         self._hub = hub
         self._connect = connect or self._connect_to_broker
+        self._declare = declare
         self._clock = clock
         self._connection: Connection | None = None
         self._channel: Any = None
@@ -70,6 +72,7 @@ class ConfirmingHandover:
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._by_task: dict[str, int] = {}
         self._timer: Any = None
+        self._redeclare = False
 
     @property
     def in_flight(self) -> int:
@@ -81,7 +84,11 @@ class ConfirmingHandover:
     def forward(self, command: Message, task_id: str, args: tuple[Any, ...]) -> None:
         """Publish the task for `command`; its ack (or requeue) follows its confirm."""
         try:
-            self._send(self._ensure_open(), task_id, args)
+            producer = self._ensure_open()
+            if self._redeclare:
+                self._redeclare = False
+                self._declare(self._channel)
+            self._send(producer, task_id, args)
         except BROKER_ERRORS as exc:
             log.warning("could not hand over task %s (%s); requeued", task_id, exc)
             _settle(command, ack=False)
@@ -126,7 +133,13 @@ class ConfirmingHandover:
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         for pending in self._take(delivery_tag, multiple):
             if pending.returned:
-                log.warning("task %s was unroutable; command requeued", pending.task_id)
+                # The task queue or its binding is gone (deleted by hand, a broker restored
+                # without it): declare the topology again before the next hand-over.
+                log.warning(
+                    "task %s was unroutable; command requeued, topology to be declared again",
+                    pending.task_id,
+                )
+                self._redeclare = True
             _settle(pending.command, ack=not pending.returned)
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:

@@ -40,6 +40,9 @@ class CommandIntake(bootsteps.ConsumerStep):
         if c.hub is not None and c.connection.transport.implements.asynchronous:
             self.handover = ConfirmingHandover(self.parent_app, c.hub)
             self.handover.start()
+            log.info("intake: commands handed over with asynchronous publisher confirms")
+        else:
+            log.info("intake: commands handed over one confirmed publish at a time")
         super().start(c)
 
     def stop(self, c: Any) -> None:

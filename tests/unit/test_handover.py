@@ -109,7 +109,18 @@ class RecordingHandover(ConfirmingHandover):
         self.connections: list[FakeConnection] = []
         self.sent: list[str] = []
         self.fail_next_send: Exception | None = None
-        super().__init__(Celery(set_as_current=False), hub, connect=self._new, clock=clock)
+        self.declared = 0
+        super().__init__(
+            Celery(set_as_current=False),
+            hub,
+            connect=self._new,
+            declare=self._count_declaration,
+            clock=clock,
+        )
+
+    def _count_declaration(self, channel: Any) -> None:
+        assert channel is self.channel
+        self.declared += 1
 
     def _new(self) -> Any:
         self.connections.append(FakeConnection())
@@ -207,6 +218,21 @@ def test_an_unroutable_task_puts_its_command_back_even_though_the_broker_confirm
     handover.channel.ack(1)
     # Then the command is requeued: a confirmed but unrouted task is a lost task
     assert command.settled == "requeued"
+
+
+def test_after_an_unroutable_task_the_topology_is_declared_again_before_the_next_hand_over(
+    handover: RecordingHandover,
+) -> None:
+    # Given a task that came back unroutable (its queue deleted or unbound by hand)
+    forward(handover, "a")
+    handover.channel.give_back("task-a")
+    handover.channel.ack(1)
+    assert handover.declared == 0
+    # When the next command (here, the same one redelivered) is handed over
+    forward(handover, "a-again", "b")
+    # Then the queues and bindings are declared once more, before it is published
+    assert handover.declared == 1
+    assert handover.sent == ["task-a", "task-a-again", "task-b"]
 
 
 def test_a_lost_connection_requeues_every_unconfirmed_command_and_the_next_starts_afresh(
