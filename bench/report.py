@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def _row(m: Measured) -> str:
     )
     return (
         f"| {m.name} | {m.published} | {m.answered} | {_failed(m)} | {m.throughput:.1f} | "
-        f"{m.slowest_window():.1f} | {lat} | {m.rate_limited} | {m.requests_per_debit:.3f} | "
+        f"{_number(m.slowest_window())} | {lat} | {m.rate_limited} | {m.requests_per_debit:.3f} | "
         f"{m.rss_main_mb:.0f} / {m.rss_tree_mb:.0f} |"
     )
 
@@ -98,6 +99,10 @@ def _failed(m: Measured) -> str:
         return "0"
     codes = ", ".join(f"{code} {n}" for code, n in sorted(m.failed.items()))
     return f"{len_failed(m)} ({codes})"
+
+
+def _number(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
 
 
 def _check(ok: bool) -> str:
