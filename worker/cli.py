@@ -29,7 +29,7 @@ from worker.observability import configure_logging, init_sentry
 from worker.producer import DebitProducer, signer_from
 from worker.sandbox.cli import sandbox
 from worker.settings import Settings, SettingsError, load_settings
-from worker.supervisor import Supervisor, child_command, child_environment
+from worker.supervisor import exec_supervisor
 from worker.tasks import PROCESS_TASK
 from worker.topology import TASK_QUEUE, command_exchange, dead_letter_queue, declare_all
 
@@ -96,10 +96,7 @@ def run(
     _runtime.services()  # fail now, not on the first command, if a setting is unusable
     declare_topology(app)
     if settings.processes > 1:
-        supervisor = Supervisor(
-            child_command(), child_environment(settings, settings.processes), settings.processes
-        )
-        sys.exit(supervisor.run())
+        exec_supervisor(settings, settings.processes)
     # A thread whose database or HTTP reply has arrived waits for the interpreter lock; at
     # the default 5 ms handoff, the ~20 round trips of a debit queued behind busy threads
     # added ~100 ms at the median (python -m bench, issue 7). 1 ms trades a little CPU.

@@ -7,6 +7,10 @@ pool would), and passes SIGTERM/SIGINT on so that each finishes its tasks and st
 
 The Stripe rate budget stays the host's, not each process's: shared through Redis when
 DEBIT_WORKER_RATE_BUDGET_REDIS_URL is set, otherwise split evenly between the processes.
+
+`run` checks the settings, migrates and declares the topology, then replaces itself (exec)
+with `python -m worker.supervisor`, which imports nothing of the worker: the supervisor
+stays a small process instead of a second copy of a worker's memory.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from worker.settings import Settings
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,30 @@ def child_environment(settings: Settings, processes: int) -> dict[str, str]:
 
 def child_command() -> list[str]:
     return [sys.executable, "-m", "worker", "run", "--no-migrate", "--processes", "1"]
+
+
+def supervisor_command(processes: int) -> list[str]:
+    return [sys.executable, "-m", "worker.supervisor", "--processes", str(processes)]
+
+
+def exec_supervisor(settings: Settings, processes: int) -> None:
+    """Become the supervisor (never returns)."""
+    command = supervisor_command(processes)
+    os.execve(command[0], command, child_environment(settings, processes))  # noqa: S606
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worker.supervisor --processes N`, with the children's environment."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--processes" or not args[1].isdigit():
+        print("usage: python -m worker.supervisor --processes N (use `debit-worker run`)")
+        return 2
+    logging.basicConfig(
+        level=os.environ.get("DEBIT_WORKER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    processes = int(args[1])
+    return Supervisor(child_command(), dict(os.environ), processes).run()
 
 
 @dataclass
@@ -167,3 +196,7 @@ class Supervisor:
     def stop_all(self) -> None:
         self.pass_on(signal.SIGTERM)
         self.wait_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

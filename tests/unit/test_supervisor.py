@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -161,3 +162,27 @@ def test_each_child_is_a_single_worker_process_that_skips_migrations() -> None:
     assert command[1:4] == ["-m", "worker", "run"]
     assert "--no-migrate" in command
     assert command[command.index("--processes") + 1] == "1"
+
+
+def test_the_supervisor_command_refuses_to_start_without_a_process_count() -> None:
+    # Given the supervisor started by hand, without --processes N
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.supervisor"], capture_output=True, text=True, check=False
+    )
+    # Then it says how it is meant to be started, and exits 2
+    assert result.returncode == 2
+    assert "debit-worker run" in result.stdout
+
+
+def test_the_supervisor_is_a_small_process_that_imports_none_of_the_worker() -> None:
+    # Given a fresh interpreter that imports the supervisor as `python -m` would
+    probe = (
+        "import sys, worker.supervisor\n"
+        "heavy = [m for m in ('celery', 'sqlalchemy', 'stripe', 'pydantic') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    # Then none of the worker's heavy dependencies is loaded
+    assert result.stdout.strip() == ""
