@@ -34,6 +34,7 @@ from worker.sandbox.admin_client import SandboxAdmin
 from worker.sandbox.faults import Faults
 from worker.topology import TASK_QUEUE
 
+BUDGET_BURST_SECONDS = 0.9
 STRIPE_LIKE = Faults(latency_p50_ms=300, latency_p99_ms=1000, rate_limit_rps=100)
 
 
@@ -111,6 +112,9 @@ def product_env(setup: Setup, *, rate: float, redis: bool) -> dict[str, str]:
         "DEBIT_WORKER_STRIPE_API_KEY": setup.api_key,
         "DEBIT_WORKER_STRIPE_API_BASE": setup.admin.url,
         "DEBIT_WORKER_STRIPE_RATE_LIMIT": str(rate),
+        # Set to the sandbox limiter as an operator who knows the limiter would: its bucket
+        # holds a second's worth (100); the budget's burst keeps a tenth of that in reserve.
+        "DEBIT_WORKER_STRIPE_RATE_BURST_SECONDS": str(BUDGET_BURST_SECONDS),
         "DEBIT_WORKER_LOG_LEVEL": "WARNING",
         "DEBIT_WORKER_RATE_BUDGET_REDIS_URL": REDIS_URL if redis else "",
         "DEBIT_WORKER_PRODUCER_KEYS": json.dumps(
