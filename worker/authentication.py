@@ -50,7 +50,8 @@ class Verified:
 def carried_headers(headers: Mapping[str, object] | None) -> dict[str, str]:
     """The headers the intake hands on to the task: the signature's, as strings."""
     return {
-        name: value.decode() if isinstance(value, bytes) else str(value)
+        # Not UTF-8: carried replaced, so its signature fails (unauthorized), never a crash.
+        name: value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         for name, value in (headers or {}).items()
         if name in CARRIED_HEADERS and isinstance(value, str | bytes | int)
     }

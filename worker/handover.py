@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # A hand-over unconfirmed for this long means the broker is in trouble: start again on a
 # fresh connection, and give the commands back to their queue.
 CONFIRM_TIMEOUT_SECONDS: Final = 30.0
+SOCKET_TIMEOUT_SECONDS: Final = 10.0
 # No retry inside the publish: a reconnect would open a channel outside confirm mode (the
 # command is requeued instead). Mandatory: an unroutable task comes back, never vanishes.
 _PUBLISH: Final[dict[str, Any]] = {"retry": False, "mandatory": True}
@@ -125,8 +126,9 @@ class ConfirmingHandover:
                 continue
             except BROKER_ERRORS as exc:
                 log.warning("hand-over connection lost while closing: %r", exc)
-                break
-        self._reset("worker stopping")
+                self._reset("worker stopping")
+                return
+        self._reset("worker stopping", graceful=not self._pending)
 
     # --- broker callbacks, on the event loop ---
 
@@ -165,6 +167,9 @@ class ConfirmingHandover:
             return
         except BROKER_ERRORS as exc:
             self._reset(f"connection lost: {exc!r}")
+            return
+        # More may be waiting already decrypted (TLS), where the socket won't wake us again.
+        self._hub.call_soon(self._on_readable)
 
     # --- connection ---
 
@@ -172,12 +177,17 @@ class ConfirmingHandover:
         if self._producer is not None:
             return self._producer
         connection = self._connect()
-        channel: Any = connection.default_channel  # py-amqp's channel: confirms, events
-        channel.confirm_select()
-        channel.events["basic_ack"].add(self._on_ack)
-        channel.events["basic_nack"].add(self._on_nack)
-        channel.events["basic_return"].add(self._on_return)
-        self._fd = connection.connection.sock.fileno()
+        try:
+            channel: Any = connection.default_channel  # py-amqp's channel: confirms, events
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            channel.events["basic_return"].add(self._on_return)
+            fd = connection.connection.sock.fileno()
+        except BROKER_ERRORS:
+            _drop(connection)
+            raise
+        self._fd = fd
         self._hub.add_reader(self._fd, self._on_readable)
         self._connection, self._channel = connection, channel
         self._producer = Producer(channel)
@@ -186,12 +196,22 @@ class ConfirmingHandover:
 
     def _connect_to_broker(self) -> Connection:
         # Celery's own connections wait for each confirm (confirm_publish); this one must not.
-        connection = self._app.connection_for_write(transport_options={"confirm_publish": False})
+        # Socket timeouts: a broker that stops reading (memory or disk alarm) must not hold
+        # the event loop in a write, or in a close handshake, for ever.
+        connection = self._app.connection_for_write(
+            transport_options={
+                "confirm_publish": False,
+                "write_timeout": SOCKET_TIMEOUT_SECONDS,
+                "read_timeout": SOCKET_TIMEOUT_SECONDS,
+            }
+        )
         connection.ensure_connection(max_retries=1)
         return connection
 
-    def _reset(self, why: str) -> None:
-        """Forget the connection; every unconfirmed command goes back to its queue."""
+    def _reset(self, why: str, *, graceful: bool = False) -> None:
+        """Forget the connection; every unconfirmed command goes back to its queue. Only a
+        graceful reset says goodbye to the broker: after a failure the socket is just
+        dropped, since a close handshake with a broker in trouble could wait."""
         if self._pending:
             log.warning(
                 "hand-over: %s; requeueing %d unconfirmed commands", why, len(self._pending)
@@ -204,10 +224,14 @@ class ConfirmingHandover:
             self._hub.remove_reader(self._fd)
             self._fd = None
         if self._connection is not None:
-            try:
-                self._connection.close()
-            except BROKER_ERRORS as exc:
-                log.debug("hand-over connection closed with %r", exc)
+            if graceful:
+                try:
+                    self._connection.close()
+                except BROKER_ERRORS as exc:
+                    log.debug("hand-over connection closed with %r", exc)
+                    _drop(self._connection)
+            else:
+                _drop(self._connection)
         self._connection = self._channel = self._producer = None
 
     def _take(self, delivery_tag: int, multiple: bool) -> list[_Pending]:
@@ -219,6 +243,14 @@ class ConfirmingHandover:
                 self._by_task.pop(pending.task_id, None)
                 taken.append(pending)
         return taken
+
+
+def _drop(connection: Connection) -> None:
+    """Close the socket without the AMQP close handshake."""
+    try:
+        connection.collect()
+    except BROKER_ERRORS as exc:
+        log.debug("hand-over connection dropped with %r", exc)
 
 
 def _settle(command: Message, *, ack: bool) -> None:

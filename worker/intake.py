@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from celery import bootsteps
 from kombu import Consumer, Message
+from kombu.common import ignore_errors
 
 from worker.authentication import RECEIVED_AT_HEADER, carried_headers
 from worker.bootstrap import runtime_of
@@ -45,13 +46,17 @@ class CommandIntake(bootsteps.ConsumerStep):
             log.info("intake: commands handed over one confirmed publish at a time")
         super().start(c)
 
+    # Order matters: stop taking commands, let the hand-over collect its last confirms and
+    # ack them on the still-open channel, only then close the channel (Celery's part).
     def stop(self, c: Any) -> None:
-        super().stop(c)
+        for consumer in self.consumers or []:
+            ignore_errors(c.connection, consumer.cancel)
         self._close_handover()
+        super().stop(c)
 
     def shutdown(self, c: Any) -> None:
-        super().shutdown(c)
         self._close_handover()
+        super().shutdown(c)
 
     def _close_handover(self) -> None:
         if self.handover is not None:

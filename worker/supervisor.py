@@ -144,11 +144,22 @@ class Supervisor:
                 slot.process.send_signal(sig)
 
     def _start(self, slot: _Slot) -> None:
-        slot.process = subprocess.Popen(self.command, env=self.env)  # noqa: S603 (our own CLI)
+        if self.stopping:
+            return
+        # A process group of its own: a terminal's Ctrl-C reaches the supervisor only, which
+        # passes it on once (a second SIGINT would make Celery stop without finishing tasks).
+        slot.process = subprocess.Popen(  # noqa: S603 (our own CLI)
+            self.command, env=self.env, process_group=0
+        )
         slot.started_at = self.clock()
+        if self._stop_requested():  # the stop signal came while it was being started
+            slot.process.send_signal(signal.SIGTERM)
         log.info(
             "worker process %d/%d started (pid %d)", slot.number, self.processes, slot.process.pid
         )
+
+    def _stop_requested(self) -> bool:
+        return self.stopping  # set by a signal handler at any moment
 
     def watch(self) -> bool:
         """Restart processes that died; False when one keeps dying right after its start."""

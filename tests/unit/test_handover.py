@@ -65,6 +65,7 @@ class FakeSocket:
 class FakeConnection:
     default_channel: FakeChannel = field(default_factory=FakeChannel)
     closed: bool = False
+    said_goodbye: bool = False
     broken: bool = False
     on_drain: Callable[[], None] | None = None
 
@@ -81,7 +82,11 @@ class FakeConnection:
             return
         raise TimeoutError
 
-    def close(self) -> None:
+    def close(self) -> None:  # the AMQP close handshake
+        self.closed = True
+        self.said_goodbye = True
+
+    def collect(self) -> None:  # the socket dropped, no handshake
         self.closed = True
 
 
@@ -89,6 +94,7 @@ class FakeConnection:
 class FakeHub:
     readers: dict[int, Callable[[], None]] = field(default_factory=dict)
     repeating: list[Callable[[], None]] = field(default_factory=list)
+    soon: list[Callable[[], None]] = field(default_factory=list)
     timer: Any = field(default_factory=type("Timer", (), {"cancel": lambda _s, _e: None}))
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
@@ -96,6 +102,9 @@ class FakeHub:
 
     def remove_reader(self, fd: int) -> None:
         self.readers.pop(fd, None)
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.soon.append(callback)
 
     def call_repeatedly(self, _delay: float, callback: Callable[[], None]) -> object:
         self.repeating.append(callback)
@@ -246,6 +255,7 @@ def test_a_lost_connection_requeues_every_unconfirmed_command_and_the_next_start
     # Then both commands go back to the queue and the connection is dropped
     assert [c.settled for c in commands] == ["requeued", "requeued"]
     assert handover.connections[0].closed
+    assert not handover.connections[0].said_goodbye, "no close handshake with a failed broker"
     assert 42 not in hub.readers
     # And the next command opens a new connection whose confirms count from 1 again
     (later,) = forward(handover, "c")
@@ -291,3 +301,30 @@ def test_closing_waits_for_outstanding_confirms_and_gives_back_the_rest(
     # Then the confirmed one is acked and the other requeued, never left unsettled
     assert (first.settled, second.settled) == ("acked", "requeued")
     assert handover.connections[0].closed
+
+
+def test_closing_with_every_confirm_in_says_goodbye_to_the_broker(
+    handover: RecordingHandover, clock: Clock
+) -> None:
+    # Given one command handed over and confirmed
+    (command,) = forward(handover, "a")
+    handover.channel.ack(1)
+    # When the worker stops
+    clock.tick = 0.1
+    handover.close(grace_seconds=0.5)
+    # Then the connection is closed properly (nothing is outstanding to give back)
+    assert command.settled == "acked"
+    assert handover.connections[0].said_goodbye
+
+
+def test_a_full_read_burst_asks_the_loop_to_come_back_for_the_rest(
+    handover: RecordingHandover, hub: FakeHub
+) -> None:
+    # Given a connection with more frames ready than one wake-up reads
+    forward(handover, "a")
+    connection = handover.connections[0]
+    connection.drain_events = lambda timeout=None: None  # type: ignore[method-assign]
+    # When the loop wakes the hand-over
+    hub.readers[42]()
+    # Then it schedules itself again instead of waiting for the socket (TLS buffers data)
+    assert hub.soon

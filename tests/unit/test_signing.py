@@ -16,7 +16,12 @@ from schemas.signing import (
     Signer,
     signature,
 )
-from worker.authentication import RECEIVED_AT_HEADER, Authenticator, Unauthorized
+from worker.authentication import (
+    RECEIVED_AT_HEADER,
+    Authenticator,
+    Unauthorized,
+    carried_headers,
+)
 from worker.producer_limits import ProducerPolicy
 
 CONTRACT = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text("utf-8")
@@ -120,3 +125,15 @@ def test_unsigned_commands_pass_only_when_signatures_are_optional() -> None:
 
 def test_the_signer_never_shows_its_secret_in_its_repr() -> None:
     assert ACTIVE.secret not in repr(ACTIVE)
+
+
+def test_a_signature_header_that_is_not_utf8_is_carried_replaced_never_crashing_the_intake() -> (
+    None
+):
+    # Given a message whose signature header is a byte array that is not UTF-8
+    headers = {SIGNATURE_HEADER: b"v1=\xff\xfe", PRODUCER_HEADER: "billing"}
+    # When the intake picks the headers to carry to the task
+    carried = carried_headers(headers)
+    # Then it gets text (the signature will simply not verify), not an exception
+    assert carried[SIGNATURE_HEADER] == "v1=\ufffd\ufffd"
+    assert carried[PRODUCER_HEADER] == "billing"

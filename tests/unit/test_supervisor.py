@@ -186,3 +186,26 @@ def test_the_supervisor_is_a_small_process_that_imports_none_of_the_worker() -> 
     )
     # Then none of the worker's heavy dependencies is loaded
     assert result.stdout.strip() == ""
+
+
+def test_a_stop_that_comes_before_every_process_started_starts_no_more(
+    supervisors: list[Supervisor],
+) -> None:
+    # Given a supervisor asked to stop while it was starting its processes
+    supervisor = supervise(supervisors, GRACEFUL, 3)
+    supervisor.stopping = True
+    # When it gets to starting them
+    supervisor.start_all()
+    # Then none is started that would never be told to stop
+    assert pids(supervisor) == []
+    assert supervisor.wait_all() == 0
+
+
+def test_each_process_has_a_process_group_of_its_own(supervisors: list[Supervisor]) -> None:
+    # Given a running supervisor (so a terminal's Ctrl-C reaches only it, and it passes the
+    # signal on once: a second SIGINT would make a Celery worker stop without its tasks)
+    supervisor = supervise(supervisors, SLEEPER, 2)
+    supervisor.start_all()
+    # Then no child is in the supervisor's process group
+    assert all(os.getpgid(pid) == pid for pid in pids(supervisor))
+    assert os.getpgid(os.getpid()) not in {os.getpgid(pid) for pid in pids(supervisor)}
