@@ -167,7 +167,11 @@ class Supervisor:
         for slot in self.slots:
             if slot.process is None:
                 if now >= slot.restart_at:
-                    self._start(slot)
+                    try:
+                        self._start(slot)
+                    except OSError as exc:  # out of processes or memory: try again later
+                        log.error("worker process %d could not be started: %s", slot.number, exc)
+                        slot.restart_at = now + RESTART_DELAY_MAX_SECONDS
                 continue
             code = slot.process.poll()
             if code is None or self.stopping:
