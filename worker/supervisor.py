@@ -169,8 +169,8 @@ class Supervisor:
                 if now >= slot.restart_at:
                     try:
                         self._start(slot)
-                    except OSError as exc:  # out of processes or memory: try again later
-                        log.error("worker process %d could not be started: %s", slot.number, exc)
+                    except OSError:  # out of processes or memory: try again later
+                        log.exception("worker process %d could not be started", slot.number)
                         slot.restart_at = now + RESTART_DELAY_MAX_SECONDS
                 continue
             code = slot.process.poll()
