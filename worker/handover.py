@@ -59,7 +59,13 @@ class ConfirmingHandover:
         connect: Callable[[], Connection] | None = None,
         declare: Callable[[Any], None] = declare_all,
         clock: Callable[[], float] = time.monotonic,
+        on_trouble: Callable[[], None] = lambda: None,
+        on_healthy: Callable[[], None] = lambda: None,
     ) -> None:
+        # on_trouble: commands were given back because hand-overs fail (the intake pauses);
+        # on_healthy: a hand-over was confirmed.
+        self._on_trouble = on_trouble
+        self._on_healthy = on_healthy
         self._app = app
         self._hub = hub
         self._connect = connect or self._connect_to_broker
@@ -94,6 +100,7 @@ class ConfirmingHandover:
             log.warning("could not hand over task %s (%s); requeued", task_id, exc)
             _settle(command, ack=False)
             self._reset(f"publish failed: {exc!r}")
+            self._on_trouble()
             return
         tag = self._next_tag
         self._next_tag += 1
@@ -115,6 +122,7 @@ class ConfirmingHandover:
 
     def close(self, grace_seconds: float = 5.0) -> None:
         """Wait up to `grace_seconds` for outstanding confirms, then give back the rest."""
+        self._on_trouble = lambda: None  # stopping is not trouble: nothing to pause
         if self._timer is not None:
             self._hub.timer.cancel(self._timer)
             self._timer = None
@@ -133,7 +141,12 @@ class ConfirmingHandover:
     # --- broker callbacks, on the event loop ---
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        for pending in self._take(delivery_tag, multiple):
+        taken = self._take(delivery_tag, multiple)
+        if any(pending.returned for pending in taken):
+            self._on_trouble()
+        elif taken:
+            self._on_healthy()
+        for pending in taken:
             if pending.returned:
                 # The task queue or its binding is gone (deleted by hand, a broker restored
                 # without it): declare the topology again before the next hand-over.
@@ -148,6 +161,7 @@ class ConfirmingHandover:
         for pending in self._take(delivery_tag, multiple):
             log.warning("broker refused task %s; command requeued", pending.task_id)
             _settle(pending.command, ack=False)
+        self._on_trouble()
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         task_id = (getattr(message, "properties", None) or {}).get("correlation_id")
@@ -212,7 +226,8 @@ class ConfirmingHandover:
         """Forget the connection; every unconfirmed command goes back to its queue. Only a
         graceful reset says goodbye to the broker: after a failure the socket is just
         dropped, since a close handshake with a broker in trouble could wait."""
-        if self._pending:
+        gave_back = bool(self._pending)
+        if gave_back:
             log.warning(
                 "hand-over: %s; requeueing %d unconfirmed commands", why, len(self._pending)
             )
@@ -233,6 +248,8 @@ class ConfirmingHandover:
             else:
                 _drop(self._connection)
         self._connection = self._channel = self._producer = None
+        if gave_back and not graceful:
+            self._on_trouble()
 
     def _take(self, delivery_tag: int, multiple: bool) -> list[_Pending]:
         tags = [t for t in self._pending if t <= delivery_tag] if multiple else [delivery_tag]

@@ -18,6 +18,7 @@ from kombu.common import ignore_errors
 from worker.authentication import RECEIVED_AT_HEADER, carried_headers
 from worker.bootstrap import runtime_of
 from worker.handover import ConfirmingHandover
+from worker.intake_brake import IntakeBrake
 from worker.parsing import Undeliverable, screen
 from worker.ports import PublishFailed
 from worker.publisher import BROKER_ERRORS
@@ -34,12 +35,19 @@ INTAKE_PREFETCH: Final = 128
 
 class CommandIntake(bootsteps.ConsumerStep):
     handover: ConfirmingHandover | None = None
+    brake: IntakeBrake | None = None
 
     def start(self, c: Any) -> None:
         # On RabbitMQ the worker runs an event loop: hand-overs are confirmed asynchronously
         # on it. The embedded (memory) transport has none, and confirms are immediate there.
         if c.hub is not None and c.connection.transport.implements.asynchronous:
-            self.handover = ConfirmingHandover(self.parent_app, c.hub)
+            self.brake = IntakeBrake(c.hub, lambda: self.consumers or [], errors=BROKER_ERRORS)
+            self.handover = ConfirmingHandover(
+                self.parent_app,
+                c.hub,
+                on_trouble=self.brake.trouble,
+                on_healthy=self.brake.healthy,
+            )
             self.handover.start()
             log.info("intake: commands handed over with asynchronous publisher confirms")
         else:
@@ -59,6 +67,9 @@ class CommandIntake(bootsteps.ConsumerStep):
         super().shutdown(c)
 
     def _close_handover(self) -> None:
+        if self.brake is not None:
+            self.brake.release()
+            self.brake = None
         if self.handover is not None:
             self.handover.close()
             self.handover = None

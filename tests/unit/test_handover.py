@@ -119,12 +119,15 @@ class RecordingHandover(ConfirmingHandover):
         self.sent: list[str] = []
         self.fail_next_send: Exception | None = None
         self.declared = 0
+        self.signals: list[str] = []
         super().__init__(
             Celery(set_as_current=False),
             hub,
             connect=self._new,
             declare=self._count_declaration,
             clock=clock,
+            on_trouble=lambda: self.signals.append("trouble"),
+            on_healthy=lambda: self.signals.append("healthy"),
         )
 
     def _count_declaration(self, channel: Any) -> None:
@@ -328,3 +331,32 @@ def test_a_full_read_burst_asks_the_loop_to_come_back_for_the_rest(
     hub.readers[42]()
     # Then it schedules itself again instead of waiting for the socket (TLS buffers data)
     assert hub.soon
+
+
+def test_the_intake_hears_of_trouble_whenever_commands_are_given_back(
+    handover: RecordingHandover, hub: FakeHub
+) -> None:
+    # Given hand-overs confirmed, refused, returned, failed to publish, and a lost connection
+    forward(handover, "a", "b", "c")
+    handover.channel.ack(1)
+    assert handover.signals == ["healthy"]
+    handover.channel.nack(2)
+    handover.channel.give_back("task-c")
+    handover.channel.ack(3)
+    handover.fail_next_send = ConnectionResetError("gone")
+    forward(handover, "d")
+    forward(handover, "e")
+    handover.connections[-1].broken = True
+    hub.readers[42]()
+    # Then each giving back was reported as trouble (the intake pauses on it)
+    assert handover.signals == ["healthy", "trouble", "trouble", "trouble", "trouble"]
+
+
+def test_stopping_is_not_reported_as_trouble(handover: RecordingHandover, clock: Clock) -> None:
+    # Given a command still unconfirmed when the worker stops
+    forward(handover, "a")
+    clock.tick = 0.1
+    # When the hand-over closes and gives it back
+    handover.close(grace_seconds=0.3)
+    # Then the intake is not told to pause (it is stopping anyway)
+    assert handover.signals == []

@@ -1,0 +1,77 @@
+"""The intake's brake: while hand-overs fail, stop taking commands for a while.
+
+A command whose hand-over fails goes back to its queue, and RabbitMQ's quorum queue counts
+every such return against the queue's delivery limit (20; past it the command is
+dead-lettered). Without a pause, a few seconds of broker trouble (a memory alarm, a
+connection that keeps dropping) would burn through those deliveries and dead-letter
+healthy commands. Instead the intake cancels its consumer and resumes after 1 s, then 2, 4
+… up to 30 s while the trouble lasts; the commands wait in their queue meanwhile, spending
+nothing. The first confirmed hand-over resets the pause to 1 s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
+
+log = logging.getLogger(__name__)
+
+FIRST_PAUSE_SECONDS: Final = 1.0
+LONGEST_PAUSE_SECONDS: Final = 30.0
+
+
+class Consuming(Protocol):
+    def cancel(self) -> None: ...
+    def consume(self) -> None: ...
+
+
+class IntakeBrake:
+    def __init__(
+        self,
+        hub: Any,
+        consumers: Callable[[], Iterable[Consuming]],
+        *,
+        errors: tuple[type[BaseException], ...],
+    ) -> None:
+        self._hub = hub
+        self._consumers = consumers
+        self._errors = errors
+        self._next_pause = FIRST_PAUSE_SECONDS
+        self.paused = False
+        self._timer: Any = None
+
+    def trouble(self) -> None:
+        """A hand-over failed: stop taking commands, unless already stopped."""
+        if self.paused:
+            return
+        self.paused = True
+        pause, self._next_pause = self._next_pause, min(LONGEST_PAUSE_SECONDS, self._next_pause * 2)
+        for consumer in self._consumers():
+            self._quietly(consumer.cancel)
+        log.warning("intake: hand-overs failing; taking no commands for %.0f s", pause)
+        self._timer = self._hub.call_later(pause, self._resume)
+
+    def healthy(self) -> None:
+        """A hand-over was confirmed: the next trouble starts from the shortest pause."""
+        self._next_pause = FIRST_PAUSE_SECONDS
+
+    def release(self) -> None:
+        """The intake is stopping: forget a pending resume."""
+        if self._timer is not None:
+            self._hub.timer.cancel(self._timer)
+            self._timer = None
+
+    def _resume(self) -> None:
+        self._timer = None
+        self.paused = False
+        for consumer in self._consumers():
+            self._quietly(consumer.consume)
+        log.info("intake: taking commands again")
+
+    def _quietly(self, action: Callable[[], None]) -> None:
+        # A channel that broke meanwhile is Celery's to restore (it restarts the intake).
+        try:
+            action()
+        except self._errors as exc:
+            log.warning("intake: %s failed: %r", getattr(action, "__name__", action), exc)
