@@ -126,6 +126,21 @@ def vhost() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
+    yield from own_database()
+
+
+def own_ledger(url: str) -> Ledger:
+    """A ledger on `url` with the integration accounts' consents granted."""
+    ledger = Ledger.on(make_engine(url))
+    for account in ELIGIBLE:
+        ledger.consents.grant(account, "integration-test-agreement", "pytest")
+    return ledger
+
+
+def own_database() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for the caller, dropped afterwards. Tests that
+    kill workers holding leases use their own: every worker's janitor re-enqueues expired
+    claims it finds in its database, and the session's worker would take theirs over."""
     name = f"debit_test_{uuid.uuid4().hex[:8]}"
     try:
         with psycopg.connect(POSTGRES, autocommit=True) as conn:
@@ -171,10 +186,7 @@ def settings(vhost: str, database_url: str, sandbox: RunningSandbox) -> Settings
 
 @pytest.fixture(scope="session")
 def ledger(settings: Settings) -> Ledger:
-    ledger = Ledger.on(make_engine(settings.database_url))
-    for account in ELIGIBLE:
-        ledger.consents.grant(account, "integration-test-agreement", "pytest")
-    return ledger
+    return own_ledger(settings.database_url)
 
 
 @pytest.fixture(scope="session")

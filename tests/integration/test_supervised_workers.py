@@ -14,7 +14,7 @@ from typing import Any
 import amqp
 import pytest
 
-from tests.integration.conftest import PlainAmqp, new_id, own_vhost
+from tests.integration.conftest import PlainAmqp, new_id, own_database, own_ledger, own_vhost
 from tests.integration.test_worker_process_restart import ACCOUNT, _start_worker, event_client
 from worker.demo import command_body
 from worker.ledger import Ledger, Status
@@ -23,6 +23,17 @@ from worker.sandbox import RunningSandbox, running_sandbox
 pytestmark = pytest.mark.integration
 
 SUCCEEDED = "io.debit-worker.debit.succeeded.v1"
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """Its own database (see own_database): this module kills workers holding leases."""
+    yield from own_database()
+
+
+@pytest.fixture(scope="module")
+def ledger(database_url: str) -> Ledger:
+    return own_ledger(database_url)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +130,11 @@ def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
         assert record.status is Status.SUCCEEDED
     payments = [
         p for p in slow_sandbox.admin.state().payments if p["metadata"]["request_id"] in ids
+    ]
+    missing = sorted(set(ids) - {p["metadata"]["request_id"] for p in payments})
+    assert not missing, [
+        (rid, (ledger.requests.get(rid) or None), slow_sandbox.admin.state().payments[-3:])
+        for rid in missing
     ]
     assert sorted(p["metadata"]["request_id"] for p in payments) == sorted(ids)
     assert slow_sandbox.admin.problems() == []

@@ -26,6 +26,8 @@ from tests.integration.conftest import (
     RABBIT,
     PlainAmqp,
     new_id,
+    own_database,
+    own_ledger,
     own_vhost,
 )
 from worker.demo import command_body
@@ -35,6 +37,17 @@ from worker.sandbox import RunningSandbox, running_sandbox
 pytestmark = pytest.mark.integration
 
 ACCOUNT = "acct_1ExpressUS00000001"
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """Its own database (see own_database): this module kills workers holding leases."""
+    yield from own_database()
+
+
+@pytest.fixture(scope="module")
+def ledger(database_url: str) -> Ledger:
+    return own_ledger(database_url)
 
 
 @pytest.fixture(scope="module")
