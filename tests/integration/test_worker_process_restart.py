@@ -2,6 +2,8 @@
 
 Real `debit-worker run` processes on their own RabbitMQ virtual host: the first is
 SIGKILLed while debits are in flight; a second one finishes every request exactly once.
+And `run --processes 2`: both processes consume, one killed mid-batch is replaced, and
+SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from tests.integration.conftest import (
     PRODUCERS,
     RABBIT,
     PlainAmqp,
+    connect,
     new_id,
     own_database,
     own_ledger,
@@ -37,6 +40,7 @@ from worker.sandbox import RunningSandbox, running_sandbox
 pytestmark = pytest.mark.integration
 
 ACCOUNT = "acct_1ExpressUS00000001"
+SUCCEEDED = "io.debit-worker.debit.succeeded.v1"
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +74,7 @@ def plain_amqp(restart_vhost: str) -> Iterator[PlainAmqp]:
 def event_client(vhost: str) -> Iterator[PlainAmqp]:
     """A producer's plain client that also listens to every event (the worker declares the
     rest of the topology itself)."""
-    connection = amqp.Connection(
-        f"{RABBIT[0]}:{RABBIT[1]}",
-        userid="guest",
-        password="guest",
-        virtual_host=vhost,
-        confirm_publish=True,
-    )
-    connection.connect()
+    connection = connect(vhost)
     channel = connection.channel()
     channel.confirm_select()
     # The topology is the worker's to declare; a producer only needs the exchange to exist.
@@ -129,23 +126,32 @@ def _start_worker(
         )
 
 
-def _wait_until_consuming(client: PlainAmqp, process: subprocess.Popen[bytes], log: Path) -> None:
-    """The worker declares the command queue when its intake starts consuming."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        channel = client.connection.channel()
-        try:
-            declared: Any = channel.queue_declare("debits.commands.worker", passive=True)
-            consumers = declared[2]
-            if consumers:
-                return
-        except amqp.exceptions.NotFound:
-            pass
-        else:
+def _consumers(client: PlainAmqp) -> int:
+    """Consumers of the command queue (the worker declares it when its intake starts)."""
+    channel = client.connection.channel()
+    try:
+        declared: Any = channel.queue_declare("debits.commands.worker", passive=True)
+        return int(declared[2])
+    except amqp.exceptions.NotFound:
+        return 0
+    finally:
+        if channel.is_open:
             channel.close()
+
+
+def _wait(condition: Callable[[], bool], log: Path, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}:\n{log.read_text()[-3000:]}"
         time.sleep(0.2)
-    raise AssertionError("the worker never started consuming commands:\n" + log.read_text()[-3000:])
+
+
+def _wait_until_consuming(client: PlainAmqp, process: subprocess.Popen[bytes], log: Path) -> None:
+    def consuming() -> bool:
+        assert process.poll() is None, log.read_text()[-3000:]
+        return _consumers(client) > 0
+
+    _wait(consuming, log, "the worker never started consuming commands")
 
 
 def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -181,17 +187,81 @@ def test_a_worker_killed_mid_batch_leaves_every_request_done_exactly_once(
     finally:
         _stop(first, signal.SIGKILL)
     # Then every request succeeded once: one event id, one payment, a succeeded ledger row
-    assert {e["type"] for e in outcomes.values()} == {"io.debit-worker.debit.succeeded.v1"}, (
-        log.read_text()[-3000:]
-    )
+    assert {e["type"] for e in outcomes.values()} == {SUCCEEDED}, log.read_text()[-3000:]
+    _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
+
+
+def _assert_done_exactly_once(
+    ids: list[str], plain_amqp: PlainAmqp, ledger: Ledger, sandbox: RunningSandbox
+) -> None:
+    """One event id, a succeeded ledger row and one payment per request; the books balance."""
     for request_id in ids:
         ids_seen = {e["id"] for e in plain_amqp.received if e["subject"] == request_id}
         assert len(ids_seen) == 1
         record = ledger.requests.get(request_id)
         assert record is not None
         assert record.status is Status.SUCCEEDED
-    payments = [
-        p for p in slow_sandbox.admin.state().payments if p["metadata"]["request_id"] in ids
-    ]
+    payments = [p for p in sandbox.admin.state().payments if p["metadata"]["request_id"] in ids]
     assert sorted(p["metadata"]["request_id"] for p in payments) == sorted(ids)
-    assert slow_sandbox.admin.problems() == []
+    assert sandbox.admin.problems() == []
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
+    restart_vhost: str,
+    database_url: str,
+    ledger: Ledger,
+    slow_sandbox: RunningSandbox,
+    plain_amqp: PlainAmqp,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "supervised.log"
+    # Given `run --processes 2`
+    supervisor = _start_worker(
+        restart_vhost, database_url, slow_sandbox, log, extra_args=("--processes", "2")
+    )
+    try:
+        _wait(lambda: _consumers(plain_amqp) == 2, log, "two processes never both consumed")
+        first_children = _children(supervisor.pid)
+        assert len(first_children) == 2
+        # When a batch is in flight and one worker process is SIGKILLed
+        ids = [new_id("supervised") for _ in range(20)]
+        for request_id in ids:
+            plain_amqp.publish_command(**command_body(request_id, ACCOUNT, 107))
+        plain_amqp.event_for(ids[0], timeout=60)
+        os.kill(first_children[0], signal.SIGKILL)
+        # Then it is replaced, and every request succeeds exactly once
+        _wait(
+            lambda: (
+                len(_children(supervisor.pid)) == 2
+                and first_children[0] not in _children(supervisor.pid)
+            ),
+            log,
+            "the killed process was not replaced",
+        )
+        outcomes = {rid: plain_amqp.event_for(rid, timeout=90) for rid in ids}
+        assert {e["type"] for e in outcomes.values()} == {SUCCEEDED}, log.read_text()[-3000:]
+        _wait(lambda: _consumers(plain_amqp) == 2, log, "the replacement never consumed")
+        # And SIGTERM to the supervisor stops every process, cleanly
+        children = _children(supervisor.pid)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0, log.read_text()[-3000:]
+        for child in children:
+            assert not Path(f"/proc/{child}").exists() or _is_zombie(child)
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+    _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
+    assert "worker process 1" in log.read_text()

@@ -2,7 +2,7 @@
 gives up on a crash loop, and keeps the host's Stripe budget the host's.
 
 The children here are tiny Python processes standing in for workers (the real one is
-covered by tests/integration/test_supervised_workers.py).
+covered by tests/integration/test_worker_process_restart.py).
 """
 
 from __future__ import annotations
