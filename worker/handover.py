@@ -99,8 +99,8 @@ class ConfirmingHandover:
         except BROKER_ERRORS as exc:
             log.warning("could not hand over task %s (%s); requeued", task_id, exc)
             _settle(command, ack=False)
-            self._reset(f"publish failed: {exc!r}")
-            self._on_trouble()
+            self._reset(f"publish failed: {exc!r}", trouble=False)
+            self._on_trouble()  # once, whether or not others were given back with it
             return
         tag = self._next_tag
         self._next_tag += 1
@@ -122,11 +122,11 @@ class ConfirmingHandover:
 
     def close(self, grace_seconds: float = 5.0) -> None:
         """Wait up to `grace_seconds` for outstanding confirms, then give back the rest."""
-        self._on_trouble = lambda: None  # stopping is not trouble: nothing to pause
         if self._timer is not None:
             self._hub.timer.cancel(self._timer)
             self._timer = None
         deadline = self._clock() + grace_seconds
+        lost = False
         while self._pending and self._connection is not None and self._clock() < deadline:
             try:
                 self._connection.drain_events(timeout=0.2)
@@ -134,9 +134,10 @@ class ConfirmingHandover:
                 continue
             except BROKER_ERRORS as exc:
                 log.warning("hand-over connection lost while closing: %r", exc)
-                self._reset("worker stopping")
-                return
-        self._reset("worker stopping", graceful=not self._pending)
+                lost = True
+                break
+        # Stopping is not trouble: nothing to pause.
+        self._reset("worker stopping", graceful=not (lost or self._pending), trouble=False)
 
     # --- broker callbacks, on the event loop ---
 
@@ -222,10 +223,11 @@ class ConfirmingHandover:
         connection.ensure_connection(max_retries=1)
         return connection
 
-    def _reset(self, why: str, *, graceful: bool = False) -> None:
-        """Forget the connection; every unconfirmed command goes back to its queue. Only a
-        graceful reset says goodbye to the broker: after a failure the socket is just
-        dropped, since a close handshake with a broker in trouble could wait."""
+    def _reset(self, why: str, *, graceful: bool = False, trouble: bool = True) -> None:
+        """Forget the connection; every unconfirmed command goes back to its queue (and,
+        with `trouble`, the intake hears of it). Only a graceful reset says goodbye to the
+        broker: after a failure the socket is just dropped, since a close handshake with a
+        broker in trouble could wait."""
         gave_back = bool(self._pending)
         if gave_back:
             log.warning(
@@ -248,7 +250,7 @@ class ConfirmingHandover:
             else:
                 _drop(self._connection)
         self._connection = self._channel = self._producer = None
-        if gave_back and not graceful:
+        if gave_back and trouble:
             self._on_trouble()
 
     def _take(self, delivery_tag: int, multiple: bool) -> list[_Pending]:
