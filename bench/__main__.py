@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXTRA = ROOT / "bench" / "NOTES.md"
 
 
+PHASES = ("ours", "naive", "zero-latency", "noop")
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady load")
@@ -39,6 +42,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: ~10 s per phase")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument(
+        "--only",
+        choices=PHASES,
+        help="run this one phase, print its figures and write no report (for development)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 10.0
@@ -58,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = args.concurrency or max(1, 64 // args.processes)
         setup = phases.Setup(services, admin, api_key, logs, threads, args.processes)
         print(f"logs in {logs}", flush=True)
+        if args.only:
+            return _only(args.only, setup, args)
         ours = phases.ours_at_stripe_rate(setup, args.rate, args.duration)
         _say(ours)
         naive = phases.naive_at_stripe_rate(setup, args.rate, args.duration)
@@ -75,6 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.output} and {png}; sandbox money problems: {problems or 'none'}")
     complete = all(m.answered == m.published and not m.failed for m in (ours, fast))
     return 0 if complete and not problems else 1
+
+
+def _only(phase: str, setup: phases.Setup, args: argparse.Namespace) -> int:
+    phases.declare_topology(setup)  # the full run's first phase leaves it declared
+    if phase == "ours":
+        measured = phases.ours_at_stripe_rate(setup, args.rate, args.duration)
+    elif phase == "naive":
+        measured = phases.naive_at_stripe_rate(setup, args.rate, args.duration)
+    elif phase == "zero-latency":
+        measured = phases.ours_without_latency(setup, args.backlog)
+    else:
+        measured = phases.bare_celery_noop(setup, args.noop, setup.concurrency or 1)
+    _say(measured)
+    return 0 if measured.answered == measured.published and not measured.failed else 1
 
 
 def _say(m: phases.Measured) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import amqp
+import kombu
 from sqlalchemy import select
 
 from bench import load, naive
@@ -32,7 +33,7 @@ from worker.ledger.database import make_engine
 from worker.ledger.tables import debit_requests
 from worker.sandbox.admin_client import SandboxAdmin
 from worker.sandbox.faults import Faults
-from worker.topology import TASK_QUEUE
+from worker.topology import TASK_QUEUE, declare_all
 
 BUDGET_BURST_SECONDS = 0.9
 STRIPE_LIKE = Faults(latency_p50_ms=300, latency_p99_ms=1000, rate_limit_rps=100)
@@ -143,6 +144,11 @@ def product_worker(setup: Setup, env: dict[str, str]) -> Iterator[RssSampler]:
     finally:
         sampler.close()
         stop(process)
+
+
+def declare_topology(setup: Setup) -> None:
+    with kombu.Connection(setup.services.broker_url) as connection:
+        declare_all(connection.default_channel)
 
 
 def _wait_for_consumers(vhost: str, queue: str, count: int, timeout: float = 60.0) -> None:
