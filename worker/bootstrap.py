@@ -25,7 +25,7 @@ from worker.redis_budget import RedisRateBudget, budget_key
 from worker.rules import RuleTables
 from worker.settings import Settings
 from worker.stripe_gateway import StripeGateway
-from worker.stripe_http import stripe_session
+from worker.stripe_http import Urllib3Client
 
 
 def stripe_client(settings: Settings) -> stripe.StripeClient:
@@ -34,9 +34,10 @@ def stripe_client(settings: Settings) -> stripe.StripeClient:
         settings.require_stripe_key().get_secret_value(),
         base_addresses=base,  # type: ignore[arg-type]
         max_network_retries=settings.stripe_max_network_retries,
-        http_client=stripe.RequestsClient(
+        http_client=Urllib3Client(
             timeout=settings.stripe_timeout_seconds,
-            session=stripe_session(base["api"] if base else None, settings.concurrency),
+            pool_size=settings.concurrency,
+            api_base=base["api"] if base else None,
         ),
     )
 

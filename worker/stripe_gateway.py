@@ -236,19 +236,24 @@ class StripeGateway:
     def create_debit(self, charge: DebitCharge) -> Payment:
         self._budget.acquire()
         try:
-            created = self._client.v1.charges.create(
-                params=charge.params(),  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key(charge.request_id)},
+            # The SDK's raw request: the same encoding, authentication, retries and error
+            # objects as `charges.create`, without building a StripeObject tree of the whole
+            # charge (a fifth of the worker's CPU per debit) for the four fields read here.
+            response = self._client.raw_request(
+                "post",
+                "/v1/charges",
+                **charge.params(),
+                idempotency_key=idempotency_key(charge.request_id),
             )
         except stripe.StripeError as err:
             raise classify(err, effectful=True) from err
-        headers = created.last_response.headers if created.last_response else {}
+        created = response.data
         return Payment(
-            id=created.id,
-            transfer=_id_of(created.source_transfer),
-            balance_transaction=_id_of(created.balance_transaction),
-            created=_epoch(created.created),
-            replayed=(headers or {}).get("idempotent-replayed") == "true",
+            id=str(created["id"]),
+            transfer=_id_of(created.get("source_transfer")),
+            balance_transaction=_id_of(created.get("balance_transaction")),
+            created=_epoch(created.get("created")),
+            replayed=(response.headers or {}).get("idempotent-replayed") == "true",
         )
 
     def _read(self, call: Any, *args: Any, **kwargs: Any) -> Any:

@@ -1,28 +1,128 @@
-"""The HTTP session every Stripe call goes through.
+"""The HTTP client every Stripe call goes through: the SDK's own extension point
+(`stripe.HTTPClient`) on a plain urllib3 connection pool.
 
-`requests` re-reads the proxy variables, `.netrc` and the CA settings from the environment
-on every request when `trust_env` is on; at a hundred calls a second that was a measurable
-share of the worker's CPU. The environment is read once here instead (proxies for the
-configured API base, honouring NO_PROXY), and never a `.netrc`: Stripe's credential is the
-API key alone. One connection pool, sized to the worker's threads, keeps TLS connections
-to Stripe open for reuse instead of discarding all but ten of them.
+The SDK's default client goes through a `requests` session, whose request preparation
+(merging session settings, hooks, cookies, re-reading the environment) cost about as much
+CPU per call as everything else in the SDK put together; the worker makes a hundred calls a
+second on a small machine. The SDK still does everything Stripe-specific (authentication,
+idempotency keys, encoding, retries with backoff, error objects); this only moves bytes.
+
+- The environment is read once: a proxy for the configured API base (honouring NO_PROXY);
+  never a `.netrc`, since Stripe's credential is the API key alone.
+- One pool, sized to the worker's threads, keeps TLS connections to Stripe open for reuse.
+- No retries or redirects here: retries belong to the SDK (same idempotency key) and to the
+  task. Errors are sorted the way the SDK's own clients sort them: a timeout or a broken or
+  refused connection may be retried, a certificate problem may not.
 """
 
 from __future__ import annotations
 
-import requests
-from requests.adapters import HTTPAdapter
-from requests.utils import get_environ_proxies
+import textwrap
+import urllib.request
+from collections.abc import Mapping
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import stripe
+import urllib3
+from urllib3.exceptions import (
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    SSLError,
+    TimeoutError,
+)
 
 STRIPE_API = "https://api.stripe.com"
+# Retrying these is what the SDK does for its `requests` client (timeouts, connection errors).
+_RETRYABLE = (TimeoutError, NewConnectionError, ProtocolError, ProxyError)
 
 
-def stripe_session(api_base: str | None, pool_size: int) -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    session.proxies.update(get_environ_proxies(api_base or STRIPE_API))
-    # Retries belong to the Stripe SDK (same idempotency key) and to the task, never here.
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+def environ_proxy(api_base: str) -> str | None:
+    """The proxy the environment sets for `api_base` (HTTPS_PROXY / HTTP_PROXY, NO_PROXY)."""
+    parts = urlsplit(api_base)
+    host = parts.hostname or ""
+    if host and urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(parts.scheme or "https")
+
+
+class Urllib3Client(stripe.HTTPClient):
+    name = "urllib3"
+
+    def __init__(self, *, timeout: float, pool_size: int, api_base: str | None = None) -> None:
+        super().__init__()
+        options: dict[str, Any] = {
+            "num_pools": 2,
+            "maxsize": pool_size,
+            "retries": False,
+            "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+            "cert_reqs": "CERT_REQUIRED",
+            "ca_certs": stripe.ca_bundle_path,
+        }
+        proxy = environ_proxy(api_base or STRIPE_API)
+        self.proxy = proxy
+        self._pool: urllib3.PoolManager = (
+            urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+        )
+
+    def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+    ) -> tuple[bytes, int, Mapping[str, str]]:
+        response = self._send(method, url, headers, post_data, preload=True)
+        return response.data, response.status, response.headers
+
+    def request_stream(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+    ) -> tuple[Any, int, Mapping[str, str]]:
+        response = self._send(method, url, headers, post_data, preload=False)
+        return response, response.status, response.headers
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: Any,
+        *,
+        preload: bool,
+    ) -> urllib3.BaseHTTPResponse:
+        try:
+            return self._pool.request(
+                method.upper(),
+                url,
+                body=body,
+                headers=dict(headers or {}),
+                redirect=False,
+                preload_content=preload,
+            )
+        except HTTPError as err:
+            _raise_connection_error(err)
+
+
+def _raise_connection_error(err: HTTPError) -> NoReturn:
+    # A certificate error does not heal by trying again, and may be an interception.
+    retry = isinstance(err, _RETRYABLE) and not isinstance(err, SSLError)
+    if isinstance(err, SSLError):
+        msg = (
+            "Could not verify Stripe's SSL certificate. Please make sure that your network "
+            "is not intercepting certificates."
+        )
+    else:
+        msg = "Unexpected error communicating with Stripe."
+    detail = f"{type(err).__name__}: {err}"
+    raise stripe.APIConnectionError(  # type: ignore[no-untyped-call]
+        textwrap.fill(msg) + f"\n\n(Network error: {detail})", should_retry=retry
+    ) from err

@@ -1,0 +1,153 @@
+"""The Stripe SDK's HTTP client: bytes over a real local socket, errors sorted the way the
+SDK's own clients sort them, the proxy read from the environment once."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import stripe
+
+from worker.stripe_http import Urllib3Client, environ_proxy
+
+
+class _Stripe(BaseHTTPRequestHandler):
+    """Answers a charge; the first `drop` requests get their connection closed unanswered."""
+
+    seen: list[dict[str, Any]]
+    drop: int
+    delay: float
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        self.seen.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+        if len(self.seen) <= type(self).drop:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if type(self).delay:
+            threading.Event().wait(type(self).delay)
+        payload = json.dumps({"id": "ch_1", "object": "charge", "amount": 500}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Idempotent-Replayed", "true")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@contextmanager
+def a_server(*, drop: int = 0, delay: float = 0.0) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+    handler = type("Handler", (_Stripe,), {"seen": seen, "drop": drop, "delay": delay})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_answer_comes_back_as_body_status_and_case_insensitive_headers() -> None:
+    # Given a server answering a charge
+    with a_server() as (base, seen):
+        client = Urllib3Client(timeout=5, pool_size=2, api_base=base)
+        # When a form-encoded POST is sent
+        body, status, headers = client.request(
+            "post", f"{base}/v1/charges", {"Idempotency-Key": "k1"}, "amount=500"
+        )
+    # Then the server got it as sent, and the answer comes back whole
+    assert seen[0]["path"] == "/v1/charges"
+    assert seen[0]["body"] == "amount=500"
+    assert seen[0]["headers"]["Idempotency-Key"] == "k1"
+    assert (status, json.loads(body)["id"]) == (200, "ch_1")
+    assert headers.get("idempotent-replayed") == "true"
+
+
+def test_a_refused_connection_may_be_retried() -> None:
+    # Given nothing listening
+    base = f"http://127.0.0.1:{_free_port()}"
+    client = Urllib3Client(timeout=2, pool_size=1, api_base=base)
+    # When a request is sent, Then it is a connection error the SDK may retry
+    with pytest.raises(stripe.APIConnectionError) as raised:
+        client.request("post", f"{base}/v1/charges", {}, "")
+    assert raised.value.should_retry is True
+
+
+def test_no_answer_within_the_timeout_may_be_retried() -> None:
+    # Given a server slower than the timeout
+    with a_server(delay=2.0) as (base, _seen):
+        client = Urllib3Client(timeout=0.3, pool_size=1, api_base=base)
+        # When a request is sent, Then it times out as a retryable connection error
+        with pytest.raises(stripe.APIConnectionError) as raised:
+            client.request("post", f"{base}/v1/charges", {}, "")
+    assert raised.value.should_retry is True
+    assert "ReadTimeoutError" in str(raised.value)
+
+
+def test_a_tls_failure_is_not_retried() -> None:
+    # Given a plain-HTTP server addressed over HTTPS (the handshake fails)
+    with a_server() as (base, _seen):
+        tls_base = base.replace("http://", "https://")
+        client = Urllib3Client(timeout=2, pool_size=1, api_base=tls_base)
+        # When a request is sent, Then the error is final
+        with pytest.raises(stripe.APIConnectionError) as raised:
+            client.request("post", f"{tls_base}/v1/charges", {}, "")
+    assert raised.value.should_retry is False
+    assert "SSL certificate" in str(raised.value)
+
+
+def test_the_sdk_repeats_a_dropped_charge_with_the_same_idempotency_key() -> None:
+    # Given a server that drops the first request unanswered, and the SDK allowed one retry
+    with a_server(drop=1) as (base, seen):
+        client = stripe.StripeClient(
+            "sk_test_http",
+            base_addresses={"api": base},
+            max_network_retries=1,
+            http_client=Urllib3Client(timeout=5, pool_size=2, api_base=base),
+        )
+        # When a charge is created through the SDK
+        response = client.raw_request(
+            "post", "/v1/charges", amount=500, currency="usd", idempotency_key="debit-k"
+        )
+    # Then the second try answered it, under the same key
+    assert response.data["id"] == "ch_1"
+    assert [r["headers"]["Idempotency-Key"] for r in seen] == ["debit-k", "debit-k"]
+
+
+def test_the_proxy_comes_from_the_environment_for_the_api_base(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an HTTPS proxy in the environment
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    # When the client is built for Stripe, Then it goes through that proxy
+    assert environ_proxy("https://api.stripe.com") == "http://proxy.internal:3128"
+    assert Urllib3Client(timeout=1, pool_size=1).proxy == "http://proxy.internal:3128"
+
+
+def test_no_proxy_exempts_the_api_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a proxy that the environment's NO_PROXY exempts the sandbox host from
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # When the client is built for that host, Then it connects directly
+    assert environ_proxy("https://127.0.0.1:12111") is None
