@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from schemas.commands import DebitRequested
 from tests.integration.conftest import POSTGRES, _unavailable
@@ -25,6 +25,7 @@ from tests.unit.fakes import (
     sql_counted,
 )
 from tests.unit.test_ledger_cost import (
+    SINGLE_STATEMENTS,
     STATEMENTS,
     TRANSACTIONS,
     WRITE_TRANSACTIONS,
@@ -32,7 +33,7 @@ from tests.unit.test_ledger_cost import (
 )
 from worker.handlers import Result, handle_debit_requested
 from worker.ledger import ClaimKind, Ledger, OutboxEvent
-from worker.ledger.database import make_engine
+from worker.ledger.database import make_engine, single_statements
 from worker.ledger.migrate import upgrade
 
 pytestmark = pytest.mark.integration
@@ -120,4 +121,42 @@ def test_a_permitted_debit_on_postgresql_costs_no_more_than_on_sqlite(
     assert len(sql.statements) <= STATEMENTS, f"{len(sql.statements)} statements:\n{sql}"
     assert sql.committed <= WRITE_TRANSACTIONS, str(sql)
     assert sql.begun <= TRANSACTIONS, str(sql)
+    assert sql.single <= SINGLE_STATEMENTS, str(sql)
     assert_fully_recorded(world)
+
+
+def test_a_single_statement_opens_no_transaction_block_and_leaves_none_on_the_pool(
+    engine: Engine,
+) -> None:
+    # Given the single-statement engine sharing the ledger's pool (two connections)
+    single = single_statements(engine)
+    # When a read runs on it, and then reads run on the ordinary engine from the same pool
+    with single.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        alone = conn.connection.driver_connection.info.transaction_status  # type: ignore[union-attr]
+    after = []
+    for _ in range(2):
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            after.append(conn.connection.driver_connection.info.transaction_status)  # type: ignore[union-attr]
+
+    # Then PostgreSQL saw no BEGIN for the lone read (the session is idle, not in a
+    # transaction), and every connection handed back to the pool opens transactions again
+    assert alone == psycopg.pq.TransactionStatus.IDLE
+    assert after == [psycopg.pq.TransactionStatus.INTRANS] * 2
+
+
+def test_a_lone_write_is_committed_at_once(ledger: Ledger, engine: Engine) -> None:
+    # Given an unsent outbox event
+    ledger.outbox.add(OutboxEvent("evt-1", "req-1", "test.event", "debit.test", "{}"))
+    [pending] = ledger.outbox.for_request("req-1")
+    # When it is marked sent (one statement, no transaction block)
+    ledger.outbox.mark_sent(pending.row_id)
+    # Then another session sees it sent: it was committed although nothing sent a COMMIT (on
+    # an ordinary connection, the same block without commit() would have rolled it back)
+    with psycopg.connect(
+        engine.url.render_as_string(hide_password=False).replace("postgresql+psycopg", "postgresql")
+    ) as other:
+        row = other.execute("SELECT sent_at FROM outbox WHERE event_id = 'evt-1'").fetchone()
+    assert row is not None
+    assert row[0] is not None

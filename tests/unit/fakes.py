@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 
 from schemas.codes import FailureCode
 from schemas.events import StripeErrorInfo
@@ -246,11 +246,13 @@ class FakePublisher:
 @dataclass
 class SqlLog:
     """What one engine was asked while counting: every SQL statement sent to the database,
-    every transaction begun (reads included) and every transaction committed."""
+    every transaction block begun (reads included) and committed, and every statement run as
+    its own transaction (no BEGIN or COMMIT sent: `single_statements`)."""
 
     statements: list[str] = field(default_factory=list)
     begun: int = 0
     committed: int = 0
+    single: int = 0
 
     def __str__(self) -> str:
         return "\n".join(self.statements)
@@ -262,14 +264,21 @@ def sql_counted(engine: Engine) -> Iterator[SqlLog]:
     bypass the cursor events, are not counted)."""
     log = SqlLog()
 
-    def statement(*args: Any) -> None:
-        log.statements.append(" ".join(str(args[2]).split()))
+    def autocommit(conn: Connection) -> bool:
+        return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
-    def begun(_conn: Any) -> None:
-        log.begun += 1
+    def statement(conn: Connection, *args: Any) -> None:
+        log.statements.append(" ".join(str(args[1]).split()))
+        if autocommit(conn):
+            log.single += 1
 
-    def committed(_conn: Any) -> None:
-        log.committed += 1
+    def begun(conn: Connection) -> None:
+        if not autocommit(conn):
+            log.begun += 1
+
+    def committed(conn: Connection) -> None:
+        if not autocommit(conn):
+            log.committed += 1
 
     listeners = [
         ("before_cursor_execute", statement),

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, bindparam, insert, or_, select, update
 
 from worker.facts import ConsentRecord
 from worker.ledger.audit import write_audit
+from worker.ledger.database import single_statements
 from worker.ledger.tables import consents
 
 
@@ -46,6 +47,7 @@ _ACTIVE = (
 class ConsentStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
+        self._single = single_statements(engine)
         self._clock = clock
 
     def grant(self, account: str, agreement_ref: str, actor: str) -> ConsentRecord:
@@ -88,7 +90,7 @@ class ConsentStore:
         return int(count)
 
     def active(self, account: str, at: datetime) -> ConsentRecord | None:
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             row = conn.execute(_ACTIVE, {"b_account": account, "b_at": at}).mappings().one_or_none()
         return None if row is None else _consent(row)
 

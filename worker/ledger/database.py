@@ -40,6 +40,14 @@ def make_engine(
     )
 
 
+def single_statements(engine: Engine) -> Engine:
+    """The same pool, with every statement its own transaction. For a lone read or a lone
+    write, this saves the BEGIN and the COMMIT (or the ROLLBACK that closes a read): two of
+    its three round trips to PostgreSQL. Only for work that is one statement: two statements
+    on it are two transactions."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def upsert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT, which offers ON CONFLICT (both build the same clauses)."""
     if conn.dialect.name == "postgresql":

@@ -9,7 +9,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from schemas.events import CloudEvent
-from worker.ledger.database import insert_ignoring_duplicates, insert_returning_id
+from worker.ledger.database import (
+    insert_ignoring_duplicates,
+    insert_returning_id,
+    single_statements,
+)
 from worker.ledger.tables import outbox
 
 
@@ -97,6 +101,7 @@ _MARK_SENT = (
 class OutboxStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
+        self._single = single_statements(engine)
         self._clock = clock
 
     def add(self, event: OutboxEvent) -> bool:
@@ -104,7 +109,7 @@ class OutboxStore:
             return insert_event(conn, event, self._clock())
 
     def for_request(self, request_id: str) -> list[PendingEvent]:
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             rows = conn.execute(
                 select(outbox).where(outbox.c.request_id == request_id).order_by(outbox.c.id)
             ).mappings()
@@ -123,7 +128,7 @@ class OutboxStore:
             return [_pending(dict(row)) for row in rows]
 
     def mark_sent(self, row_id: int) -> None:
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             conn.execute(_MARK_SENT, {"b_id": row_id, "b_now": self._clock()})
 
     def count_unsent(self) -> int:

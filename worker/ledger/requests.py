@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 from schemas.commands import DebitRequested
 from worker.facts import RefundFacts
 from worker.ledger.audit import write_audit
-from worker.ledger.database import insert_ignoring_duplicates
+from worker.ledger.database import insert_ignoring_duplicates, single_statements
 from worker.ledger.outbox_store import OutboxEvent, record_event
 from worker.ledger.producer_budgets import release, reserve
 from worker.ledger.tables import TERMINAL, Status, debit_requests, refund_budgets
@@ -138,6 +138,7 @@ _FINISH = {
 class RequestLedger:
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
+        self._single = single_statements(engine)
         self._clock = clock
 
     def claim(self, command: DebitRequested, owner: str, lease_seconds: float) -> Claim:
@@ -299,7 +300,7 @@ class RequestLedger:
             raise RecoveryBudgetExceeded(refund.amount, current)
 
     def reserved_for_refund(self, refund_id: str) -> int:
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             value = conn.execute(
                 select(refund_budgets.c.reserved_amount).where(
                     refund_budgets.c.refund_id == refund_id
@@ -311,7 +312,7 @@ class RequestLedger:
         """Count a Stripe attempt about to start; the first one starts the key's 24 h.
         (begin_attempt counts the first attempt of a request itself.)"""
         now = self._clock()
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             return int(
                 conn.execute(
                     update(debit_requests)
@@ -446,7 +447,7 @@ class RequestLedger:
 
     def release(self, request_id: str, owner: str) -> None:
         """Give up the lease early (e.g. before a delayed retry) so others need not wait."""
-        with self._engine.begin() as conn:
+        with self._single.connect() as conn:
             conn.execute(
                 update(debit_requests)
                 .where(
@@ -457,7 +458,7 @@ class RequestLedger:
             )
 
     def get(self, request_id: str) -> RequestRecord | None:
-        with self._engine.connect() as conn:
+        with self._single.connect() as conn:
             row = (
                 conn.execute(
                     select(debit_requests).where(debit_requests.c.request_id == request_id)
