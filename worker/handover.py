@@ -14,6 +14,8 @@ fact stored is then handed over twice, which the ledger's claim makes harmless.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from kombu import Connection, Message, Producer
 
 from worker.publisher import BROKER_ERRORS
 from worker.tasks import PROCESS_TASK
-from worker.topology import TASK_QUEUE, declare_all
+from worker.topology import TASK_EXCHANGE, TASK_ROUTING_KEY, declare_all
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ SOCKET_TIMEOUT_SECONDS: Final = 10.0
 # No retry inside the publish: a reconnect would open a channel outside confirm mode (the
 # command is requeued instead). Mandatory: an unroutable task comes back, never vanishes.
 _PUBLISH: Final[dict[str, Any]] = {"retry": False, "mandatory": True}
+PERSISTENT: Final = 2  # delivery mode: the task survives a broker restart
 _DRAIN_BURST: Final = 256  # frames read per wake-up before yielding to the rest of the loop
 
 
@@ -80,6 +83,7 @@ class ConfirmingHandover:
         self._by_task: dict[str, int] = {}
         self._timer: Any = None
         self._redeclare = False
+        self._origin = f"debit-worker.{os.getpid()}@{socket.gethostname()}"
 
     @property
     def in_flight(self) -> int:
@@ -108,8 +112,28 @@ class ConfirmingHandover:
         self._by_task[task_id] = tag
 
     def _send(self, producer: Producer, task_id: str, args: tuple[Any, ...]) -> None:
-        self._app.tasks[PROCESS_TASK].apply_async(
-            args=args, task_id=task_id, queue=TASK_QUEUE, producer=producer, **_PUBLISH
+        # Celery's own protocol-2 message, published straight to the task exchange. Going
+        # through `apply_async` instead (routing, option merging, a declare check, a result
+        # object, and a repr of the whole command for the `argsrepr` header) was about a
+        # third of the intake's CPU per command. The repr names the task instead: the command
+        # itself is the body, and copying it into a header doubled the message.
+        message = self._app.amqp.as_task_v2(
+            task_id,
+            PROCESS_TASK,
+            args=args,
+            argsrepr=f"(command of task {task_id})",
+            kwargsrepr="{}",
+            origin=self._origin,
+        )
+        producer.publish(
+            message.body,
+            exchange=TASK_EXCHANGE,
+            routing_key=TASK_ROUTING_KEY,
+            headers=message.headers,
+            serializer="json",
+            delivery_mode=PERSISTENT,
+            **message.properties,
+            **_PUBLISH,
         )
 
     def check_stalled(self) -> None:

@@ -16,6 +16,8 @@ import pytest
 from celery import Celery
 
 from worker.handover import CONFIRM_TIMEOUT_SECONDS, ConfirmingHandover
+from worker.tasks import PROCESS_TASK
+from worker.topology import TASK_EXCHANGE, TASK_ROUTING_KEY
 
 
 @dataclass
@@ -360,3 +362,38 @@ def test_stopping_is_not_reported_as_trouble(handover: RecordingHandover, clock:
     handover.close(grace_seconds=0.3)
     # Then the intake is not told to pause (it is stopping anyway)
     assert handover.signals == []
+
+
+@dataclass
+class RecordingProducer:
+    published: list[dict[str, Any]] = field(default_factory=list)
+
+    def publish(self, body: Any, **options: Any) -> None:
+        self.published.append({"body": body, **options})
+
+
+def test_the_task_message_is_celerys_own_with_the_command_only_in_its_body(
+    hub: FakeHub, clock: Clock
+) -> None:
+    # Given the real hand-over and a producer that records what it is asked to publish
+    handover = ConfirmingHandover(Celery(set_as_current=False), hub, clock=clock)
+    producer = RecordingProducer()
+    command = '{"request_id": "req-1", "account": "acct_1Debtor", "amount": 500}'
+    carried = {"x-debit-producer": "billing"}
+    # When a command's task is sent
+    handover._send(producer, "req-1:abc", (command, carried))  # type: ignore[arg-type]
+    # Then it is a Celery protocol-2 message for the task, sent persistent and mandatory to
+    # the task exchange, without retries inside the publish (a failure requeues the command)
+    [sent] = producer.published
+    assert sent["exchange"] == TASK_EXCHANGE
+    assert sent["routing_key"] == TASK_ROUTING_KEY
+    assert (sent["mandatory"], sent["retry"], sent["delivery_mode"]) == (True, False, 2)
+    assert sent["serializer"] == "json"
+    assert sent["correlation_id"] == "req-1:abc"
+    headers = sent["headers"]
+    assert (headers["task"], headers["id"], headers["retries"]) == (PROCESS_TASK, "req-1:abc", 0)
+    args, kwargs, _embed = sent["body"]
+    assert (tuple(args), kwargs) == ((command, carried), {})
+    # And the command travels once: the headers name the task, not the account or amount
+    assert "acct_1Debtor" not in str(headers)
+    assert headers["argsrepr"] == "(command of task req-1:abc)"
