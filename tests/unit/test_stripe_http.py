@@ -82,37 +82,36 @@ def test_an_answer_comes_back_as_body_status_and_case_insensitive_headers() -> N
     assert headers.get("idempotent-replayed") == "true"
 
 
-def test_a_refused_connection_may_be_retried() -> None:
-    # Given nothing listening
-    base = f"http://127.0.0.1:{_free_port()}"
-    client = Urllib3Client(timeout=2, pool_size=1, api_base=base)
-    # When a request is sent, Then it is a connection error the SDK may retry
+def _charge_failing(base: str, *, timeout: float = 2.0) -> stripe.APIConnectionError:
+    client = Urllib3Client(timeout=timeout, pool_size=1, api_base=base)
     with pytest.raises(stripe.APIConnectionError) as raised:
         client.request("post", f"{base}/v1/charges", {}, "")
-    assert raised.value.should_retry is True
+    return raised.value
+
+
+def test_a_refused_connection_may_be_retried() -> None:
+    # Given nothing listening
+    # When a request is sent, Then it is a connection error the SDK may retry
+    error = _charge_failing(f"http://127.0.0.1:{_free_port()}")
+    assert error.should_retry is True
 
 
 def test_no_answer_within_the_timeout_may_be_retried() -> None:
     # Given a server slower than the timeout
     with a_server(delay=2.0) as (base, _seen):
-        client = Urllib3Client(timeout=0.3, pool_size=1, api_base=base)
         # When a request is sent, Then it times out as a retryable connection error
-        with pytest.raises(stripe.APIConnectionError) as raised:
-            client.request("post", f"{base}/v1/charges", {}, "")
-    assert raised.value.should_retry is True
-    assert "ReadTimeoutError" in str(raised.value)
+        error = _charge_failing(base, timeout=0.3)
+    assert error.should_retry is True
+    assert "ReadTimeoutError" in str(error)
 
 
 def test_a_tls_failure_is_not_retried() -> None:
     # Given a plain-HTTP server addressed over HTTPS (the handshake fails)
     with a_server() as (base, _seen):
-        tls_base = base.replace("http://", "https://")
-        client = Urllib3Client(timeout=2, pool_size=1, api_base=tls_base)
         # When a request is sent, Then the error is final
-        with pytest.raises(stripe.APIConnectionError) as raised:
-            client.request("post", f"{tls_base}/v1/charges", {}, "")
-    assert raised.value.should_retry is False
-    assert "SSL certificate" in str(raised.value)
+        error = _charge_failing(base.replace("http://", "https://"))
+    assert error.should_retry is False
+    assert "SSL certificate" in str(error)
 
 
 def test_the_sdk_repeats_a_dropped_charge_with_the_same_idempotency_key() -> None:
