@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from worker.settings import Settings
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run as `python -m worker.supervisor`, __name__ would be "__main__".
+log = logging.getLogger("worker.supervisor")
 
 # A process that dies sooner than this after its start counts as a crash loop.
 QUICK_DEATH_SECONDS: Final = 30.0
@@ -131,11 +132,12 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.pass_on(signal.Signals(signum))
 
-    def pass_on(self, sig: signal.Signals) -> None:
-        """Stop: every process gets `sig` (SIGTERM: finish the tasks, then stop)."""
+    def pass_on(self, sig: signal.Signals, *, why: str | None = None) -> None:
+        """Stop: every process gets `sig` (SIGTERM: finish the tasks, then stop). `why` is
+        for the log when the stop is the supervisor's own decision, not a signal it got."""
         log.info(
-            "received %s; stopping %d worker processes (each finishes its tasks)",
-            sig.name,
+            "%s; stopping %d worker processes (each finishes its tasks)",
+            why or f"received {sig.name}",
             self.processes,
         )
         self.stopping = True
@@ -209,7 +211,8 @@ class Supervisor:
         return 1 if failed else 0
 
     def stop_all(self) -> None:
-        self.pass_on(signal.SIGTERM)
+        """Giving up: SIGTERM to every process, then wait for them."""
+        self.pass_on(signal.SIGTERM, why="giving up")
         self.wait_all()
 
 

@@ -7,6 +7,7 @@ covered by tests/integration/test_worker_process_restart.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -127,6 +128,22 @@ def test_a_process_that_keeps_dying_at_start_makes_the_supervisor_give_up(
     wait_for(gave_up)
     # Then it gives up after the allowed number of quick deaths, instead of looping forever
     assert supervisor.slots[0].quick_deaths == MAX_QUICK_DEATHS
+
+
+def test_giving_up_says_so_instead_of_blaming_a_signal(
+    supervisors: list[Supervisor], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a running process
+    supervisor = supervise(supervisors, GRACEFUL, 1)
+    supervisor.start_all()
+    time.sleep(0.5)  # let it install its handler
+    # When the supervisor stops everything of its own accord
+    with caplog.at_level(logging.INFO, logger="worker.supervisor"):
+        supervisor.stop_all()
+    # Then its log says it gave up, and nobody sent it a signal
+    stops = [r.getMessage() for r in caplog.records if "stopping" in r.getMessage()]
+    assert stops == ["giving up; stopping 1 worker processes (each finishes its tasks)"]
+    assert all(slot.process and slot.process.poll() == 0 for slot in supervisor.slots)
 
 
 def test_restart_delays_grow_while_a_process_keeps_dying_and_are_capped() -> None:
