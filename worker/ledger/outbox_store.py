@@ -44,16 +44,19 @@ class PendingEvent:
     sent: bool
 
 
-def _row(event: OutboxEvent, now: datetime) -> dict[str, object]:
+def event_values(event: OutboxEvent) -> dict[str, object]:
+    """The event's own columns of its outbox row."""
     return {
         "event_id": event.event_id,
         "request_id": event.request_id,
         "event_type": event.event_type,
         "routing_key": event.routing_key,
         "body": event.body,
-        "created_at": now,
-        "publish_attempts": 0,
     }
+
+
+def _row(event: OutboxEvent, now: datetime) -> dict[str, object]:
+    return {**event_values(event), "created_at": now, "publish_attempts": 0}
 
 
 def insert_event(conn: Connection, event: OutboxEvent, now: datetime) -> bool:
@@ -66,10 +69,12 @@ def record_event(conn: Connection, event: OutboxEvent, now: datetime) -> int:
     row_id = insert_returning_id(conn, outbox, _row(event, now))
     if row_id is not None:
         return row_id
-    # Already there (event ids are deterministic): the row that holds it.
-    return int(
-        conn.execute(select(outbox.c.id).where(outbox.c.event_id == event.event_id)).scalar_one()
-    )
+    return event_row_id(conn, event.event_id)
+
+
+def event_row_id(conn: Connection, event_id: str) -> int:
+    """The outbox row that holds an event already there (event ids are deterministic)."""
+    return int(conn.execute(select(outbox.c.id).where(outbox.c.event_id == event_id)).scalar_one())
 
 
 def _pending(row: dict[str, object]) -> PendingEvent:

@@ -12,15 +12,15 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, or_, select, text, update
 
 from schemas.commands import DebitRequested
 from worker.facts import RefundFacts
 from worker.ledger.audit import write_audit
 from worker.ledger.database import insert_ignoring_duplicates, single_statements
-from worker.ledger.outbox_store import OutboxEvent, record_event
+from worker.ledger.outbox_store import OutboxEvent, event_row_id, event_values, record_event
 from worker.ledger.producer_budgets import release, reserve
-from worker.ledger.tables import TERMINAL, Status, debit_requests, refund_budgets
+from worker.ledger.tables import TERMINAL, Status, audit_log, debit_requests, refund_budgets
 from worker.producer_limits import DailyLimit
 
 
@@ -133,6 +133,41 @@ _FINISH = {
     .returning(_c.idempotency_key, _c.refund, _c.amount)
     for status, columns in _OUTCOME_COLUMNS.items()
 }
+
+# PostgreSQL only: a success recorded in one statement, its own transaction (no BEGIN or
+# COMMIT round trips): the outcome, its event in the outbox and the audit entry are written
+# together or not at all, exactly as the transaction below does on any database. An event
+# already in the outbox (ids are deterministic) gives no row_id; the caller reads it.
+_SUCCEEDED_AT_ONCE = text(
+    """
+    WITH moved AS (
+        UPDATE debit_requests
+        SET status = :b_status, finished_at = :b_now, updated_at = :b_now,
+            lease_owner = NULL, lease_until = NULL,
+            payment_id = :b_payment_id, transfer_id = :b_transfer_id,
+            balance_transaction = :b_balance_transaction
+        WHERE request_id = :b_request_id
+          AND NOT (status = ANY(:b_terminal))
+        RETURNING request_id
+    ),
+    event AS (
+        INSERT INTO outbox (event_id, request_id, event_type, routing_key, body, created_at,
+                            publish_attempts)
+        SELECT :e_event_id, :e_request_id, :e_event_type, :e_routing_key, :e_body, :b_now, 0
+        FROM moved
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    ),
+    audit AS (
+        INSERT INTO audit_log (at, entity, entity_id, action, actor, detail)
+        SELECT :b_now, 'request', request_id, :b_status, :b_owner, :a_detail FROM moved
+    )
+    SELECT (SELECT count(*) FROM moved) AS moved, (SELECT id FROM event) AS row_id
+    """
+).bindparams(
+    bindparam("b_now", type_=_c.finished_at.type),
+    bindparam("a_detail", type_=audit_log.c.detail.type),
+)
 
 
 class RequestLedger:
@@ -372,6 +407,8 @@ class RequestLedger:
         """Record the outcome and its event in one transaction; returns the event's outbox
         row id, or None (nothing written) if the request was already finished."""
         now = self._clock()
+        if status is Status.SUCCEEDED and self._engine.dialect.name == "postgresql":
+            return self._succeeded_at_once(request_id, owner, event, values, now)
         with self._engine.begin() as conn:
             moved = conn.execute(
                 _FINISH[status],
@@ -411,6 +448,37 @@ class RequestLedger:
                 detail=detail,
             )
             return row_id
+
+    def _succeeded_at_once(
+        self,
+        request_id: str,
+        owner: str,
+        event: OutboxEvent,
+        values: dict[str, Any],
+        now: datetime,
+    ) -> int | None:
+        """_finish for a success on PostgreSQL: one round trip instead of five. A success
+        gives nothing back (no reservation is released), so the statement is the whole of
+        what the transaction does."""
+        with self._single.connect() as conn:
+            moved, row_id = conn.execute(
+                _SUCCEEDED_AT_ONCE,
+                {
+                    "b_request_id": request_id,
+                    "b_status": str(Status.SUCCEEDED),
+                    "b_terminal": [str(terminal) for terminal in TERMINAL],
+                    "b_owner": owner,
+                    "b_now": now,
+                    **{f"b_{name}": value for name, value in values.items()},
+                    **{f"e_{name}": value for name, value in event_values(event).items()},
+                    "a_detail": {k: v for k, v in values.items() if v is not None},
+                },
+            ).one()
+            if not moved:
+                return None
+            if row_id is None:  # the event was already in the outbox: the row holding it
+                return event_row_id(conn, event.event_id)
+            return int(row_id)
 
     def mark_needs_reconciliation(self, request_id: str, owner: str, why: str) -> bool:
         """Hand an unfinished request to an operator. A `received` one never reached Stripe
