@@ -4,7 +4,6 @@ running worker's janitor or relay ever sees these rows."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -12,47 +11,31 @@ import pytest
 from sqlalchemy import Engine, text
 
 from schemas.commands import DebitRequested
-from tests.integration.conftest import POSTGRES, _unavailable
+from tests.integration.conftest import own_database
 from tests.unit import test_ledger as ledger_tests
-from tests.unit.fakes import (
-    ACCOUNT_ID,
-    FakeClock,
-    FakePublisher,
-    FakeStripe,
-    World,
-    a_body,
-    a_refund,
-    an_account,
-    sql_counted,
-)
+from tests.unit.fakes import ACCOUNT_ID, FakeClock, a_world_on
 from tests.unit.test_ledger_cost import (
     SINGLE_STATEMENTS,
     STATEMENTS,
     TRANSACTIONS,
     assert_fully_recorded,
+    one_counted_debit,
 )
-from worker.handlers import Result, handle_debit_requested
+from worker.handlers import Result
 from worker.ledger import ClaimKind, Ledger, OutboxEvent
 from worker.ledger.database import make_engine, single_statements
-from worker.ledger.migrate import upgrade
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def engine() -> Iterator[Engine]:
-    name = f"debit_ledger_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(POSTGRES, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        _unavailable(f"PostgreSQL is not reachable ({exc})")
-    engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", pool_size=2)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-    with psycopg.connect(POSTGRES, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for url in own_database():  # migrated; dropped when the loop resumes it
+        engine = make_engine(url, pool_size=2)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture
@@ -114,15 +97,9 @@ def test_a_permitted_debit_on_postgresql_costs_less_than_on_sqlite(
     ledger: Ledger, clock: FakeClock
 ) -> None:
     # Given a debitable account with consent, on a PostgreSQL ledger whose SQL is counted
-    stripe = FakeStripe(clock=clock)
-    stripe.add_account(an_account())
-    stripe.add_refund(a_refund())
-    ledger.consents.grant(ACCOUNT_ID, "agreements/acct_1Debtor.pdf", "ops@example.com")
-    clock.advance(1)
-    world = World(clock=clock, ledger=ledger, stripe=stripe, publisher=FakePublisher())
-    with sql_counted(ledger.engine) as sql:
-        # When one debit is handled and succeeds
-        result = handle_debit_requested(a_body(), world.services(), "worker-1")
+    world = a_world_on(ledger, clock)
+    # When one debit is handled and succeeds
+    result, sql = one_counted_debit(world)
 
     # Then it costs less than on SQLite (the success is one statement), and leaves the whole
     # record

@@ -325,7 +325,11 @@ class World:
 def a_world(tmp_path: Path) -> World:
     """A debitable account with consent on record, and a refund of 50.00 USD."""
     clock = FakeClock()
-    ledger = migrated_ledger(tmp_path, clock)
+    return a_world_on(migrated_ledger(tmp_path, clock), clock)
+
+
+def a_world_on(ledger: Ledger, clock: FakeClock) -> World:
+    """a_world on a ledger of the caller's (PostgreSQL, say) that reads `clock`."""
     stripe = FakeStripe(clock=clock)
     stripe.add_account(an_account())
     stripe.add_refund(a_refund())
