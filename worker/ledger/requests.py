@@ -168,6 +168,7 @@ _SUCCEEDED_AT_ONCE = text(
     bindparam("b_now", type_=_c.finished_at.type),
     bindparam("a_detail", type_=audit_log.c.detail.type),
 )
+_TERMINAL_VALUES = [str(status) for status in TERMINAL]
 
 
 class RequestLedger:
@@ -407,8 +408,9 @@ class RequestLedger:
         """Record the outcome and its event in one transaction; returns the event's outbox
         row id, or None (nothing written) if the request was already finished."""
         now = self._clock()
+        detail = {k: v for k, v in values.items() if v is not None}
         if status is Status.SUCCEEDED and self._engine.dialect.name == "postgresql":
-            return self._succeeded_at_once(request_id, owner, event, values, now)
+            return self._succeeded_at_once(request_id, owner, event, values, detail=detail, now=now)
         with self._engine.begin() as conn:
             moved = conn.execute(
                 _FINISH[status],
@@ -437,7 +439,6 @@ class RequestLedger:
             if reserved:
                 release(conn, request_id, now)  # the producer's daily room, given back
             row_id = record_event(conn, event, now)
-            detail = {k: v for k, v in values.items() if v is not None}
             write_audit(
                 conn,
                 at=now,
@@ -455,6 +456,8 @@ class RequestLedger:
         owner: str,
         event: OutboxEvent,
         values: dict[str, Any],
+        *,
+        detail: dict[str, Any],
         now: datetime,
     ) -> int | None:
         """_finish for a success on PostgreSQL: one round trip instead of five. A success
@@ -466,12 +469,12 @@ class RequestLedger:
                 {
                     "b_request_id": request_id,
                     "b_status": str(Status.SUCCEEDED),
-                    "b_terminal": [str(terminal) for terminal in TERMINAL],
+                    "b_terminal": _TERMINAL_VALUES,
                     "b_owner": owner,
                     "b_now": now,
                     **{f"b_{name}": value for name, value in values.items()},
                     **{f"e_{name}": value for name, value in event_values(event).items()},
-                    "a_detail": {k: v for k, v in values.items() if v is not None},
+                    "a_detail": detail,
                 },
             ).one()
             if not moved:
