@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import psycopg
 from pydantic import AnyUrl, SecretStr
 from sqlalchemy import event
 
@@ -71,9 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         svc = runtime.services()
         statements = Counter[str]()
 
-        @event.listens_for(svc.ledger.engine, "before_cursor_execute")
-        def _count(*_: Any) -> None:
-            statements["all"] += 1
+        class CountingCursor(psycopg.Cursor[Any]):
+            # Counted where psycopg sends them: the hot path's statements bypass SQLAlchemy
+            # (worker/ledger/pg_direct.py), so SQLAlchemy's events would miss them.
+            def execute(self, *args: Any, **kwargs: Any) -> Any:
+                statements["all"] += 1
+                return super().execute(*args, **kwargs)
+
+        @event.listens_for(svc.ledger.engine, "connect")
+        def _count(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.cursor_factory = CountingCursor
 
         def one(index: int) -> None:
             body = command(f"cpu-{index:07d}", index)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, event
 
 from schemas.codes import FailureCode
@@ -261,7 +262,12 @@ class SqlLog:
 @contextmanager
 def sql_counted(engine: Engine) -> Iterator[SqlLog]:
     """Count the SQL the engine runs inside the block (pool pings and SQLite pragmas, which
-    bypass the cursor events, are not counted)."""
+    bypass the cursor events, are not counted). On PostgreSQL the statements are counted
+    where psycopg sends them, so those run on psycopg directly (pg_direct.py) count too."""
+    if engine.dialect.name == "postgresql":
+        with _sent_by_psycopg(engine) as log:
+            yield log
+        return
     log = SqlLog()
 
     def autocommit(conn: Connection) -> bool:
@@ -292,6 +298,50 @@ def sql_counted(engine: Engine) -> Iterator[SqlLog]:
     finally:
         for name, listener in listeners:
             event.remove(engine, name, listener)
+
+
+@contextmanager
+def _sent_by_psycopg(engine: Engine) -> Iterator[SqlLog]:
+    """sql_counted on PostgreSQL: every connection checked out of the pool inside the block
+    makes its cursors count what they send. A statement outside autocommit that finds no
+    transaction open makes psycopg send a BEGIN first: that is a transaction block begun."""
+    log = SqlLog()
+    factories: dict[int, Any] = {}
+
+    def counting(base: type[psycopg.Cursor[Any]]) -> type[psycopg.Cursor[Any]]:
+        class Counting(base):  # type: ignore[valid-type,misc]
+            def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+                conn = self.connection
+                log.statements.append(" ".join(str(query).split()))
+                if conn.autocommit:
+                    log.single += 1
+                elif conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    log.begun += 1
+                return super().execute(query, *args, **kwargs)
+
+        return Counting
+
+    def checkout(dbapi_connection: Any, *_: Any) -> None:
+        factories[id(dbapi_connection)] = dbapi_connection.cursor_factory
+        dbapi_connection.cursor_factory = counting(dbapi_connection.cursor_factory)
+
+    def checkin(dbapi_connection: Any, *_: Any) -> None:
+        if id(dbapi_connection) in factories:
+            dbapi_connection.cursor_factory = factories.pop(id(dbapi_connection))
+
+    def committed(conn: Connection) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            log.committed += 1
+
+    event.listen(engine.pool, "checkout", checkout)
+    event.listen(engine.pool, "checkin", checkin)
+    event.listen(engine, "commit", committed)
+    try:
+        yield log
+    finally:
+        event.remove(engine.pool, "checkout", checkout)
+        event.remove(engine.pool, "checkin", checkin)
+        event.remove(engine, "commit", committed)
 
 
 def migrated_ledger(tmp_path: Path, clock: Callable[[], datetime], name: str = "ledger") -> Ledger:

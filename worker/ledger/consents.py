@@ -6,7 +6,7 @@ Stripe does not check consent; the platform must. Every grant and revocation is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, insert, or_, select, update
@@ -14,6 +14,7 @@ from sqlalchemy import Engine, bindparam, insert, or_, select, update
 from worker.facts import ConsentRecord
 from worker.ledger.audit import write_audit
 from worker.ledger.database import single_statements
+from worker.ledger.pg_direct import run_alone
 from worker.ledger.tables import consents
 
 
@@ -25,6 +26,18 @@ def _consent(row: Any) -> ConsentRecord:
         granted_by=row["granted_by"],
         revoked_at=row["revoked_at"],
         revoked_by=row["revoked_by"],
+    )
+
+
+def _consent_from_postgresql(row: tuple[Any, ...]) -> ConsentRecord:
+    account, agreement_ref, granted_at, granted_by, revoked_at, revoked_by = row
+    return ConsentRecord(
+        account_id=account,
+        agreement_ref=agreement_ref,
+        granted_at=granted_at.astimezone(UTC),
+        granted_by=granted_by,
+        revoked_at=None if revoked_at is None else revoked_at.astimezone(UTC),
+        revoked_by=revoked_by,
     )
 
 
@@ -42,6 +55,15 @@ _ACTIVE = (
     .order_by(consents.c.granted_at.desc())
     .limit(1)
 )
+# The same on PostgreSQL, run on psycopg directly (pg_direct.py).
+_ACTIVE_ON_POSTGRESQL = """
+    SELECT account, agreement_ref, granted_at, granted_by, revoked_at, revoked_by
+    FROM consents
+    WHERE account = %(account)s AND granted_at <= %(at)s
+      AND (revoked_at IS NULL OR revoked_at > %(at)s)
+    ORDER BY granted_at DESC
+    LIMIT 1
+"""
 
 
 class ConsentStore:
@@ -90,6 +112,9 @@ class ConsentStore:
         return int(count)
 
     def active(self, account: str, at: datetime) -> ConsentRecord | None:
+        if self._engine.dialect.name == "postgresql":
+            found = run_alone(self._engine, _ACTIVE_ON_POSTGRESQL, {"account": account, "at": at})
+            return None if found is None else _consent_from_postgresql(found)
         with self._single.connect() as conn:
             row = conn.execute(_ACTIVE, {"b_account": account, "b_at": at}).mappings().one_or_none()
         return None if row is None else _consent(row)

@@ -14,6 +14,7 @@ from worker.ledger.database import (
     insert_returning_id,
     single_statements,
 )
+from worker.ledger.pg_direct import run_alone
 from worker.ledger.tables import outbox
 
 
@@ -103,6 +104,13 @@ _MARK_SENT = (
 )
 
 
+# The same on PostgreSQL, run on psycopg directly (pg_direct.py).
+_MARK_SENT_ON_POSTGRESQL = """
+    UPDATE outbox SET sent_at = %(now)s, publish_attempts = publish_attempts + 1
+    WHERE id = %(id)s AND sent_at IS NULL
+"""
+
+
 class OutboxStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
@@ -133,6 +141,9 @@ class OutboxStore:
             return [_pending(dict(row)) for row in rows]
 
     def mark_sent(self, row_id: int) -> None:
+        if self._engine.dialect.name == "postgresql":
+            run_alone(self._engine, _MARK_SENT_ON_POSTGRESQL, {"id": row_id, "now": self._clock()})
+            return
         with self._single.connect() as conn:
             conn.execute(_MARK_SENT, {"b_id": row_id, "b_now": self._clock()})
 

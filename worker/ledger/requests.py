@@ -4,26 +4,28 @@ Every transition is one transaction guarded by a conditional UPDATE, so redelive
 concurrent workers can never move a request backwards or record two outcomes. On PostgreSQL
 the transitions of an ordinary debit (first claim, start of an attempt that reserves
 nothing, success) are each one statement (data-modifying CTEs), which is its own transaction
-without the BEGIN and COMMIT round trips.
+without the BEGIN and COMMIT round trips, run on psycopg directly (pg_direct.py).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, or_, select, update
 
 from schemas.commands import DebitRequested
 from worker.facts import RefundFacts
 from worker.ledger.audit import write_audit
 from worker.ledger.database import insert_ignoring_duplicates, single_statements
 from worker.ledger.outbox_store import OutboxEvent, event_row_id, event_values, record_event
+from worker.ledger.pg_direct import run_alone
 from worker.ledger.producer_budgets import release, reserve
-from worker.ledger.tables import TERMINAL, Status, audit_log, debit_requests, refund_budgets
+from worker.ledger.tables import TERMINAL, Status, debit_requests, refund_budgets
 from worker.producer_limits import DailyLimit
 
 
@@ -160,94 +162,82 @@ _FINISH = {
     for status, columns in _OUTCOME_COLUMNS.items()
 }
 
-# PostgreSQL only: a success recorded in one statement, its own transaction (no BEGIN or
-# COMMIT round trips): the outcome, its event in the outbox and the audit entry are written
-# together or not at all, exactly as the transaction below does on any database. An event
-# already in the outbox (ids are deterministic) gives no row_id; the caller reads it.
-_SUCCEEDED_AT_ONCE = text(
-    """
+# PostgreSQL only, run on psycopg directly (pg_direct.py): the transitions of an ordinary
+# debit, each one statement of its own (data-modifying CTEs) that writes the change and its
+# audit entry together or not at all, exactly as the transactions below do on any database.
+
+# A first claim: the row and its "received" entry. A request seen before writes nothing here
+# (moved = 0) and is claimed by the transaction in RequestLedger.claim.
+_RECEIVED_AT_ONCE = """
+    WITH fresh AS (
+        INSERT INTO debit_requests (request_id, fingerprint, account, amount, currency, reason,
+                                    refund, command, status, attempts, lease_owner,
+                                    lease_until, received_at, updated_at)
+        VALUES (%(request_id)s, %(fingerprint)s, %(account)s, %(amount)s, %(currency)s,
+                %(reason)s, %(refund)s, %(command)s::json, %(status)s, 0, %(lease_owner)s,
+                %(lease_until)s, %(received_at)s, %(received_at)s)
+        ON CONFLICT DO NOTHING
+        RETURNING request_id
+    ),
+    audit AS (
+        INSERT INTO audit_log (at, entity, entity_id, action, actor, detail)
+        SELECT %(received_at)s, 'request', request_id, %(status)s, %(lease_owner)s, '{}'::json
+        FROM fresh
+    )
+    SELECT count(*) FROM fresh
+"""
+
+# The start of an attempt that reserves nothing (no refund to recover, no producer daily
+# maximum): _BEGIN_ATTEMPT and its entry. No row: the request is not ours to move.
+_ATTEMPTING_AT_ONCE = """
     WITH moved AS (
         UPDATE debit_requests
-        SET status = :b_status, finished_at = :b_now, updated_at = :b_now,
+        SET status = %(status)s, idempotency_key = %(key)s, updated_at = %(now)s,
+            attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, %(now)s)
+        WHERE request_id = %(request_id)s
+          AND status = ANY(%(attemptable)s)
+          AND idempotency_key IS NULL
+          AND lease_owner = %(owner)s
+        RETURNING request_id, attempts
+    ),
+    audit AS (
+        INSERT INTO audit_log (at, entity, entity_id, action, actor, detail)
+        SELECT %(now)s, 'request', request_id, %(status)s, %(owner)s, %(detail)s::json
+        FROM moved
+    )
+    SELECT attempts FROM moved
+"""
+
+# A success: the outcome, its event in the outbox and the entry. An event already in the
+# outbox (ids are deterministic) gives no row id; the caller reads it.
+_SUCCEEDED_AT_ONCE = """
+    WITH moved AS (
+        UPDATE debit_requests
+        SET status = %(status)s, finished_at = %(now)s, updated_at = %(now)s,
             lease_owner = NULL, lease_until = NULL,
-            payment_id = :b_payment_id, transfer_id = :b_transfer_id,
-            balance_transaction = :b_balance_transaction
-        WHERE request_id = :b_request_id
-          AND NOT (status = ANY(:b_terminal))
+            payment_id = %(payment_id)s, transfer_id = %(transfer_id)s,
+            balance_transaction = %(balance_transaction)s
+        WHERE request_id = %(request_id)s
+          AND NOT (status = ANY(%(terminal)s))
         RETURNING request_id
     ),
     event AS (
         INSERT INTO outbox (event_id, request_id, event_type, routing_key, body, created_at,
                             publish_attempts)
-        SELECT :e_event_id, :e_request_id, :e_event_type, :e_routing_key, :e_body, :b_now, 0
+        SELECT %(e_event_id)s, %(e_request_id)s, %(e_event_type)s, %(e_routing_key)s,
+               %(e_body)s, %(now)s, 0
         FROM moved
         ON CONFLICT DO NOTHING
         RETURNING id
     ),
     audit AS (
         INSERT INTO audit_log (at, entity, entity_id, action, actor, detail)
-        SELECT :b_now, 'request', request_id, :b_status, :b_owner, :a_detail FROM moved
+        SELECT %(now)s, 'request', request_id, %(status)s, %(owner)s, %(detail)s::json
+        FROM moved
     )
-    SELECT (SELECT count(*) FROM moved) AS moved, (SELECT id FROM event) AS row_id
-    """
-).bindparams(
-    bindparam("b_now", type_=_c.finished_at.type),
-    bindparam("a_detail", type_=audit_log.c.detail.type),
-)
+    SELECT (SELECT count(*) FROM moved), (SELECT id FROM event)
+"""
 _TERMINAL_VALUES = [str(status) for status in TERMINAL]
-
-# PostgreSQL only, like the success above: a first claim (the row and its "received" audit
-# entry) in one statement of its own. A request seen before writes nothing here (moved = 0)
-# and is claimed by the transaction in RequestLedger.claim.
-_RECEIVED_AT_ONCE = text(
-    """
-    WITH fresh AS (
-        INSERT INTO debit_requests (request_id, fingerprint, account, amount, currency, reason,
-                                    refund, command, status, attempts, lease_owner,
-                                    lease_until, received_at, updated_at)
-        VALUES (:request_id, :fingerprint, :account, :amount, :currency, :reason, :refund,
-                :command, :status, 0, :lease_owner, :lease_until, :received_at, :received_at)
-        ON CONFLICT DO NOTHING
-        RETURNING request_id
-    ),
-    audit AS (
-        INSERT INTO audit_log (at, entity, entity_id, action, actor, detail)
-        SELECT :received_at, 'request', request_id, :status, :lease_owner, :a_detail
-        FROM fresh
-    )
-    SELECT count(*) AS moved FROM fresh
-    """
-).bindparams(
-    bindparam("command", type_=_c.command.type),
-    bindparam("lease_until", type_=_c.lease_until.type),
-    bindparam("received_at", type_=_c.received_at.type),
-    bindparam("a_detail", type_=audit_log.c.detail.type),
-)
-
-# PostgreSQL only: the start of an attempt that reserves nothing (no refund to recover, no
-# producer daily maximum), _BEGIN_ATTEMPT and its audit entry in one statement of its own.
-_ATTEMPTING_AT_ONCE = text(
-    """
-    WITH moved AS (
-        UPDATE debit_requests
-        SET status = :b_status, idempotency_key = :b_key, updated_at = :b_now,
-            attempts = attempts + 1, first_attempt_at = coalesce(first_attempt_at, :b_now)
-        WHERE request_id = :b_request_id
-          AND status = ANY(:b_from)
-          AND idempotency_key IS NULL
-          AND lease_owner = :b_owner
-        RETURNING request_id, attempts
-    ),
-    audit AS (
-        INSERT INTO audit_log (at, entity, entity_id, action, actor, detail)
-        SELECT :b_now, 'request', request_id, :b_status, :b_owner, :a_detail FROM moved
-    )
-    SELECT attempts FROM moved
-    """
-).bindparams(
-    bindparam("b_now", type_=_c.updated_at.type),
-    bindparam("a_detail", type_=audit_log.c.detail.type),
-)
 _ATTEMPTABLE_VALUES = [str(status) for status in _ATTEMPTABLE]
 
 
@@ -300,11 +290,12 @@ class RequestLedger:
     def _received_at_once(self, row: dict[str, Any]) -> bool:
         """The first claim on PostgreSQL: one round trip instead of four. False (nothing
         written) when the request is already in the ledger."""
-        with self._single.connect() as conn:
-            moved = conn.execute(
-                _RECEIVED_AT_ONCE, {**row, "status": str(row["status"]), "a_detail": {}}
-            ).scalar_one()
-        return bool(moved)
+        written = run_alone(
+            self._engine,
+            _RECEIVED_AT_ONCE,
+            {**row, "status": str(row["status"]), "command": json.dumps(row["command"])},
+        )
+        return bool(written and written[0])
 
     @classmethod
     def _claim_seen(
@@ -395,20 +386,20 @@ class RequestLedger:
     ) -> int | None:
         """begin_attempt on PostgreSQL when nothing is reserved: one round trip instead of
         four."""
-        with self._single.connect() as conn:
-            attempt = conn.execute(
-                _ATTEMPTING_AT_ONCE,
-                {
-                    "b_request_id": request_id,
-                    "b_status": str(Status.ATTEMPTING),
-                    "b_from": _ATTEMPTABLE_VALUES,
-                    "b_owner": owner,
-                    "b_key": idempotency_key,
-                    "b_now": now,
-                    "a_detail": {"idempotency_key": idempotency_key},
-                },
-            ).scalar_one_or_none()
-        return None if attempt is None else int(attempt)
+        moved = run_alone(
+            self._engine,
+            _ATTEMPTING_AT_ONCE,
+            {
+                "request_id": request_id,
+                "status": str(Status.ATTEMPTING),
+                "attemptable": _ATTEMPTABLE_VALUES,
+                "owner": owner,
+                "key": idempotency_key,
+                "now": now,
+                "detail": json.dumps({"idempotency_key": idempotency_key}),
+            },
+        )
+        return None if moved is None else int(moved[0])
 
     def _reserve(self, conn: Connection, refund: RefundFacts, amount: int, now: datetime) -> None:
         insert_ignoring_duplicates(
@@ -569,25 +560,26 @@ class RequestLedger:
         """_finish for a success on PostgreSQL: one round trip instead of five. A success
         gives nothing back (no reservation is released), so the statement is the whole of
         what the transaction does."""
-        with self._single.connect() as conn:
-            moved, row_id = conn.execute(
-                _SUCCEEDED_AT_ONCE,
-                {
-                    "b_request_id": request_id,
-                    "b_status": str(Status.SUCCEEDED),
-                    "b_terminal": _TERMINAL_VALUES,
-                    "b_owner": owner,
-                    "b_now": now,
-                    **{f"b_{name}": value for name, value in values.items()},
-                    **{f"e_{name}": value for name, value in event_values(event).items()},
-                    "a_detail": detail,
-                },
-            ).one()
-            if not moved:
-                return None
-            if row_id is None:  # the event was already in the outbox: the row holding it
+        moved, row_id = run_alone(
+            self._engine,
+            _SUCCEEDED_AT_ONCE,
+            {
+                "request_id": request_id,
+                "status": str(Status.SUCCEEDED),
+                "terminal": _TERMINAL_VALUES,
+                "owner": owner,
+                "now": now,
+                **values,
+                **{f"e_{name}": value for name, value in event_values(event).items()},
+                "detail": json.dumps(detail),
+            },
+        ) or (0, None)
+        if not moved:
+            return None
+        if row_id is None:  # the event was already in the outbox: the row holding it
+            with self._single.connect() as conn:
                 return event_row_id(conn, event.event_id)
-            return int(row_id)
+        return int(row_id)
 
     def mark_needs_reconciliation(self, request_id: str, owner: str, why: str) -> bool:
         """Hand an unfinished request to an operator. A `received` one never reached Stripe

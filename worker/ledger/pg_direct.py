@@ -1,0 +1,44 @@
+"""The hot path's statements on PostgreSQL, run on psycopg directly.
+
+For these statements SQLAlchemy's own work per execution (a Connection object, an
+execution context, parameter processing, a result proxy, event dispatch) cost more of the
+worker's CPU than psycopg's execution of them. Each statement here borrows a connection from
+the engine's own pool, runs alone in autocommit mode (its own transaction, no BEGIN or COMMIT
+round trip; psycopg prepares it once it has run a few times on that connection) and hands the
+connection back. Failures come out as SQLAlchemy's exceptions (DBAPIError and its
+subclasses), so callers treat them as any other ledger error, and a connection that broke is
+dropped from the pool instead of being handed out again.
+
+The SQL is PostgreSQL's own, with psycopg's `%(name)s` parameters: datetimes must be timezone
+aware (they are sent as timestamptz), and JSON values are passed as text cast with `::json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+import psycopg
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+
+def run_alone(engine: Engine, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """Run one statement as its own transaction on a pooled connection; its first row, or
+    None when it returns no row."""
+    pooled = engine.raw_connection()
+    conn = cast(psycopg.Connection[Any], pooled.driver_connection)
+    try:
+        conn.autocommit = True
+        try:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchone() if cursor.description is not None else None
+        finally:
+            if not conn.broken:
+                conn.autocommit = False  # the pool's other users expect transactions
+    except psycopg.Error as exc:
+        if conn.broken or conn.closed:
+            pooled.invalidate(exc)
+        raise DBAPIError.instance(sql, dict(params), exc, psycopg.Error) from exc
+    finally:
+        pooled.close()
