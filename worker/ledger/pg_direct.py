@@ -34,7 +34,7 @@ def run_alone(engine: Engine, sql: str, params: Mapping[str, Any]) -> tuple[Any,
             cursor = conn.execute(sql, params)
             return cursor.fetchone() if cursor.description is not None else None
         finally:
-            if not conn.broken:
+            if not (conn.broken or conn.closed):
                 conn.autocommit = False  # the pool's other users expect transactions
     except psycopg.Error as exc:
         if conn.broken or conn.closed:

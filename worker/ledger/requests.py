@@ -167,7 +167,7 @@ _FINISH = {
 # audit entry together or not at all, exactly as the transactions below do on any database.
 
 # A first claim: the row and its "received" entry. A request seen before writes nothing here
-# (moved = 0) and is claimed by the transaction in RequestLedger.claim.
+# (the count is 0) and is claimed by the transaction in RequestLedger.claim.
 _RECEIVED_AT_ONCE = """
     WITH fresh AS (
         INSERT INTO debit_requests (request_id, fingerprint, account, amount, currency, reason,
