@@ -1,4 +1,5 @@
-"""Assembles a runnable worker: the Celery app, its task, the intake and the relay."""
+"""Assembles a runnable worker: the Celery app, its task, the intake, and the background
+jobs of a full worker (outbox relay, janitor, the platform read at start)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from worker.relay import RelayStep
 from worker.settings import Settings
 from worker.tasks import register_tasks
 from worker.topology import declare_all
+from worker.warm_up import StripeWarmUp
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ def build_worker(
     if relay:
         app.steps["worker"].add(RelayStep)
         app.steps["worker"].add(JanitorStep)
+        app.steps["worker"].add(StripeWarmUp)
     return app, runtime
 
 

@@ -265,3 +265,37 @@ def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
             supervisor.wait()
     _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
     assert "worker process 1" in log.read_text()
+
+
+PLATFORM_READ = "GET /v1/account"
+CHARGE = "POST /v1/charges"
+
+
+def test_a_starting_worker_reads_the_platform_before_any_command(
+    restart_vhost: str,
+    database_url: str,
+    ledger: Ledger,  # the worker needs the ledger's schema
+    slow_sandbox: RunningSandbox,
+    plain_amqp: PlainAmqp,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "worker.log"
+    # Given the sandbox's counts of platform reads and charges so far
+    before = dict(slow_sandbox.admin.state().requests)
+
+    def platform_reads() -> int:
+        return slow_sandbox.admin.state().requests.get(PLATFORM_READ, 0)
+
+    # When a worker process starts, and no command is published
+    worker = _start_worker(restart_vhost, database_url, slow_sandbox, log)
+    try:
+        _wait_until_consuming(plain_amqp, worker, log)
+        _wait(lambda: platform_reads() > before.get(PLATFORM_READ, 0), log, "no platform read")
+    finally:
+        _stop(worker, signal.SIGTERM)
+
+    # Then it read the platform's account once, said so in its log, and sent no charge
+    after = slow_sandbox.admin.state().requests
+    assert after.get(PLATFORM_READ, 0) == before.get(PLATFORM_READ, 0) + 1
+    assert after.get(CHARGE, 0) == before.get(CHARGE, 0)
+    assert "Stripe platform acct_" in log.read_text(), log.read_text()[-3000:]

@@ -1,0 +1,79 @@
+"""The platform read when a worker process starts (worker/warm_up.py)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.unit.fakes import PLATFORM_ID, FakeStripe
+from worker.errors import DebitWorkerError, OperatorActionNeeded, TransientFailure
+from worker.facts import PlatformFacts
+from worker.facts_cache import CachedStripe
+from worker.warm_up import read_platform
+
+
+@dataclass
+class FailingPlatformReads(FakeStripe):
+    """A Stripe whose platform reads raise the listed errors, then answer."""
+
+    failures: list[DebitWorkerError] = field(default_factory=list)
+
+    def platform(self) -> PlatformFacts:
+        if self.failures:
+            self.reads.append(("platform", "failed"))
+            raise self.failures.pop(0)
+        return super().platform()
+
+
+def test_the_platform_read_at_start_is_the_one_every_debit_then_uses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a worker's cached Stripe that has read nothing yet
+    stripe = FakeStripe()
+    cached = CachedStripe(stripe, ttl_seconds=300)
+    # When the process starts, and then a debit asks for the platform
+    with caplog.at_level(logging.INFO, logger="worker.warm_up"):
+        read_platform(cached)
+    facts = cached.platform()
+
+    # Then Stripe was asked once, before the debit, and the log names the platform
+    assert stripe.reads == [("platform", PLATFORM_ID)]
+    assert facts.country == "US"
+    assert f"Stripe platform {PLATFORM_ID}, country US" in caplog.messages
+
+
+def test_a_refused_key_is_an_error_in_the_log_at_start_and_stops_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a Stripe that refuses the configured key
+    stripe = FailingPlatformReads(failures=[OperatorActionNeeded("401: invalid API key")])
+    # When the process starts
+    with caplog.at_level(logging.INFO, logger="worker.warm_up"):
+        read_platform(CachedStripe(stripe, ttl_seconds=300))
+
+    # Then the log says so as an error naming the key (no exception escapes the start)
+    [record] = [r for r in caplog.records if r.name == "worker.warm_up"]
+    assert record.levelno == logging.ERROR
+    assert "refused the configured API key" in record.getMessage()
+    assert "401: invalid API key" in record.getMessage()
+
+
+def test_a_failed_read_at_start_is_a_warning_and_the_first_debit_reads_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a Stripe that is unreachable for the first read
+    stripe = FailingPlatformReads(failures=[TransientFailure("connection refused")])
+    cached = CachedStripe(stripe, ttl_seconds=300)
+    # When the process starts, and then a debit asks for the platform
+    with caplog.at_level(logging.INFO, logger="worker.warm_up"):
+        read_platform(cached)
+    facts = cached.platform()
+
+    # Then the start logged a warning, and the debit's read went to Stripe and succeeded
+    [record] = [r for r in caplog.records if r.name == "worker.warm_up"]
+    assert record.levelno == logging.WARNING
+    assert "connection refused" in record.getMessage()
+    assert stripe.reads == [("platform", "failed"), ("platform", PLATFORM_ID)]
+    assert facts.account_id == PLATFORM_ID
