@@ -15,6 +15,7 @@ stays a small process instead of a second copy of a worker's memory.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -151,7 +152,10 @@ class Supervisor:
         # A process group of its own: a terminal's Ctrl-C reaches the supervisor only, which
         # passes it on once (a second SIGINT would make Celery stop without finishing tasks).
         slot.process = subprocess.Popen(  # noqa: S603 (our own CLI)
-            self.command, env=self.env, process_group=0
+            self.command,
+            env=self.env,
+            process_group=0,
+            preexec_fn=_stop_with(os.getpid()),  # noqa: PLW1509 (the supervisor has no threads)
         )
         slot.started_at = self.clock()
         if self._stop_requested():  # the stop signal came while it was being started
@@ -214,6 +218,27 @@ class Supervisor:
         """Giving up: SIGTERM to every process, then wait for them."""
         self.pass_on(signal.SIGTERM, why="giving up")
         self.wait_all()
+
+
+_PR_SET_PDEATHSIG: Final = 1  # prctl(2)
+
+
+def _stop_with(supervisor: int) -> Callable[[], None] | None:
+    """Run in each worker process between fork and exec (the supervisor has no threads):
+    when the supervisor dies, even by SIGKILL, the process gets SIGTERM and stops as it
+    would on the supervisor's own SIGTERM (it finishes its tasks). Without this a killed
+    supervisor left its processes running unsupervised, in process groups of their own that
+    a kill of the supervisor's group does not reach. Linux only; elsewhere nothing is set."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def set_parent_death_signal() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_parent_death_signal
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ SIGTERM stops them all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -265,6 +266,42 @@ def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
             supervisor.wait()
     _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
     assert "worker process 1" in log.read_text()
+
+
+def test_worker_processes_stop_when_their_supervisor_is_killed(
+    restart_vhost: str,
+    database_url: str,
+    ledger: Ledger,  # the workers need the ledger's schema
+    slow_sandbox: RunningSandbox,
+    plain_amqp: PlainAmqp,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "orphans.log"
+    # Given `run --processes 2`, both processes consuming
+    supervisor = _start_worker(
+        restart_vhost, database_url, slow_sandbox, log, extra_args=("--processes", "2")
+    )
+    children: list[int] = []
+    try:
+        _wait(lambda: _consumers(plain_amqp) == 2, log, "two processes never both consumed")
+        children = _children(supervisor.pid)
+        assert len(children) == 2
+        # When the supervisor alone is SIGKILLed (not its process group: each worker process
+        # has a group of its own)
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait()
+        # Then its worker processes stop by themselves instead of running on unsupervised
+        _wait(
+            lambda: all(not Path(f"/proc/{c}").exists() or _is_zombie(c) for c in children),
+            log,
+            "worker processes outlived their supervisor",
+            timeout=60,
+        )
+        _wait(lambda: _consumers(plain_amqp) == 0, log, "commands still being consumed")
+    finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 PLATFORM_READ = "GET /v1/account"
