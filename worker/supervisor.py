@@ -231,9 +231,9 @@ def _stop_with(supervisor: int) -> Callable[[], None] | None:
     a kill of the supervisor's group does not reach. Linux only; elsewhere nothing is set."""
     if not sys.platform.startswith("linux"):
         return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
 
     def set_parent_death_signal() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != supervisor:  # it died before the line above
             os.kill(os.getpid(), signal.SIGTERM)

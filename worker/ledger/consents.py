@@ -14,7 +14,7 @@ from sqlalchemy import Engine, bindparam, insert, or_, select, update
 from worker.facts import ConsentRecord
 from worker.ledger.audit import write_audit
 from worker.ledger.database import single_statements
-from worker.ledger.pg_direct import run_alone
+from worker.ledger.pg_direct import applies_to, run_alone
 from worker.ledger.tables import consents
 
 
@@ -70,6 +70,7 @@ class ConsentStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
         self._single = single_statements(engine)
+        self._direct = applies_to(engine)  # the hot path's statements on psycopg directly
         self._clock = clock
 
     def grant(self, account: str, agreement_ref: str, actor: str) -> ConsentRecord:
@@ -112,7 +113,7 @@ class ConsentStore:
         return int(count)
 
     def active(self, account: str, at: datetime) -> ConsentRecord | None:
-        if self._engine.dialect.name == "postgresql":
+        if self._direct:
             found = run_alone(self._engine, _ACTIVE_ON_POSTGRESQL, {"account": account, "at": at})
             return None if found is None else _consent_from_postgresql(found)
         with self._single.connect() as conn:

@@ -14,7 +14,7 @@ from worker.ledger.database import (
     insert_returning_id,
     single_statements,
 )
-from worker.ledger.pg_direct import run_alone
+from worker.ledger.pg_direct import applies_to, run_alone
 from worker.ledger.tables import outbox
 
 
@@ -115,6 +115,7 @@ class OutboxStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
         self._single = single_statements(engine)
+        self._direct = applies_to(engine)  # the hot path's statements on psycopg directly
         self._clock = clock
 
     def add(self, event: OutboxEvent) -> bool:
@@ -141,7 +142,7 @@ class OutboxStore:
             return [_pending(dict(row)) for row in rows]
 
     def mark_sent(self, row_id: int) -> None:
-        if self._engine.dialect.name == "postgresql":
+        if self._direct:
             run_alone(self._engine, _MARK_SENT_ON_POSTGRESQL, {"id": row_id, "now": self._clock()})
             return
         with self._single.connect() as conn:

@@ -23,6 +23,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 
+def applies_to(engine: Engine) -> bool:
+    """Whether the engine's database takes these statements (PostgreSQL); decided once per
+    store, not per statement."""
+    return engine.dialect.name == "postgresql"
+
+
 def run_alone(engine: Engine, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """Run one statement as its own transaction on a pooled connection; its first row, or
     None when it returns no row."""

@@ -23,7 +23,7 @@ from worker.facts import RefundFacts
 from worker.ledger.audit import write_audit
 from worker.ledger.database import insert_ignoring_duplicates, single_statements
 from worker.ledger.outbox_store import OutboxEvent, event_row_id, event_values, record_event
-from worker.ledger.pg_direct import run_alone
+from worker.ledger.pg_direct import applies_to, run_alone
 from worker.ledger.producer_budgets import release, reserve
 from worker.ledger.tables import TERMINAL, Status, debit_requests, refund_budgets
 from worker.producer_limits import DailyLimit
@@ -245,6 +245,7 @@ class RequestLedger:
     def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
         self._engine = engine
         self._single = single_statements(engine)
+        self._direct = applies_to(engine)  # the hot path's statements on psycopg directly
         self._clock = clock
 
     def claim(self, command: DebitRequested, owner: str, lease_seconds: float) -> Claim:
@@ -266,7 +267,7 @@ class RequestLedger:
             "lease_until": lease_until,
             "received_at": now,
         }
-        if self._engine.dialect.name == "postgresql":
+        if self._direct:
             if self._received_at_once(row):
                 return Claim(ClaimKind.NEW, _fresh_record(row))
             with self._engine.begin() as conn:
@@ -351,7 +352,7 @@ class RequestLedger:
         ProducerLimitExceeded when the producer's rolling day has no room left.
         """
         now = self._clock()
-        if refund is None and daily is None and self._engine.dialect.name == "postgresql":
+        if refund is None and daily is None and self._direct:
             return self._attempting_at_once(request_id, owner, idempotency_key, now)
         with self._engine.begin() as conn:
             moved = conn.execute(
@@ -506,7 +507,7 @@ class RequestLedger:
         row id, or None (nothing written) if the request was already finished."""
         now = self._clock()
         detail = {k: v for k, v in values.items() if v is not None}
-        if status is Status.SUCCEEDED and self._engine.dialect.name == "postgresql":
+        if status is Status.SUCCEEDED and self._direct:
             return self._succeeded_at_once(request_id, owner, event, values, detail=detail, now=now)
         with self._engine.begin() as conn:
             moved = conn.execute(
