@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,28 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+
+
+@contextmanager
+def _two_supervised(
+    vhost: str, database_url: str, sandbox: RunningSandbox, client: PlainAmqp, log: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], list[int]]]:
+    """`run --processes 2` once both of its processes consume: the supervisor and their
+    pids. A supervisor still running at the end is killed with its process group."""
+    supervisor = _start_worker(vhost, database_url, sandbox, log, extra_args=("--processes", "2"))
+    try:
+        _wait(lambda: _consumers(client) == 2, log, "two processes never both consumed")
+        children = _children(supervisor.pid)
+        assert len(children) == 2
+        yield supervisor, children
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+
+
 def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
     restart_vhost: str,
     database_url: str,
@@ -229,13 +252,10 @@ def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
 ) -> None:
     log = tmp_path / "supervised.log"
     # Given `run --processes 2`
-    supervisor = _start_worker(
-        restart_vhost, database_url, slow_sandbox, log, extra_args=("--processes", "2")
-    )
-    try:
-        _wait(lambda: _consumers(plain_amqp) == 2, log, "two processes never both consumed")
-        first_children = _children(supervisor.pid)
-        assert len(first_children) == 2
+    with _two_supervised(restart_vhost, database_url, slow_sandbox, plain_amqp, log) as (
+        supervisor,
+        first_children,
+    ):
         # When a batch is in flight and one worker process is SIGKILLed
         ids = [new_id("supervised") for _ in range(20)]
         for request_id in ids:
@@ -259,11 +279,7 @@ def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0, log.read_text()[-3000:]
         for child in children:
-            assert not Path(f"/proc/{child}").exists() or _is_zombie(child)
-    finally:
-        if supervisor.poll() is None:
-            os.killpg(supervisor.pid, signal.SIGKILL)
-            supervisor.wait()
+            assert _gone(child)
     _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
     assert "worker process 1" in log.read_text()
 
@@ -278,30 +294,27 @@ def test_worker_processes_stop_when_their_supervisor_is_killed(
 ) -> None:
     log = tmp_path / "orphans.log"
     # Given `run --processes 2`, both processes consuming
-    supervisor = _start_worker(
-        restart_vhost, database_url, slow_sandbox, log, extra_args=("--processes", "2")
-    )
-    children: list[int] = []
-    try:
-        _wait(lambda: _consumers(plain_amqp) == 2, log, "two processes never both consumed")
-        children = _children(supervisor.pid)
-        assert len(children) == 2
-        # When the supervisor alone is SIGKILLed (not its process group: each worker process
-        # has a group of its own)
-        os.kill(supervisor.pid, signal.SIGKILL)
-        supervisor.wait()
-        # Then its worker processes stop by themselves instead of running on unsupervised
-        _wait(
-            lambda: all(not Path(f"/proc/{c}").exists() or _is_zombie(c) for c in children),
-            log,
-            "worker processes outlived their supervisor",
-            timeout=60,
-        )
-        _wait(lambda: _consumers(plain_amqp) == 0, log, "commands still being consumed")
-    finally:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
+    with _two_supervised(restart_vhost, database_url, slow_sandbox, plain_amqp, log) as (
+        supervisor,
+        children,
+    ):
+        try:
+            # When the supervisor alone is SIGKILLed (not its process group: each worker
+            # process has a group of its own)
+            os.kill(supervisor.pid, signal.SIGKILL)
+            supervisor.wait()
+            # Then its worker processes stop by themselves instead of running on unsupervised
+            _wait(
+                lambda: all(_gone(child) for child in children),
+                log,
+                "worker processes outlived their supervisor",
+                timeout=60,
+            )
+            _wait(lambda: _consumers(plain_amqp) == 0, log, "commands still being consumed")
+        finally:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
 
 
 PLATFORM_READ = "GET /v1/account"
@@ -327,7 +340,16 @@ def test_a_starting_worker_reads_the_platform_before_any_command(
     worker = _start_worker(restart_vhost, database_url, slow_sandbox, log)
     try:
         _wait_until_consuming(plain_amqp, worker, log)
-        _wait(lambda: platform_reads() > before.get(PLATFORM_READ, 0), log, "no platform read")
+        # The sandbox counts the read when it arrives; the worker logs it when the answer
+        # (300 ms later here) comes back: wait for both before stopping it.
+        _wait(
+            lambda: (
+                platform_reads() > before.get(PLATFORM_READ, 0)
+                and "Stripe platform acct_" in log.read_text()
+            ),
+            log,
+            "no platform read",
+        )
     finally:
         _stop(worker, signal.SIGTERM)
 

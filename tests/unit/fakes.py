@@ -259,6 +259,11 @@ class SqlLog:
         return "\n".join(self.statements)
 
 
+def _in_autocommit(conn: Connection) -> bool:
+    """Whether SQLAlchemy runs this connection's statements as their own transactions."""
+    return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+
 @contextmanager
 def sql_counted(engine: Engine) -> Iterator[SqlLog]:
     """Count the SQL the engine runs inside the block (pool pings and SQLite pragmas, which
@@ -270,20 +275,17 @@ def sql_counted(engine: Engine) -> Iterator[SqlLog]:
         return
     log = SqlLog()
 
-    def autocommit(conn: Connection) -> bool:
-        return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-
     def statement(conn: Connection, *args: Any) -> None:
         log.statements.append(" ".join(str(args[1]).split()))
-        if autocommit(conn):
+        if _in_autocommit(conn):
             log.single += 1
 
     def begun(conn: Connection) -> None:
-        if not autocommit(conn):
+        if not _in_autocommit(conn):
             log.begun += 1
 
     def committed(conn: Connection) -> None:
-        if not autocommit(conn):
+        if not _in_autocommit(conn):
             log.committed += 1
 
     listeners = [
@@ -330,7 +332,7 @@ def _sent_by_psycopg(engine: Engine) -> Iterator[SqlLog]:
             dbapi_connection.cursor_factory = factories.pop(id(dbapi_connection))
 
     def committed(conn: Connection) -> None:
-        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        if not _in_autocommit(conn):
             log.committed += 1
 
     event.listen(engine.pool, "checkout", checkout)
