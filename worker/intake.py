@@ -1,14 +1,18 @@
-"""RabbitMQ → task. Commands are plain JSON from any AMQP client, which a Celery task queue
-would drop as "unknown message"; this consumer runs inside the worker, screens each one, hands
-it to the processing task (a confirmed publish), and only then acks it. Nothing is lost:
-a message that cannot be handed over is requeued; one that can never be processed goes to
-the dead-letter queue with the reason in its headers."""
+"""RabbitMQ → first attempt. Commands are plain JSON from any AMQP client, which a Celery task
+queue would drop as "unknown message"; this consumer runs inside the worker, screens each one
+and runs its first attempt on the worker's own thread pool (worker/first_attempt.py). The
+command is acked only when that attempt has ended or scheduled the next one as a task, so
+nothing is lost: a worker that dies mid-attempt leaves it to be delivered again, and one
+that can never be processed goes to the dead-letter queue with the reason in its headers."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import queue
 import time
 import uuid
+from concurrent.futures import Future, wait
 from typing import Any, Final
 
 from celery import bootsteps
@@ -17,71 +21,82 @@ from kombu.common import ignore_errors
 
 from worker.authentication import RECEIVED_AT_HEADER, carried_headers
 from worker.bootstrap import runtime_of
-from worker.handover import ConfirmingHandover
+from worker.first_attempt import Settle, run_first_attempt
 from worker.intake_brake import IntakeBrake
 from worker.parsing import Undeliverable, screen
 from worker.ports import PublishFailed
 from worker.publisher import BROKER_ERRORS
-from worker.tasks import PROCESS_TASK
-from worker.topology import TASK_QUEUE, command_queue, declare_all
+from worker.topology import command_queue, declare_all
 
 log = logging.getLogger(__name__)
 
-# Commands stay unacked until their hand-over is confirmed (a quorum-queue commit away), so
-# the window must cover a confirm's round trip at full rate, without hoarding commands that
-# another worker host could take.
-INTAKE_PREFETCH: Final = 128
+# Commands stay unacked for their whole first attempt. A few more than the threads keep
+# every thread busy while the next commands are on their way, without hoarding commands
+# that another worker process could take.
+SPARE_PREFETCH: Final = 8
+# A stopping worker lets running first attempts finish and ack their commands before the
+# channel closes; past this, the rest are delivered again (the ledger makes that harmless).
+STOP_GRACE_SECONDS: Final = 30.0
 
 
 class CommandIntake(bootsteps.ConsumerStep):
-    handover: ConfirmingHandover | None = None
     brake: IntakeBrake | None = None
-
-    def start(self, c: Any) -> None:
-        # On RabbitMQ the worker runs an event loop: hand-overs are confirmed asynchronously
-        # on it. The embedded (memory) transport has none, and confirms are immediate there.
-        if c.hub is not None and c.connection.transport.implements.asynchronous:
-            self.brake = IntakeBrake(c.hub, lambda: self.consumers or [], errors=BROKER_ERRORS)
-            self.handover = ConfirmingHandover(
-                self.parent_app,
-                c.hub,
-                on_trouble=self.brake.trouble,
-                on_healthy=self.brake.healthy,
-            )
-            self.handover.start()
-            log.info("intake: commands handed over with asynchronous publisher confirms")
-        else:
-            log.info("intake: commands handed over one confirmed publish at a time")
-        super().start(c)
-
-    # Order matters: stop taking commands, let the hand-over collect its last confirms and
-    # ack them on the still-open channel, only then close the channel (Celery's part).
-    def stop(self, c: Any) -> None:
-        for consumer in self.consumers or []:
-            ignore_errors(c.connection, consumer.cancel)
-        self._close_handover()
-        super().stop(c)
-
-    def shutdown(self, c: Any) -> None:
-        self._close_handover()
-        super().shutdown(c)
-
-    def _close_handover(self) -> None:
-        if self.brake is not None:
-            self.brake.release()
-            self.brake = None
-        if self.handover is not None:
-            self.handover.close()
-            self.handover = None
-
-    def get_consumers(self, channel: Any) -> list[Consumer]:
-        declare_all(channel)  # every worker (re)declares what it consumes and publishes to
-        channel.basic_qos(0, INTAKE_PREFETCH, False)
-        return [Consumer(channel, queues=[command_queue], on_message=self.on_message)]
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.parent_app = parent.app
+        self._pool: Any = None
+        self._hub: Any = None
+        self._in_flight: set[Future[Any]] = set()
+        # Filled by worker threads, emptied on the event loop: py-amqp channels are not
+        # thread-safe, so every ack and requeue is sent from the loop's own thread.
+        self._to_settle: queue.SimpleQueue[tuple[Message, Settle]] = queue.SimpleQueue()
+
+    def start(self, c: Any) -> None:
+        self._pool = c.pool
+        # On RabbitMQ the worker runs an event loop; the embedded (memory) transport has none,
+        # and its commands are settled by the worker threads themselves.
+        if c.hub is not None and c.connection.transport.implements.asynchronous:
+            self._hub = c.hub
+            self.brake = IntakeBrake(c.hub, lambda: self.consumers or [], errors=BROKER_ERRORS)
+        super().start(c)
+
+    # Order matters: stop taking commands, let running first attempts settle their commands
+    # on the still-open channel, only then close the channel (Celery's part).
+    def stop(self, c: Any) -> None:
+        for consumer in self.consumers or []:
+            ignore_errors(c.connection, consumer.cancel)
+        self._finish_in_flight()
+        super().stop(c)
+
+    def shutdown(self, c: Any) -> None:
+        self._finish_in_flight()
+        super().shutdown(c)
+
+    def _finish_in_flight(self) -> None:
+        if self.brake is not None:
+            self.brake.release()
+            self.brake = None
+        waiting = [f for f in list(self._in_flight) if not f.cancel()]
+        if waiting:
+            log.info("intake: waiting for %d first attempts to end", len(waiting))
+            _, unfinished = wait(waiting, timeout=STOP_GRACE_SECONDS)
+            if unfinished:
+                log.warning(
+                    "intake: %d first attempts still running after %.0f s; their commands "
+                    "will be delivered again",
+                    len(unfinished),
+                    STOP_GRACE_SECONDS,
+                )
+        self._in_flight.clear()
+        self._settle_all()
+        self._hub = None
+
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        declare_all(channel)  # every worker (re)declares what it consumes and publishes to
+        prefetch = runtime_of(self.parent_app).settings.concurrency + SPARE_PREFETCH
+        channel.basic_qos(0, prefetch, False)
+        return [Consumer(channel, queues=[command_queue], on_message=self.on_message)]
 
     def on_message(self, message: Message) -> None:
         runtime = runtime_of(self.parent_app)
@@ -92,23 +107,45 @@ class CommandIntake(bootsteps.ConsumerStep):
             self._dead_letter(message, str(exc))
             return
         text = body.decode("utf-8") if isinstance(body, bytes) else body
-        # The signature's headers travel with the body; the task verifies them before the
+        # The signature's headers travel with the body; the attempt verifies them before the
         # ledger or Stripe see anything. The receipt time is ours, never the producer's.
         headers = carried_headers(message.headers) | {RECEIVED_AT_HEADER: f"{time.time():.3f}"}
         task_id = f"{request_id}:{uuid.uuid4().hex[:12]}"
-        if self.handover is not None:
-            self.handover.forward(message, task_id, (text, headers))
+        result = self._pool.apply_async(
+            run_first_attempt,
+            args=(self.parent_app, runtime, task_id, text, headers),
+            callback=functools.partial(self._attempt_ended, message),
+        )
+        future = getattr(result, "f", None)  # the threads pool's; others finish inline
+        if isinstance(future, Future) and not future.done():
+            self._in_flight.add(future)
+            future.add_done_callback(self._in_flight.discard)
+
+    def _attempt_ended(self, message: Message, settle: Settle) -> None:
+        """On the worker thread that ran the attempt."""
+        if self._hub is None:
+            _settle(message, settle)
             return
-        try:
-            self.parent_app.tasks[PROCESS_TASK].apply_async(
-                args=[text, headers], task_id=task_id, queue=TASK_QUEUE
-            )
-        except (PublishFailed, *BROKER_ERRORS) as exc:
-            log.warning("could not hand over %s (%s); requeued", request_id, exc)
-            message.requeue()
-            return
-        message.ack()
-        log.debug("request %s handed to the workers (host %s)", request_id, runtime.identity)
+        self._to_settle.put((message, settle))
+        self._hub.call_soon(self._settle_all)
+
+    def _settle_all(self) -> None:
+        """On the event loop (or the stopping worker's thread, the loop ended)."""
+        while True:
+            try:
+                message, settle = self._to_settle.get_nowait()
+            except queue.Empty:
+                return
+            _settle(message, settle)
+            if self.brake is None:
+                continue
+            # A command given back means the next attempt could not be scheduled (the
+            # broker or the ledger in trouble): pause rather than spin through its
+            # quorum queue's delivery limit.
+            if settle is Settle.ACK:
+                self.brake.healthy()
+            else:
+                self.brake.trouble()
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         runtime = runtime_of(self.parent_app)
@@ -126,3 +163,14 @@ class CommandIntake(bootsteps.ConsumerStep):
             message.reject(requeue=False)
             return
         message.ack()
+
+
+def _settle(message: Message, settle: Settle) -> None:
+    """Ack or requeue a command. If its channel is gone the broker redelivers it anyway."""
+    try:
+        if settle is Settle.ACK:
+            message.ack()
+        else:
+            message.requeue()
+    except BROKER_ERRORS as exc:
+        log.info("command %s not settled (%r); the broker will redeliver it", message, exc)

@@ -1,12 +1,13 @@
-"""The intake's brake: while hand-overs fail, stop taking commands for a while.
+"""The intake's brake: while commands have to be given back, stop taking them for a while.
 
-A command whose hand-over fails goes back to its queue, and RabbitMQ's quorum queue counts
+A command goes back to its queue when its first attempt could neither end nor schedule its
+next attempt (the broker or the ledger in trouble), and RabbitMQ's quorum queue counts
 every such return against the queue's delivery limit (20; past it the command is
-dead-lettered). Without a pause, a few seconds of broker trouble (a memory alarm, a
-connection that keeps dropping) would burn through those deliveries and dead-letter
-healthy commands. Instead the intake cancels its consumer and resumes after 1 s, then 2, 4
-… up to 30 s while the trouble lasts; the commands wait in their queue meanwhile, spending
-nothing. The first confirmed hand-over resets the pause to 1 s.
+dead-lettered). Without a pause, a few seconds of trouble (a memory alarm, a connection
+that keeps dropping) would burn through those deliveries and dead-letter healthy commands.
+Instead the intake cancels its consumer and resumes after 1 s, then 2, 4 … up to 30 s while
+the trouble lasts; the commands wait in their queue meanwhile, spending nothing. The first
+command settled normally resets the pause to 1 s.
 """
 
 from __future__ import annotations
@@ -42,18 +43,18 @@ class IntakeBrake:
         self._timer: Any = None
 
     def trouble(self) -> None:
-        """A hand-over failed: stop taking commands, unless already stopped."""
+        """A command was given back: stop taking commands, unless already stopped."""
         if self.paused:
             return
         self.paused = True
         pause, self._next_pause = self._next_pause, min(LONGEST_PAUSE_SECONDS, self._next_pause * 2)
         for consumer in self._consumers():
             self._quietly(consumer.cancel)
-        log.warning("intake: hand-overs failing; taking no commands for %.0f s", pause)
+        log.warning("intake: commands being given back; taking no commands for %.0f s", pause)
         self._timer = self._hub.call_later(pause, self._resume)
 
     def healthy(self) -> None:
-        """A hand-over was confirmed: the next trouble starts from the shortest pause."""
+        """A command was settled normally: the next trouble starts from the shortest pause."""
         self._next_pause = FIRST_PAUSE_SECONDS
 
     def release(self) -> None:

@@ -4,7 +4,7 @@ retries, escalations or dead letters. No business logic lives here."""
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Final, Protocol
 
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry
@@ -28,6 +28,41 @@ _DATABASE_TROUBLE = (OperationalError, DBAPIError)
 _BOOKKEEPING_TROUBLE = (*_DATABASE_TROUBLE, PublishFailed, *BROKER_ERRORS)
 
 
+class Attempt(Protocol):
+    """One attempt at a command: the first runs straight from the intake, later ones are
+    `process_debit` tasks. Either way the same code decides what happens next."""
+
+    @property
+    def number(self) -> int:
+        """1 for the first attempt."""
+
+    @property
+    def task_id(self) -> str:
+        """Kept by every later attempt of the same command (it names the lease owner)."""
+
+    def retry_in(self, countdown: int, error: Exception) -> str:
+        """Schedule the next attempt; Reject(requeue=True) if that cannot be done."""
+
+
+class _TaskAttempt:
+    def __init__(self, task: Task) -> None:  # type: ignore[type-arg]
+        self._task = task
+
+    @property
+    def number(self) -> int:
+        return int(self._task.request.retries) + 1
+
+    @property
+    def task_id(self) -> str:
+        return str(self._task.request.id)
+
+    def retry_in(self, countdown: int, error: Exception) -> str:
+        try:
+            raise self._task.retry(countdown=countdown, exc=error)
+        except Reject as unpublished:  # Celery's answer when the retry could not be published
+            raise Reject(str(unpublished), requeue=True) from error
+
+
 def register_tasks(app: Celery, runtime: Runtime) -> Task:  # type: ignore[type-arg]
     @app.task(bind=True, name=PROCESS_TASK, max_retries=None, acks_late=True)
     def process_debit(
@@ -35,30 +70,36 @@ def register_tasks(app: Celery, runtime: Runtime) -> Task:  # type: ignore[type-
         body: str,
         headers: dict[str, str] | None = None,
     ) -> str:
-        try:
-            return process(self, body, runtime, headers)
-        except (Retry, Reject):
-            raise
-        except Exception as exc:  # bookkeeping itself broke: keep the command, never ack it
-            log.exception(
-                "request %s: task failed outside the handler; requeued", _request_id(body)
-            )
-            raise Reject(str(exc), requeue=True) from exc
+        return run_attempt(_TaskAttempt(self), body, runtime, headers)
 
     return process_debit
 
 
+def run_attempt(
+    attempt: Attempt, body: str, runtime: Runtime, headers: dict[str, str] | None = None
+) -> str:
+    """`process`, with bookkeeping that itself broke turned into Reject(requeue=True): the
+    command is kept, never acknowledged and forgotten."""
+    try:
+        return process(attempt, body, runtime, headers)
+    except (Retry, Reject):
+        raise
+    except Exception as exc:
+        log.exception("request %s: attempt failed outside the handler; requeued", _request_id(body))
+        raise Reject(str(exc), requeue=True) from exc
+
+
 def process(
-    task: Task,  # type: ignore[type-arg]
+    attempt: Attempt,
     body: str,
     runtime: Runtime,
     headers: dict[str, str] | None = None,
 ) -> str:
     settings = runtime.settings
-    attempt = task.request.retries + 1
-    # Stable across this task's retries: a retry whose lease could not be released (the
+    number = attempt.number
+    # Stable across this command's retries: a retry whose lease could not be released (the
     # database was away) takes it straight back instead of waiting for it to expire.
-    owner = f"{runtime.identity}:{task.request.id}"
+    owner = f"{runtime.identity}:{attempt.task_id}"
     try:
         return handle_debit_requested(body, runtime.services(), owner, headers).value
     except Undeliverable as exc:  # the intake screens for this; kept for direct publishers
@@ -68,30 +109,28 @@ def process(
         return _give_up(runtime, body, _request_id(body), owner, exc)
     except TransientFailure as exc:
         level = logging.ERROR if isinstance(exc, OperatorActionNeeded) else logging.WARNING
-        log.log(level, "attempt %d of %s: %s", attempt, _request_id(body), exc.reason)
+        log.log(level, "attempt %d of %s: %s", number, _request_id(body), exc.reason)
         retry_after = exc.retry_after
         error: Exception = exc
     except _DATABASE_TROUBLE as exc:
-        log.warning("attempt %d of %s: ledger unavailable: %s", attempt, _request_id(body), exc)
+        log.warning("attempt %d of %s: ledger unavailable: %s", number, _request_id(body), exc)
         retry_after, error = None, exc
     except Exception as exc:  # a bug: report it, and keep the message for a later attempt
         report_unexpected(exc, request_id=_request_id(body))
-        log.exception("attempt %d of %s failed unexpectedly", attempt, _request_id(body))
+        log.exception("attempt %d of %s failed unexpectedly", number, _request_id(body))
         retry_after, error = None, exc
 
     request_id = _request_id(body)
-    if attempt >= settings.max_attempts and isinstance(error, RequestBusy):
+    if number >= settings.max_attempts and isinstance(error, RequestBusy):
         # Its lease holder finishes it; if that process died, the janitor re-enqueues it.
-        log.warning(
-            "request %s: leaving it to its lease holder after %d tries", request_id, attempt
-        )
+        log.warning("request %s: leaving it to its lease holder after %d tries", request_id, number)
         return "left_to_lease_holder"
-    if attempt >= settings.max_attempts:
+    if number >= settings.max_attempts:
         return _give_up(runtime, body, request_id, owner, error)
     if request_id:
         _release(runtime, request_id, owner)
     delay = retry_delay(
-        attempt,
+        number,
         base=settings.retry_base_seconds,
         cap=settings.retry_max_seconds,
         at_least=retry_after,
@@ -100,10 +139,10 @@ def process(
     countdown = max(1, round(delay))
     log.info("request %s: next attempt in %d s", request_id, countdown)
     try:
-        raise task.retry(countdown=countdown, exc=error)
-    except Reject as unpublished:  # Celery's answer when the retry could not be published
+        return attempt.retry_in(countdown, error)
+    except Reject as unpublished:
         log.warning("request %s: retry not scheduled (%s); requeued", request_id, unpublished)
-        raise Reject(str(unpublished), requeue=True) from error
+        raise
 
 
 def _release(runtime: Runtime, request_id: str, owner: str) -> None:
