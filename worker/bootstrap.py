@@ -23,6 +23,7 @@ from worker.publisher import DeadLetters, KombuEventPublisher
 from worker.rate_budget import LocalTokenBucket, RateBudget
 from worker.redis_budget import RedisRateBudget, budget_key
 from worker.rules import RuleTables
+from worker.sent_marks import SentMarks
 from worker.settings import Settings
 from worker.stripe_gateway import StripeGateway
 from worker.stripe_http import Urllib3Client
@@ -113,14 +114,16 @@ def build_services(
         max_connections=settings.concurrency + 2,
         pre_ping=False,
     )
+    ledger = Ledger.on(engine, clock)
     return Services(
-        ledger=Ledger.on(engine, clock),
+        ledger=ledger,
         stripe=stripe_port or real_stripe(settings),
         publisher=publisher or KombuEventPublisher(app),
         rules=rule_tables(settings),
         config=handler_config(settings),
         clock=clock,
         auth=authenticator(settings),
+        mark_sent=SentMarks(ledger.outbox.mark_sent_many),
     )
 
 

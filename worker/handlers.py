@@ -75,6 +75,8 @@ class Services:
     clock: Callable[[], datetime]
     # None: every command is accepted unsigned, without producer policy (unit tests).
     auth: Authenticator | None = None
+    # Marks a published event's outbox row sent; None: at once (a batching one: sent_marks.py).
+    mark_sent: Callable[[int], None] | None = None
 
 
 class Result(StrEnum):
@@ -422,5 +424,5 @@ def _send(row_id: int, event: OutboxEvent, request_id: str, svc: Services) -> bo
             exc_info=True,
         )
         return False
-    svc.ledger.outbox.mark_sent(row_id)
+    (svc.mark_sent or svc.ledger.outbox.mark_sent)(row_id)
     return True

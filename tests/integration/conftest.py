@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,14 +233,26 @@ class PlainAmqp:
     def events_for(
         self, request_id: str, count: int, timeout: float = 30.0
     ) -> list[dict[str, Any]]:
+        return self.events_until(
+            request_id, lambda mine: len(mine) >= count, f"{count} event(s)", timeout
+        )
+
+    def events_until(
+        self,
+        request_id: str,
+        enough: Callable[[list[dict[str, Any]]], bool],
+        wanted: str,
+        timeout: float = 30.0,
+    ) -> list[dict[str, Any]]:
+        """The request's events received so far, once `enough` says they are."""
         deadline = time.monotonic() + timeout
         while True:
             mine = [e for e in self.received if e["subject"] == request_id]
-            if len(mine) >= count:
+            if enough(mine):
                 return mine
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"{len(mine)} of {count} event(s) for {request_id} in {timeout} s"
+                    f"{len(mine)} event(s) for {request_id} in {timeout} s, wanted {wanted}"
                 )
             message = self.channel.basic_get(self.events_queue, no_ack=True)
             if message is None:

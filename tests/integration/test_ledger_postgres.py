@@ -175,9 +175,10 @@ test_on_postgresql_a_finished_request_is_never_marked_for_reconciliation = (
 
 # The first claim and the start of an attempt that reserves nothing are statements of their
 # own on PostgreSQL too; a request seen before, and an attempt that reserves a refund's or a
-# producer's room, take the transaction. Both paths are held to SQLite's behaviour here, each
-# test collected again under the name test_on_postgresql_….
-_CLAIM_AND_ATTEMPT_TESTS = (
+# producer's room, take the transaction. Both paths, and the batched marking of sent events
+# (psycopg's array parameter), are held to SQLite's behaviour here, each test collected again
+# under the name test_on_postgresql_….
+_ALSO_ON_POSTGRESQL = (
     "test_the_first_claim_of_a_request_is_new_and_holds_a_lease",
     "test_a_new_claims_record_is_the_row_as_the_ledger_stored_it",
     "test_a_resumed_claim_returns_the_row_with_its_new_lease",
@@ -190,6 +191,7 @@ _CLAIM_AND_ATTEMPT_TESTS = (
     "test_attempts_after_the_first_are_counted_on_from_begin_attempt",
     "test_the_refund_budget_reserves_each_recovery_and_refuses_to_go_past_the_refund",
     "test_the_producers_daily_room_is_reserved_once_per_request_and_refused_past_the_limit",
+    "test_rows_marked_sent_together_are_each_marked_once_and_others_stay_unsent",
 )
-for _name in _CLAIM_AND_ATTEMPT_TESTS:
+for _name in _ALSO_ON_POSTGRESQL:
     globals()[_name.replace("test_", "test_on_postgresql_", 1)] = getattr(ledger_tests, _name)

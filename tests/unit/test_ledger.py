@@ -15,7 +15,7 @@ from worker.facts import RefundFacts
 from worker.ledger import ClaimKind, Ledger, OutboxEvent, RecoveryBudgetExceeded, Status, Success
 from worker.ledger.migrate import current_revision, head_revision, upgrade
 from worker.ledger.producer_budgets import ProducerLimitExceeded, reserve
-from worker.ledger.tables import producer_budgets, producer_reservations
+from worker.ledger.tables import outbox, producer_budgets, producer_reservations
 from worker.producer_limits import DailyLimit
 from worker.stripe_gateway import idempotency_key
 
@@ -440,6 +440,26 @@ def test_the_outbox_keeps_one_row_per_event_id_and_marks_it_sent_once(
     assert ledger.outbox.count_unsent() == 0
     assert ledger.outbox.unsent(older_than_seconds=0, limit=10) == []
     assert [p.sent for p in ledger.outbox.for_request("req-1")] == [True]
+
+
+def test_rows_marked_sent_together_are_each_marked_once_and_others_stay_unsent(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    # Given three events, the first already marked sent
+    for n in (1, 2, 3):
+        ledger.outbox.add(an_event(request_id=f"req-{n}", event_id=f"evt-{n}"))
+    clock.advance(11)
+    first, second, third = ledger.outbox.unsent(older_than_seconds=10, limit=10)
+    ledger.outbox.mark_sent(first.row_id)
+
+    # When the first two are marked sent in one batch
+    ledger.outbox.mark_sent_many([first.row_id, second.row_id])
+
+    # Then both are sent, the third is still pending, and no row was marked twice
+    assert ledger.outbox.unsent(older_than_seconds=0, limit=10) == [third]
+    with ledger.engine.connect() as conn:
+        attempts = dict(conn.execute(select(outbox.c.event_id, outbox.c.publish_attempts)).all())
+    assert attempts == {"evt-1": 1, "evt-2": 1, "evt-3": 0}
 
 
 def test_unsent_returns_the_oldest_first_up_to_the_limit(ledger: Ledger, clock: FakeClock) -> None:

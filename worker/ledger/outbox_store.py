@@ -93,10 +93,10 @@ def _pending(row: dict[str, object]) -> PendingEvent:
     )
 
 
-# Run after every publish: built once, executed with parameters (see ledger/database.py).
+# Run after publishes: built once, executed with parameters (see ledger/database.py).
 _MARK_SENT = (
     update(outbox)
-    .where(outbox.c.id == bindparam("b_id"), outbox.c.sent_at.is_(None))
+    .where(outbox.c.id.in_(bindparam("b_ids", expanding=True)), outbox.c.sent_at.is_(None))
     .values(
         sent_at=bindparam("b_now", type_=outbox.c.sent_at.type),
         publish_attempts=outbox.c.publish_attempts + 1,
@@ -107,7 +107,7 @@ _MARK_SENT = (
 # The same on PostgreSQL, run on psycopg directly (pg_direct.py).
 _MARK_SENT_ON_POSTGRESQL = """
     UPDATE outbox SET sent_at = %(now)s, publish_attempts = publish_attempts + 1
-    WHERE id = %(id)s AND sent_at IS NULL
+    WHERE id = ANY(%(ids)s) AND sent_at IS NULL
 """
 
 
@@ -142,11 +142,17 @@ class OutboxStore:
             return [_pending(dict(row)) for row in rows]
 
     def mark_sent(self, row_id: int) -> None:
+        self.mark_sent_many([row_id])
+
+    def mark_sent_many(self, row_ids: list[int]) -> None:
+        """One statement for any number of rows (the batched marks of sent_marks.py)."""
         if self._direct:
-            run_alone(self._engine, _MARK_SENT_ON_POSTGRESQL, {"id": row_id, "now": self._clock()})
+            run_alone(
+                self._engine, _MARK_SENT_ON_POSTGRESQL, {"ids": row_ids, "now": self._clock()}
+            )
             return
         with self._single.connect() as conn:
-            conn.execute(_MARK_SENT, {"b_id": row_id, "b_now": self._clock()})
+            conn.execute(_MARK_SENT, {"b_ids": row_ids, "b_now": self._clock()})
 
     def count_unsent(self) -> int:
         with self._engine.connect() as conn:
