@@ -14,6 +14,7 @@ import stripe
 from celery import Celery
 
 from worker.authentication import Authenticator
+from worker.event_pump import EventPump, connect_for_events
 from worker.facts_cache import CachedStripe
 from worker.handlers import HandlerConfig, Services
 from worker.ledger import Ledger, utc_now
@@ -23,7 +24,6 @@ from worker.publisher import DeadLetters, KombuEventPublisher
 from worker.rate_budget import LocalTokenBucket, RateBudget
 from worker.redis_budget import RedisRateBudget, budget_key
 from worker.rules import RuleTables
-from worker.sent_marks import SentMarks
 from worker.settings import Settings
 from worker.stripe_gateway import StripeGateway
 from worker.stripe_http import Urllib3Client
@@ -123,8 +123,17 @@ def build_services(
         config=handler_config(settings),
         clock=clock,
         auth=authenticator(settings),
-        mark_sent=SentMarks(ledger.outbox.mark_sent_many),
+        # An injected publisher (tests) and the embedded broker publish on the worker thread.
+        outbound=None if publisher is not None or _embedded(settings) else event_pump(app, ledger),
     )
+
+
+def _embedded(settings: Settings) -> bool:
+    return settings.broker_url.startswith("memory://")
+
+
+def event_pump(app: Celery, ledger: Ledger) -> EventPump:
+    return EventPump(connect_for_events(app), ledger.outbox.mark_sent_many)
 
 
 @dataclass

@@ -47,7 +47,7 @@ from worker.money import format_amount
 from worker.observability import report_unauthorized
 from worker.parsing import InvalidCommand, Undeliverable, echo_fields, parse_command, screen
 from worker.policy import Refusal, evaluate
-from worker.ports import EventPublisher, PublishFailed, StripePort
+from worker.ports import EventPublisher, Outbound, PublishFailed, StripePort
 from worker.producer_limits import daily_limit, static_refusal
 from worker.rules import RuleTables
 from worker.stripe_gateway import DebitCharge, idempotency_key
@@ -75,8 +75,9 @@ class Services:
     clock: Callable[[], datetime]
     # None: every command is accepted unsigned, without producer policy (unit tests).
     auth: Authenticator | None = None
-    # Marks a published event's outbox row sent; None: at once (a batching one: sent_marks.py).
-    mark_sent: Callable[[int], None] | None = None
+    # Publishes recorded events off the worker threads (event_pump.py); None: publish each
+    # one here and wait for its confirm (the embedded broker, unit tests).
+    outbound: Outbound | None = None
 
 
 class Result(StrEnum):
@@ -414,6 +415,9 @@ def _publish_recorded(request_id: str, svc: Services, resend: str | None = None)
 def _send(row_id: int, event: OutboxEvent, request_id: str, svc: Services) -> bool:
     """Publish one outbox event and mark its row sent; False (row left unsent for the relay)
     when the broker did not take it."""
+    if svc.outbound is not None:
+        svc.outbound.send(row_id, event)  # confirmed and marked later, or left to the relay
+        return True
     try:
         svc.publisher.publish(event)
     except PublishFailed:
@@ -424,5 +428,5 @@ def _send(row_id: int, event: OutboxEvent, request_id: str, svc: Services) -> bo
             exc_info=True,
         )
         return False
-    (svc.mark_sent or svc.ledger.outbox.mark_sent)(row_id)
+    svc.ledger.outbox.mark_sent(row_id)
     return True

@@ -24,3 +24,9 @@ class PublishFailed(Exception):
 class EventPublisher(Protocol):
     def publish(self, event: OutboxEvent) -> None:
         """Publish durably (broker confirmed) or raise PublishFailed."""
+
+
+class Outbound(Protocol):
+    def send(self, row_id: int, event: OutboxEvent) -> None:
+        """Publish the event of outbox row `row_id` later and mark the row sent once the
+        broker confirmed it; never raises (what fails stays unsent for the relay)."""

@@ -145,7 +145,7 @@ class OutboxStore:
         self.mark_sent_many([row_id])
 
     def mark_sent_many(self, row_ids: list[int]) -> None:
-        """One statement for any number of rows (the batched marks of sent_marks.py)."""
+        """One statement for any number of rows (a confirmed batch of event_pump.py)."""
         if self._direct:
             run_alone(
                 self._engine, _MARK_SENT_ON_POSTGRESQL, {"ids": row_ids, "now": self._clock()}
