@@ -102,3 +102,17 @@ def test_a_broken_connection_is_an_operational_error_and_is_not_handed_out_again
     after = run_alone(engine, "SELECT pg_backend_pid()", {})
     assert after is not None
     assert after != pid
+
+
+def test_a_database_that_refuses_connections_fails_as_sqlalchemys_operational_error() -> None:
+    # Given an engine whose server is not there (nothing listens on port 1)
+    engine = make_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:1/nowhere", pool_size=1, max_connections=1
+    )
+    try:
+        # When a statement needs a connection
+        # Then it fails as every ledger statement does when the database is away
+        with pytest.raises(OperationalError):
+            run_alone(engine, "SELECT 1", {})
+    finally:
+        engine.dispose()

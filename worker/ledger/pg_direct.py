@@ -32,7 +32,10 @@ def applies_to(engine: Engine) -> bool:
 def run_alone(engine: Engine, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """Run one statement as its own transaction on a pooled connection; its first row, or
     None when it returns no row."""
-    pooled = engine.raw_connection()
+    try:
+        pooled = engine.raw_connection()
+    except psycopg.Error as exc:  # no connection to be had: SQLAlchemy's wording, as below
+        raise DBAPIError.instance(sql, dict(params), exc, psycopg.Error) from exc
     conn = cast(psycopg.Connection[Any], pooled.driver_connection)
     try:
         conn.autocommit = True
