@@ -123,11 +123,12 @@ class CommandIntake(bootsteps.ConsumerStep):
 
     def _attempt_ended(self, message: Message, settle: Settle) -> None:
         """On the worker thread that ran the attempt."""
-        if self._hub is None:
+        hub = self._hub  # read once: a stopping intake clears it
+        if hub is None:
             _settle(message, settle)
             return
         self._to_settle.put((message, settle))
-        self._hub.call_soon(self._settle_all)
+        hub.call_soon(self._settle_all)
 
     def _settle_all(self) -> None:
         """On the event loop (or the stopping worker's thread, the loop ended)."""
