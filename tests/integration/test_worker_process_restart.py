@@ -1,7 +1,8 @@
 """A worker process killed in the middle of a batch loses nothing and doubles nothing.
 
 Real `debit-worker run` processes on their own RabbitMQ virtual host: the first is
-SIGKILLed while debits are in flight; a second one finishes every request exactly once.
+SIGKILLed while debits are in flight; a second one finishes every request exactly once. One
+stopped with SIGTERM acks the commands it finished before it exits.
 And `run --processes 2`: both processes consume, one killed mid-batch is replaced, and
 SIGTERM stops them all.
 """
@@ -191,6 +192,42 @@ def test_a_worker_killed_mid_batch_leaves_every_request_done_exactly_once(
     # Then every request succeeded once: one event id, one payment, a succeeded ledger row
     assert {e["type"] for e in outcomes.values()} == {SUCCEEDED}, log.read_text()[-3000:]
     _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
+
+
+def test_a_worker_stopped_mid_batch_acks_the_commands_it_finished_before_it_exits(
+    restart_vhost: str,
+    database_url: str,
+    ledger: Ledger,
+    slow_sandbox: RunningSandbox,
+    plain_amqp: PlainAmqp,
+    tmp_path: Path,
+) -> None:
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    # Given a worker process (4 threads) busy with a batch of slow debits
+    first = _start_worker(restart_vhost, database_url, slow_sandbox, first_log)
+    try:
+        _wait_until_consuming(plain_amqp, first, first_log)
+        ids = [new_id("sigterm") for _ in range(16)]
+        for request_id in ids:
+            plain_amqp.publish_command(**command_body(request_id, ACCOUNT, 113))
+        plain_amqp.event_for(ids[0], timeout=60)
+        # When it is stopped with SIGTERM while first attempts are running
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0, first_log.read_text()[-3000:]
+    finally:
+        _stop(first, signal.SIGKILL)
+    # Then the commands it had not started go back to the queue and a new worker does them
+    second = _start_worker(restart_vhost, database_url, slow_sandbox, second_log)
+    try:
+        outcomes = {rid: plain_amqp.event_for(rid, timeout=90) for rid in ids}
+    finally:
+        _stop(second, signal.SIGTERM)
+    assert {e["type"] for e in outcomes.values()} == {SUCCEEDED}, second_log.read_text()[-3000:]
+    _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
+    # And none that the first worker finished is delivered again: it acked each one before
+    # its channel closed
+    assert "first attempts to end" in first_log.read_text()
+    assert "re-emitting its event" not in second_log.read_text()
 
 
 def _assert_done_exactly_once(
