@@ -20,10 +20,8 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from worker.bootstrap import Runtime
-from worker.ports import PublishFailed
 from worker.publisher import BROKER_ERRORS
-from worker.tasks import PROCESS_TASK, run_attempt
-from worker.topology import TASK_QUEUE
+from worker.tasks import run_attempt, send_attempt
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +45,15 @@ class FirstAttempt:
 
     def retry_in(self, countdown: int, error: Exception) -> str:
         try:
-            self._app.send_task(
-                PROCESS_TASK,
-                args=(self._body, self._headers),
+            send_attempt(
+                self._app,
+                self._body,
+                self._headers,
                 task_id=self.task_id,
-                queue=TASK_QUEUE,
                 countdown=countdown,
                 retries=self.number,  # Celery counts retries from 0: this is attempt 2
             )
-        except (PublishFailed, *BROKER_ERRORS) as exc:
+        except BROKER_ERRORS as exc:
             raise Reject(f"next attempt not published: {exc!r}", requeue=True) from error
         return "retry_scheduled"
 

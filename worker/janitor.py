@@ -28,8 +28,7 @@ from worker.ledger import Ledger
 from worker.ledger.janitor_store import abandoned_claims, expiring_attempts, take_over
 from worker.observability import report_unexpected
 from worker.settings import Settings
-from worker.tasks import PROCESS_TASK
-from worker.topology import TASK_QUEUE
+from worker.tasks import send_attempt
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def janitor_once(
 
 def task_enqueuer(app: Any) -> Callable[[str], None]:
     def enqueue(body: str) -> None:
-        app.tasks[PROCESS_TASK].apply_async(args=[body], queue=TASK_QUEUE)
+        send_attempt(app, body)
 
     return enqueue
 

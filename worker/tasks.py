@@ -4,7 +4,7 @@ retries, escalations or dead letters. No business logic lives here."""
 from __future__ import annotations
 
 import logging
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry
@@ -18,6 +18,7 @@ from worker.observability import report_unexpected
 from worker.parsing import Undeliverable, screen
 from worker.ports import PublishFailed
 from worker.publisher import BROKER_ERRORS
+from worker.topology import TASK_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,13 @@ class _TaskAttempt:
             raise self._task.retry(countdown=countdown, exc=error)
         except Reject as unpublished:  # Celery's answer when the retry could not be published
             raise Reject(str(unpublished), requeue=True) from error
+
+
+def send_attempt(app: Celery, *args: Any, **options: Any) -> None:
+    """Publish a `process_debit` task for a later attempt (a retry of a first attempt, the
+    janitor's re-enqueue); `options` as Celery's send_task takes them (countdown, task_id,
+    retries)."""
+    app.send_task(PROCESS_TASK, args=args, queue=TASK_QUEUE, **options)
 
 
 def register_tasks(app: Celery, runtime: Runtime) -> Task:  # type: ignore[type-arg]

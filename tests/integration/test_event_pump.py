@@ -53,12 +53,12 @@ class Place:
         return rows
 
     def unsent(self, rows: list[tuple[int, OutboxEvent]]) -> set[str]:
-        ids = {event.event_id for _, event in rows}
+        """Event ids of `rows` still unsent in the outbox (each request holds one event)."""
         return {
             p.event.event_id
             for _, event in rows
             for p in self.ledger.outbox.for_request(event.request_id)
-            if not p.sent and p.event.event_id in ids
+            if not p.sent
         }
 
     def delivered(
