@@ -14,10 +14,12 @@ import signal
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from faults.services import (
     worker_env,
 )
 from worker.parsing import InvalidCommand, Undeliverable, parse_command
+from worker.plain_consumer import COMPRESSION_HEADER
 from worker.sandbox import SandboxAdmin
 from worker.topology import declare_all
 
@@ -146,6 +149,24 @@ def duplicate_keys(rng: random.Random, request_id: str) -> Body:
     return f'{{"request_id": "{request_id}", "amount": 5, "amount": "{rng.random()}"}}'.encode()
 
 
+@cache
+def _zeros_bomb() -> Body:
+    """20 MiB of zeros in about 20 KB."""
+    return zlib.compress(bytes(20 << 20), 9)
+
+
+def compressed(rng: random.Random, request_id: str) -> Body:
+    """Published with kombu's `compression` header (see generate): a command that a worker
+    inflating it would read and answer, or a small bomb. Each must be dead-lettered."""
+    if rng.random() < 0.2:
+        return _zeros_bomb()
+    return zlib.compress(json.dumps(_valid(request_id)).encode())
+
+
+# kombu's names for zlib, and one it does not know.
+COMPRESSIONS = ["application/x-gzip", "gzip", "zlib", "application/x-snappy"]
+REFUSED_COMPRESSED = "compressed commands are refused"
+
 GENERATORS: dict[str, Gen] = {
     "json_bad_values": json_bad_values,
     "missing_fields": missing_fields,
@@ -158,8 +179,9 @@ GENERATORS: dict[str, Gen] = {
     "deeply_nested": deeply_nested,
     "huge_numbers": huge_numbers,
     "duplicate_keys": duplicate_keys,
+    "compressed": compressed,
 }
-WEIGHTS = {"huge": 0.3, "deeply_nested": 0.3, "huge_numbers": 0.5}
+WEIGHTS = {"huge": 0.3, "deeply_nested": 0.3, "huge_numbers": 0.5, "compressed": 0.3}
 
 CONTENT_TYPES = [
     "application/json",
@@ -206,7 +228,14 @@ def generate(count: int, rng: random.Random) -> list[tuple[str, Body, dict[str, 
             body = GENERATORS[kind](rng, f"psn-{number:06d}")
             if not _is_a_command(body):
                 break
-        made.append((kind, body, properties(rng)))
+        props = properties(rng)
+        if kind == "compressed":
+            headers = props.get("application_headers") or {}
+            props["application_headers"] = {
+                **headers,
+                COMPRESSION_HEADER: rng.choice(COMPRESSIONS),
+            }
+        made.append((kind, body, props))
     return made
 
 
@@ -264,6 +293,12 @@ def run(count: int, workers: int, seed: int, timeout: float) -> int:
         violations.append(f"{len(failed)} DebitFailed + {len(dead)} dead letters != {count}")
     if other:
         violations.append(f"{other} events other than DebitFailed")
+    sent_compressed = sum(kind == "compressed" for kind, _, _ in messages)
+    refused = [m for m in dead if _reason(m).startswith(REFUSED_COMPRESSED)]
+    if len(refused) != sent_compressed:
+        violations.append(f"{len(refused)} of {sent_compressed} compressed messages refused")
+    if any(COMPRESSION_HEADER in (m.headers or {}) for m in refused):
+        violations.append("a refused compressed message kept its compression header")
     calls = total(stripe_after) - total(stripe_before)
     if calls:
         violations.append(f"{calls} Stripe calls: {stripe_before} -> {stripe_after}")
@@ -276,6 +311,7 @@ def run(count: int, workers: int, seed: int, timeout: float) -> int:
         "debit_failed": len(failed),
         "failure_codes": dict(Counter(failed.values())),
         "dead_letters": len(dead),
+        "compressed_refused": len(refused),
         "stripe_calls": calls,
         "seconds": round(time.monotonic() - started, 1),
         "violations": violations,
@@ -283,6 +319,10 @@ def run(count: int, workers: int, seed: int, timeout: float) -> int:
     }
     print(json.dumps(report, indent=2))
     return 1 if violations else 0
+
+
+def _reason(message: Any) -> str:
+    return str((message.headers or {}).get("x-debit-worker-reason", ""))
 
 
 def _collect(broker: Broker, count: int, timeout: float) -> tuple[dict[str, str], list[Any], int]:

@@ -20,7 +20,10 @@ class FailureCode(StrEnum):
     AMOUNT_EXCEEDS_LIMIT = "amount_exceeds_limit"
     INSUFFICIENT_BALANCE = "insufficient_balance"
     REFUND_NOT_FOUND = "refund_not_found"
+    REFUND_NOT_RECOVERABLE = "refund_not_recoverable"
+    REFUND_ACCOUNT_MISMATCH = "refund_account_mismatch"
     REFUND_CURRENCY_MISMATCH = "refund_currency_mismatch"
+    REFUND_REQUIRES_ACTION = "refund_requires_action"
     REFUND_RECOVERY_EXCEEDS_REFUND = "refund_recovery_exceeds_refund"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     STRIPE_REJECTED = "stripe_rejected"
@@ -99,10 +102,30 @@ CATALOGUE: dict[FailureCode, CodeInfo] = {
         producer_action="Check the refund id.",
         retry_may_succeed=False,
     ),
+    FailureCode.REFUND_NOT_RECOVERABLE: CodeInfo(
+        meaning="The refund named by a refund_recovery failed or was canceled, or Stripe "
+        "reports a status other than succeeded, pending or requires_action: no money left the "
+        "platform for it, so there is nothing to recover.",
+        producer_action="Do not recover this refund; check the refund id.",
+        retry_may_succeed=False,
+    ),
+    FailureCode.REFUND_ACCOUNT_MISMATCH: CodeInfo(
+        meaning="The charge the refund refunded paid another connected account "
+        "(transfer_data.destination, destination or on_behalf_of) than the account this "
+        "recovery debits.",
+        producer_action="Recover from the account the refunded charge paid; the message names it.",
+        retry_may_succeed=False,
+    ),
     FailureCode.REFUND_CURRENCY_MISMATCH: CodeInfo(
         meaning="The refund named by a refund_recovery is in another currency than the debit.",
         producer_action="Recover in the refund's currency.",
         retry_may_succeed=False,
+    ),
+    FailureCode.REFUND_REQUIRES_ACTION: CodeInfo(
+        meaning="The refund named by a refund_recovery still requires action (Stripe status "
+        "requires_action): no money has left the platform for it yet.",
+        producer_action="Send a new request once Stripe reports the refund pending or succeeded.",
+        retry_may_succeed=True,
     ),
     FailureCode.REFUND_RECOVERY_EXCEEDS_REFUND: CodeInfo(
         meaning="This recovery plus the recoveries already made or in flight for the same "

@@ -22,6 +22,12 @@ from worker.warm_up import StripeWarmUp
 
 log = logging.getLogger(__name__)
 
+# Logged at every start while it is true, so that it is not forgotten on.
+UNSIGNED_MODE_WARNING = (
+    "signatures are not required (DEBIT_WORKER_REQUIRE_SIGNATURES=false): any client of the "
+    "broker can move money; set it to true as soon as every producer signs its commands"
+)
+
 # kombu retries without end when max_retries is None (its type hints say int).
 _FOREVER: dict[str, Any] = {"max_retries": None}
 
@@ -32,7 +38,9 @@ def build_worker(
     services: Callable[[Settings, Celery], Services] = build_services,
     relay: bool = True,
 ) -> tuple[Celery, Runtime]:
-    settings.require_stripe_key()
+    settings.require_safe_to_run()
+    if not settings.require_signatures:
+        log.error(UNSIGNED_MODE_WARNING)
     app = create_app(settings)
     runtime = Runtime(settings, app, factory=services)
     attach(app, runtime)

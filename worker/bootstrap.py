@@ -94,6 +94,18 @@ def rule_tables(settings: Settings) -> RuleTables:
     return RuleTables.from_file(settings.rules_file) if settings.rules_file else RuleTables()
 
 
+# A worker process's threads besides its `concurrency` worker threads: the outbox relay,
+# the janitor and the event pump use the ledger; the Stripe warm-up reads Stripe only today,
+# and is counted anyway so that giving it a ledger read could not starve a worker thread.
+BACKGROUND_THREADS = 4
+
+
+def ledger_connections(settings: Settings) -> int:
+    """Connections a worker process may open: one for every thread that may use the ledger
+    (each holds at most one at a time), so none waits for a free one."""
+    return settings.concurrency + BACKGROUND_THREADS
+
+
 def build_services(
     settings: Settings,
     app: Celery,
@@ -102,17 +114,19 @@ def build_services(
     publisher: EventPublisher | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Services:
-    # A thread holds at most one connection at a time; the relay and janitor one more each.
     # No pre-ping: it cost a round trip on every checkout, several per debit. A connection
     # that died with its server fails its first statement instead; SQLAlchemy then discards
     # every pooled connection made before it, and the task retries like any ledger outage.
     # All of them stay open: a connection closed on return and opened again later costs
     # PostgreSQL a new backend each time, which under load was measurable churn.
+    connections = ledger_connections(settings)
     engine = make_engine(
         settings.database_url,
-        pool_size=settings.concurrency + 2,
-        max_connections=settings.concurrency + 2,
+        pool_size=connections,
+        max_connections=connections,
         pre_ping=False,
+        statement_timeout_ms=settings.database_statement_timeout_ms,
+        lock_timeout_ms=settings.database_lock_timeout_ms,
     )
     ledger = Ledger.on(engine, clock)
     return Services(

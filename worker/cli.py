@@ -10,7 +10,9 @@ import getpass
 import json
 import os
 import sys
+import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import click
@@ -18,7 +20,9 @@ from kombu import Connection
 from pydantic import ValidationError
 
 from schemas.commands import DebitReason, DebitRequested
+from schemas.signing import SIGNATURE_HEADER, SIGNATURE_HEADERS, Signer
 from worker.app import build_worker, declare_topology
+from worker.authentication import RECEIVED_AT_HEADER
 from worker.demo import run_demo
 from worker.janitor import janitor_once, task_enqueuer
 from worker.ledger import Ledger
@@ -26,6 +30,7 @@ from worker.ledger.database import make_engine
 from worker.ledger.janitor_store import needing_reconciliation
 from worker.ledger.migrate import head_revision, upgrade
 from worker.observability import configure_logging, init_sentry
+from worker.plain_consumer import refuse_decompression
 from worker.producer import DebitProducer, signer_from
 from worker.sandbox.cli import sandbox
 from worker.settings import Settings, SettingsError, load_settings
@@ -85,7 +90,7 @@ def run(
     """
     settings = _settings(concurrency=concurrency, log_level=loglevel, processes=processes)
     try:
-        settings.require_stripe_key()
+        settings.require_safe_to_run()  # build_worker checks again; this is before migrating
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     configure_logging(settings)
@@ -97,6 +102,7 @@ def run(
     declare_topology(app)
     if settings.processes > 1:
         exec_supervisor(settings, settings.processes)
+    refuse_decompression()  # no message is ever inflated in a worker process
     # A thread whose database or HTTP reply has arrived waits for the interpreter lock; at
     # the default 5 ms handoff, the ~20 round trips of a debit queued behind busy threads
     # added ~100 ms at the median (python -m bench, issue 7). 1 ms trades a little CPU.
@@ -335,23 +341,23 @@ def dlq_list(limit: int) -> None:
 def dlq_replay(limit: int) -> None:
     """Publish dead-lettered commands to debits.commands again, then drop them from the DLQ.
 
-    Replaying is safe for commands the worker already finished: it re-emits the outcome.
-    The original signatures are too old to be accepted again, so replayed commands are signed
-    anew with the operator's producer key (DEBIT_WORKER_PRODUCER_ID / _KEY_ID / _SECRET).
+    Each command goes out as its producer sent it, with its producer's signature headers;
+    the operator's key (DEBIT_WORKER_PRODUCER_ID / _KEY_ID / _SECRET, a producer whose
+    policy has "may_replay": true) only vouches for when the worker first received it. The
+    worker then judges the command by its producer's signature at that moment and decides
+    it under that producer's policy: a command that was never validly signed is refused
+    (unauthorized) and moves no money. Replaying a command the worker already finished
+    re-emits its outcome.
     """
     settings = _settings()
-    if settings.producer_id is None:
-        click.echo(
-            "warning: no DEBIT_WORKER_PRODUCER_ID set; replayed commands go out unsigned and a "
-            "worker that requires signatures refuses them (unauthorized)",
-            err=True,
-        )
-        signer = None
-    else:
-        try:
-            signer = signer_from(settings)
-        except SettingsError as exc:
-            raise click.ClickException(str(exc)) from None
+    try:
+        signer = signer_from(settings)
+    except SettingsError:
+        raise click.ClickException(
+            "replays are vouched for by the operator: set DEBIT_WORKER_PRODUCER_ID, "
+            "DEBIT_WORKER_PRODUCER_KEY_ID and DEBIT_WORKER_PRODUCER_SECRET to a key of a "
+            'producer whose policy has "may_replay": true'
+        ) from None
     replayed = 0
     with Connection(settings.broker_url, transport_options={"confirm_publish": True}) as conn:
         channel: Any = conn.channel()
@@ -361,10 +367,10 @@ def dlq_replay(limit: int) -> None:
             message = channel.basic_get(dead_letter_queue.name, no_ack=False)
             if message is None:
                 break
-            command = original_command(message.body, message.headers or {})
+            command, headers = original_message(message.body, message.headers or {})
             producer.publish(
                 command,
-                headers=signer.headers_for(command) if signer else {},
+                headers=replay_headers(signer, command, headers),
                 exchange=command_exchange,
                 routing_key="debit.requested",
                 content_type="application/json",
@@ -377,17 +383,40 @@ def dlq_replay(limit: int) -> None:
     click.echo(f"replayed {replayed} message(s)")
 
 
-def original_command(body: bytes, headers: dict[str, Any]) -> bytes:
-    """The command as its producer sent it. Messages RabbitMQ dead-lettered from the task
-    queue (delivery limit reached) are Celery task messages wrapping it: unwrap them."""
+def original_message(body: bytes, headers: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """The command and the headers it came with. Messages RabbitMQ dead-lettered from the
+    task queue (delivery limit reached) are Celery task messages wrapping both: unwrap."""
     if headers.get("task") != PROCESS_TASK:
-        return body
+        return body, headers
     try:
         args, _kwargs, _embed = json.loads(body)
         command = args[0]
+        carried = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
     except (ValueError, TypeError, IndexError, KeyError):
-        return body
-    return command.encode() if isinstance(command, str) else body
+        return body, headers
+    if not isinstance(command, str):
+        return body, headers
+    return command.encode(), {**carried, "x-death": headers.get("x-death")}
+
+
+def replay_headers(signer: Signer, command: bytes, headers: dict[str, Any]) -> dict[str, str]:
+    """The producer's own signature headers, and the operator's vouching for the moment the
+    worker first received the command (its receipt stamp, else when it was dead-lettered,
+    else now: then only a recent signature is still accepted)."""
+    original = {
+        name: str(headers[name]) for name in SIGNATURE_HEADERS if headers.get(name) is not None
+    }
+    received_at = headers.get(RECEIVED_AT_HEADER)
+    if received_at is None:
+        deaths = headers.get("x-death") or []
+        died = deaths[0].get("time") if deaths and isinstance(deaths[0], dict) else None
+        received_at = died.timestamp() if isinstance(died, datetime) else time.time()
+    vouched = signer.replay_headers_for(
+        command,
+        received_at=str(received_at),
+        original_signature=original.get(SIGNATURE_HEADER, ""),
+    )
+    return {**original, **vouched}
 
 
 def _death_reason(headers: dict[str, Any]) -> str:

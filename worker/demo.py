@@ -43,6 +43,10 @@ HONG_KONG = "acct_1ExpressHK00000001"
 LOW = "acct_1LowBalanceUS00001"
 REFUND_USD = "re_1RefundUSD0000000001"
 REFUND_EUR = "re_1RefundEUR0000000001"
+REFUND_PENDING = "re_1RefundPending000001"
+REFUND_FAILED = "re_1RefundFailed0000001"
+REFUND_AWAITING_ACTION = "re_1RefundAction0000001"
+REFUND_OTHER_ACCOUNT = "re_1RefundOtherAcct0001"  # its sale paid acct_1CustomLegacy000001
 # The demo's producer and its key: the worker knows the secret, the producer signs with it.
 DEMO_SIGNER = Signer("demo-billing", "demo-2026-11", "demo-only-secret-not-for-production")
 
@@ -138,6 +142,30 @@ def scenarios() -> list[Scenario]:
                 "demo-rr-004", US, 100, reason="refund_recovery", refund="re_1DoesNotExist000001"
             ),
             "refund_not_found",
+        ),
+        Scenario(
+            "recovery of a pending refund",
+            command_body("demo-rr-005", US, 1000, reason="refund_recovery", refund=REFUND_PENDING),
+            "succeeded",
+        ),
+        Scenario(
+            "recovery of a failed refund",
+            command_body("demo-rr-006", US, 1000, reason="refund_recovery", refund=REFUND_FAILED),
+            "refund_not_recoverable",
+        ),
+        Scenario(
+            "recovery of a refund awaiting action",
+            command_body(
+                "demo-rr-007", US, 1000, reason="refund_recovery", refund=REFUND_AWAITING_ACTION
+            ),
+            "refund_requires_action",
+        ),
+        Scenario(
+            "recovery of another account's sale",
+            command_body(
+                "demo-rr-008", US, 1000, reason="refund_recovery", refund=REFUND_OTHER_ACCOUNT
+            ),
+            "refund_account_mismatch",
         ),
         Scenario(
             "an unsigned command (no producer identity)",

@@ -57,5 +57,22 @@ class OperatorActionNeeded(TransientFailure):
     """Stripe refused *us* (401/403): fix the key or its permissions; no money moved."""
 
 
+class RefusalNotRecorded(TransientFailure):
+    """An unauthorised command whose refusal could not be written (the ledger away). Retried
+    until it can be; out of attempts, it is dead-lettered as unauthorised, never as
+    "attempts exhausted", and no replay can make it move money (it carries no valid
+    producer signature)."""
+
+
 class RequestBusy(TransientFailure):
     """Another worker holds this request's lease; look again when it has expired."""
+
+
+class ChargePending(Unresolvable):
+    """Stripe took the debit but reports its charge `pending`: money may yet move or not.
+    A repeat of the call replays the same pending answer, so only reading the charge later
+    (`charge_id`) can settle it; until then an operator reconciles it."""
+
+    def __init__(self, reason: str, *, charge_id: str) -> None:
+        super().__init__(reason)
+        self.charge_id = charge_id

@@ -32,7 +32,12 @@ class RefundFacts:
     refund_id: str
     amount: int  # minor units
     currency: str  # lower-case
-    status: str
+    status: str  # Stripe's: "succeeded", "pending", "requires_action", "failed", "canceled"
+    charge_id: str | None = None  # the refunded charge, if Stripe names one
+    # (field, account id) for each field of the refunded charge that names the connected
+    # account it paid: "transfer_data.destination", "destination", "on_behalf_of". Empty when
+    # the charge names none (or Stripe did not expand it).
+    charge_accounts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

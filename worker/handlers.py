@@ -33,7 +33,7 @@ from schemas.events import (
 from schemas.topology import FAILED_ROUTING_KEY, SUCCEEDED_ROUTING_KEY
 from worker.authentication import Authenticator, Unauthorized, Verified
 from worker.crashpoints import crash_point
-from worker.errors import PermanentFailure, RequestBusy, Unresolvable
+from worker.errors import PermanentFailure, RefusalNotRecorded, RequestBusy, Unresolvable
 from worker.ledger import (
     ClaimKind,
     Ledger,
@@ -42,13 +42,14 @@ from worker.ledger import (
     RecoveryBudgetExceeded,
     Status,
 )
+from worker.ledger.database import LEDGER_UNAVAILABLE
 from worker.ledger.requests import Success
 from worker.money import format_amount
 from worker.observability import report_unauthorized
 from worker.parsing import InvalidCommand, Undeliverable, echo_fields, parse_command, screen
 from worker.policy import Refusal, evaluate
 from worker.ports import EventPublisher, Outbound, PublishFailed, StripePort
-from worker.producer_limits import daily_limit, static_refusal
+from worker.producer_limits import ProducerPolicy, daily_limit, static_refusal
 from worker.rules import RuleTables
 from worker.stripe_gateway import DebitCharge, idempotency_key
 
@@ -100,14 +101,18 @@ def handle_debit_requested(
         try:
             verified = svc.auth.verify(raw, headers or {}, svc.clock())
         except Unauthorized as refused:
-            if not _claimed_before(raw, svc):
-                _emit_unauthorized(raw, refused, svc)
-                return Result.FAILED
+            try:
+                if not _claimed_before(raw, svc):
+                    _emit_unauthorized(raw, refused, svc)
+                    return Result.FAILED
+            except LEDGER_UNAVAILABLE as exc:
+                raise RefusalNotRecorded(f"unauthorized ({refused.reason}); {exc}") from exc
             # Only authenticated commands are claimed, so the same content under a claim was
-            # authenticated once. Carrying on (resuming it, or re-emitting its outcome) moves
-            # no more money than that command asked for, whereas refusing would give the
-            # request a second outcome. This covers the janitor's re-enqueued commands (no
-            # producer headers), keys retired mid-attempt, and late replays of finished ones.
+            # authenticated once, and its producer is stored with the claim: its policy
+            # applies (_Debit.policy). Carrying on (resuming it, or re-emitting its outcome)
+            # moves no more money than that command asked for, whereas refusing would give
+            # the request a second outcome. This covers the janitor's re-enqueued commands
+            # (no producer headers), keys retired mid-attempt, and late replays.
             log.warning("request %s: %s; continuing its claim", screen(raw), refused.reason)
     try:
         command = parse_command(body)
@@ -128,7 +133,12 @@ class _Debit:
         self.requests = svc.ledger.requests
 
     def run(self) -> Result:
-        claim = self.requests.claim(self.command, self.owner, self.svc.config.lease_seconds)
+        claim = self.requests.claim(
+            self.command,
+            self.owner,
+            self.svc.config.lease_seconds,
+            self.producer.producer if self.producer else None,
+        )
         if claim.kind is ClaimKind.CONFLICT:
             return self._conflict(claim.record.received_at)
         if claim.kind is ClaimKind.FINISHED:
@@ -156,7 +166,7 @@ class _Debit:
             )
         if claim.record.idempotency_key is None:  # Stripe never asked: the rules decide
             try:
-                attempt = self._decide_and_begin()  # counts this first attempt
+                attempt = self._decide_and_begin(claim.record.producer)  # counts attempt 1
             except PermanentFailure as failure:
                 return self._fail(failure.code, failure.message, failure.stripe_error)
         else:
@@ -175,13 +185,25 @@ class _Debit:
                 "24 h expiry, so it is not sent again"
             )
 
-    def _decide_and_begin(self) -> int:
+    def _policy(self, claimed_by: str | None) -> tuple[str, ProducerPolicy] | None:
+        """The policy of the producer that claimed the request, whoever resumes it (a
+        retry, the janitor, a redelivery past the signature window); None: claimed
+        unsigned, with signatures optional."""
+        if claimed_by is not None:
+            auth = self.svc.auth
+            return claimed_by, auth.policy_of(claimed_by) if auth else ProducerPolicy()
+        if self.producer is not None:
+            return self.producer.producer, self.producer.policy
+        return None
+
+    def _decide_and_begin(self, claimed_by: str | None) -> int:
         """The rules, then received → attempting; returns the number of the attempt about to
         be made (counted by begin_attempt)."""
         cmd, stripe, ledger = self.command, self.svc.stripe, self.svc.ledger
         daily = None
-        if self.producer is not None:
-            name, policy = self.producer.producer, self.producer.policy
+        producer = self._policy(claimed_by)
+        if producer is not None:
+            name, policy = producer
             refused = static_refusal(name, policy, cmd)
             if refused is not None:
                 raise PermanentFailure(FailureCode.PRODUCER_LIMIT_EXCEEDED, refused)

@@ -24,6 +24,7 @@ from worker.bootstrap import runtime_of
 from worker.first_attempt import Settle, run_first_attempt
 from worker.intake_brake import IntakeBrake
 from worker.parsing import Undeliverable, screen
+from worker.plain_consumer import PlainConsumer, refusal
 from worker.ports import PublishFailed
 from worker.publisher import BROKER_ERRORS
 from worker.topology import command_queue, declare_all
@@ -96,10 +97,14 @@ class CommandIntake(bootsteps.ConsumerStep):
         declare_all(channel)  # every worker (re)declares what it consumes and publishes to
         prefetch = runtime_of(self.parent_app).settings.concurrency + SPARE_PREFETCH
         channel.basic_qos(0, prefetch, False)
-        return [Consumer(channel, queues=[command_queue], on_message=self.on_message)]
+        return [PlainConsumer(channel, queues=[command_queue], on_message=self.on_message)]
 
     def on_message(self, message: Message) -> None:
         runtime = runtime_of(self.parent_app)
+        refused = refusal(message.headers)
+        if refused is not None:
+            self._dead_letter(message, refused)
+            return
         body: bytes | str = message.body or b""
         try:
             request_id = screen(body)

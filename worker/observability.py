@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
 import sentry_sdk
 from sentry_sdk.integrations.celery import CeleryIntegration
 
 from worker.settings import Settings
 
+log = logging.getLogger(__name__)
+
 _ACCOUNT = re.compile(r"acct_[A-Za-z0-9]+")
 _SECRET = re.compile(r"\b(sk|rk|pk)_(test|live)_[A-Za-z0-9]+")
+# Formats a traceback exactly as logging's default formatter does, before it is scrubbed.
+_TRACEBACKS = logging.Formatter()
 
 
 class ScrubbingFilter(logging.Filter):
-    """Rewrites each record's message without the configured secrets or Stripe keys."""
+    """Rewrites each record without the configured secrets or Stripe keys: its message, its
+    exception's traceback (exception messages often quote what failed) and its stack."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
@@ -28,6 +37,15 @@ class ScrubbingFilter(logging.Filter):
         cleaned = scrub_secrets(message, self._secrets)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub_secrets(record.exc_text, self._secrets)
+            # Formatters print exc_text when set; no handler after this one gets the raw
+            # exception (whose message may carry the secret) to format it again.
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = scrub_secrets(record.stack_info, self._secrets)
         return True
 
 
@@ -38,6 +56,8 @@ def configure_logging(settings: Settings) -> None:
     )
     scrubber = ScrubbingFilter(settings.secrets())
     for handler in logging.getLogger().handlers:
+        for earlier in [f for f in handler.filters if isinstance(f, ScrubbingFilter)]:
+            handler.removeFilter(earlier)  # configured again: these secrets replace those
         handler.addFilter(scrubber)
 
 
@@ -67,6 +87,7 @@ def init_sentry(settings: Settings, **client_options: Any) -> bool:
     """Start Sentry when a DSN is configured; `client_options` lets tests capture events."""
     if settings.sentry_dsn is None:
         return False
+    unauthorized_alerts.reset()  # a new client starts with no alert held back
     secrets = settings.secrets()
 
     def before_send(event: Any, _hint: Any) -> Any:
@@ -85,15 +106,109 @@ def init_sentry(settings: Settings, **client_options: Any) -> bool:
     return True
 
 
+# Values in a refusal's reason (quoted names, numbers of seconds): refusals that differ only
+# in them are the same kind of refusal.
+_REASON_DETAILS = re.compile(r"'[^']*'|\d+(?:\.\d+)?")
+
+AlertKey = tuple[str, str]  # (producer, kind of refusal)
+
+
+@dataclass
+class _Window:
+    opened: float
+    held_back: int = 0
+
+
+class AlertThrottle:
+    """At most one Sentry alert per producer and kind of refusal per window (thread-safe): a
+    flood of refused commands raises one alert a minute, not one each. Every refusal is still
+    logged by the handler; what was held back is counted in a log line when the key's next
+    alert goes out, or when its window is forgotten.
+
+    At most `max_keys` keys are tracked, since a refusal's producer name is whatever the
+    sender wrote; past that, new keys share one overflow key, so varying names raises no
+    more alerts."""
+
+    OVERFLOW: Final[AlertKey] = ("(any other)", "(any refusal)")
+
+    def __init__(
+        self,
+        window_seconds: float = 60.0,
+        *,
+        max_keys: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_seconds = window_seconds
+        self._max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[AlertKey, _Window] = {}
+
+    def admit(self, key: AlertKey) -> int | None:
+        """None: hold this alert back (it is counted). Otherwise send it; the number held
+        back under its key since that key's last alert."""
+        now = self._clock()
+        closed: list[tuple[AlertKey, int]] = []
+        with self._lock:
+            if key not in self._windows and len(self._windows) >= self._max_keys:
+                closed = self._close_windows(now)
+                if len(self._windows) >= self._max_keys:
+                    key = self.OVERFLOW
+            window = self._windows.get(key)
+            if window is not None and now - window.opened < self.window_seconds:
+                window.held_back += 1
+                admitted = None
+            else:
+                self._windows[key] = _Window(opened=now)
+                admitted = window.held_back if window is not None else 0
+                if admitted:
+                    closed.append((key, admitted))
+        for (producer, kind), held_back in closed:
+            log.warning(
+                "unauthorized commands: %d more from producer %s (%s) were refused without "
+                "a Sentry alert of their own (at most one per %.0f s)",
+                held_back,
+                producer,
+                kind,
+                self.window_seconds,
+            )
+        return admitted
+
+    def reset(self) -> None:
+        with self._lock:
+            self._windows.clear()
+
+    def _close_windows(self, now: float) -> list[tuple[AlertKey, int]]:
+        """Forget every window that has ended; what they held back, to be logged."""
+        ended = [k for k, w in self._windows.items() if now - w.opened >= self.window_seconds]
+        return [
+            (key, held_back) for key in ended if (held_back := self._windows.pop(key).held_back)
+        ]
+
+
+unauthorized_alerts = AlertThrottle()
+
+
 def report_unauthorized(
-    request_id: str, reason: str, producer: str | None, key_id: str | None
+    request_id: str,
+    reason: str,
+    producer: str | None,
+    key_id: str | None,
+    *,
+    throttle: AlertThrottle | None = None,
 ) -> None:
     """A command that failed its signature check: someone may be trying to move money."""
+    held_back = (throttle or unauthorized_alerts).admit(
+        (producer or "unknown", _REASON_DETAILS.sub("…", reason))
+    )
+    if held_back is None:
+        return
     with sentry_sdk.new_scope() as scope:
         scope.set_tag("request_id", request_id)
         scope.set_tag("refusal", "unauthorized")
         scope.set_tag("producer", producer or "unknown")
         scope.set_tag("key_id", key_id or "unknown")
+        scope.set_extra("held_back_before", held_back)
         sentry_sdk.capture_message(f"unauthorized command refused: {reason}", level="warning")
 
 

@@ -36,7 +36,16 @@ class InvalidCommand(Exception):
         return "; ".join(f"{e.field or '(body)'}: {e.message}" for e in self.field_errors)
 
 
-def _decode(body: bytes | str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    value: dict[str, Any]
+    # Names that appear twice in one JSON object: parsers disagree on which one counts, so
+    # such a body never means one thing (the signature covers bytes, not a reading of them).
+    repeated: frozenset[str]
+    request_id_repeated: bool
+
+
+def _decode(body: bytes | str) -> _Decoded:
     raw = body.encode() if isinstance(body, str) else body
     if len(raw) > MAX_BODY_BYTES:
         raise Undeliverable(f"body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}")
@@ -44,8 +53,15 @@ def _decode(body: bytes | str) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Undeliverable(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    repeated: list[set[str]] = []  # per object, innermost first: the body itself is last
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [name for name, _ in items]
+        repeated.append({name for name in names if names.count(name) > 1})
+        return dict(items)
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise Undeliverable(f"body is not JSON ({exc.msg} at line {exc.lineno})") from None
     except RecursionError:
@@ -54,13 +70,22 @@ def _decode(body: bytes | str) -> dict[str, Any]:
         raise Undeliverable(f"body is not usable JSON ({exc})") from None
     if not isinstance(value, dict):
         raise Undeliverable(f"body is a JSON {type(value).__name__}, not an object")
-    return value
+    return _Decoded(
+        value,
+        frozenset().union(*repeated),
+        "request_id" in repeated[-1],
+    )
 
 
 def screen(body: bytes | str) -> str:
     """The request_id of a message worth handing to a worker, or raise Undeliverable."""
-    value = _decode(body)
-    candidate = value.get("request_id")
+    return _screened(_decode(body))
+
+
+def _screened(decoded: _Decoded) -> str:
+    if decoded.request_id_repeated:
+        raise Undeliverable("request_id appears more than once: no one request can be named")
+    candidate = decoded.value.get("request_id")
     try:
         return _request_id.validate_python(candidate)
     except ValidationError:
@@ -70,8 +95,20 @@ def screen(body: bytes | str) -> str:
 
 def parse_command(body: bytes | str) -> DebitRequested:
     """Raises Undeliverable or InvalidCommand; never anything else for any input."""
-    value = _decode(body)
-    request_id = screen(body)
+    decoded = _decode(body)
+    request_id = _screened(decoded)
+    value = decoded.value
+    partial = {
+        key: value.get(key)
+        for key in ("account", "amount", "currency", "reason", "refund")
+        if _readable(key, value.get(key))
+    }
+    if decoded.repeated:
+        errors = tuple(
+            FieldError(field=name, message="appears more than once in a JSON object")
+            for name in sorted(decoded.repeated)
+        )
+        raise InvalidCommand(request_id, partial, errors)
     try:
         return DebitRequested.model_validate_json(body)
     except ValidationError as exc:
@@ -79,17 +116,12 @@ def parse_command(body: bytes | str) -> DebitRequested:
             FieldError(field=".".join(str(p) for p in err["loc"]), message=err["msg"])
             for err in exc.errors(include_url=False)
         )
-        partial = {
-            key: value.get(key)
-            for key in ("account", "amount", "currency", "reason", "refund")
-            if _readable(key, value.get(key))
-        }
         raise InvalidCommand(request_id, partial, errors) from None
 
 
 def echo_fields(body: bytes | str) -> dict[str, Any]:
     """The command's fields a DebitFailed may echo back (those of the right type, short)."""
-    value = _decode(body)
+    value = _decode(body).value
     return {key: value.get(key) for key in _ECHOED if _readable(key, value.get(key))}
 
 

@@ -155,6 +155,50 @@ def _refund_known(case: _Case) -> str | None:
     return f"Refund {case.command.refund}, which this recovery names, was not found."
 
 
+# Refund statuses under which money has left, or is leaving, the platform for the refund.
+RECOVERABLE_REFUND_STATUSES: Final = frozenset({"succeeded", "pending"})
+REFUND_STATUS_REQUIRES_ACTION: Final = "requires_action"
+
+
+def _refund_made(case: _Case) -> str | None:
+    refund = case.refund
+    if refund is None or refund.status in RECOVERABLE_REFUND_STATUSES:
+        return None
+    if refund.status == REFUND_STATUS_REQUIRES_ACTION:
+        return None  # may still be made: refund_requires_action, later in the order
+    return (
+        f"Refund {refund.refund_id} has status {refund.status!r}: no money left the platform "
+        "for it, so there is nothing to recover (only a succeeded or pending refund can be "
+        "recovered)."
+    )
+
+
+def _refund_paid_this_account(case: _Case) -> str | None:
+    refund, account_id = case.refund, case.command.account
+    if refund is None:
+        return None
+    others = [(name, paid) for name, paid in refund.charge_accounts if paid != account_id]
+    if not others:
+        return None
+    named = ", ".join(f"{name} {paid}" for name, paid in others)
+    return (
+        f"Refund {refund.refund_id} refunded charge {refund.charge_id}, which paid another "
+        f"account ({named}), not {account_id} which this recovery debits; recover from the "
+        "account the charge paid."
+    )
+
+
+def _refund_needs_no_action(case: _Case) -> str | None:
+    refund = case.refund
+    if refund is None or refund.status != REFUND_STATUS_REQUIRES_ACTION:
+        return None
+    return (
+        f"Refund {refund.refund_id} still requires action (status 'requires_action'): no money "
+        "has left the platform for it yet; send a new request once Stripe reports it pending "
+        "or succeeded."
+    )
+
+
 def _refund_currency_matches(case: _Case) -> str | None:
     refund = case.refund
     if refund is None or refund.currency.lower() == case.command.currency.lower():
@@ -241,10 +285,30 @@ _RULES: Final = (
         _refund_known,
     ),
     _Rule(
+        FailureCode.REFUND_NOT_RECOVERABLE,
+        "A refund recovery's refund has moved money or is moving it: its status is succeeded "
+        "or pending (requires_action is left to refund_requires_action).",
+        _is_recovery,
+        _refund_made,
+    ),
+    _Rule(
+        FailureCode.REFUND_ACCOUNT_MISMATCH,
+        "Every account the refunded charge names as the one it paid (transfer_data.destination, "
+        "destination, on_behalf_of) is the debited account (holds when it names none).",
+        _is_recovery,
+        _refund_paid_this_account,
+    ),
+    _Rule(
         FailureCode.REFUND_CURRENCY_MISMATCH,
         "A refund recovery debits the refund's currency.",
         _is_recovery,
         _refund_currency_matches,
+    ),
+    _Rule(
+        FailureCode.REFUND_REQUIRES_ACTION,
+        "A refund recovery's refund does not still require action.",
+        _is_recovery,
+        _refund_needs_no_action,
     ),
     _Rule(
         FailureCode.REFUND_RECOVERY_EXCEEDS_REFUND,

@@ -36,6 +36,12 @@ class ProducerPolicy(BaseModel):
     retired_keys: frozenset[str] = Field(
         default=frozenset(), description="Key ids refused as retired (rotated out)."
     )
+    may_replay: bool = Field(
+        default=False,
+        description="This identity's keys may sign operators' dead-letter replays "
+        "(`debit-worker dlq replay`); a replayed command is still judged by its own "
+        "producer's signature and policy.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from kombu.exceptions import KombuError
 
 from schemas.topology import COMMAND_ROUTING_KEY, EVENT_CONTENT_TYPE
 from worker.ledger import OutboxEvent
+from worker.plain_consumer import defused
 from worker.ports import PublishFailed
 from worker.topology import dead_letter_exchange, event_exchange
 
@@ -69,7 +70,8 @@ class DeadLetters:
         headers: dict[str, Any] | None = None,
         content_type: str | None = None,
     ) -> None:
-        kept = {k: v for k, v in (headers or {}).items() if isinstance(v, str | int | float)}
+        # Renamed, so no kombu client inflates the dead letter when it reads it.
+        kept = {k: v for k, v in defused(headers or {}).items() if isinstance(v, str | int | float)}
         raw = body if isinstance(body, bytes) else body.encode()
         publish_confirmed(
             self._app,

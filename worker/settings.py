@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.signing import valid_id
 from worker.producer_limits import ProducerPolicy
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -24,6 +25,8 @@ DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/debit_worke
 # Stripe's documented per-account limits: sandbox (test mode) 25 requests/s, live 100.
 TEST_MODE_RATE = 25.0
 LIVE_MODE_RATE = 100.0
+# The only address a live key is ever sent to (as pydantic normalises it).
+STRIPE_API_BASE = "https://api.stripe.com/"
 
 
 class Settings(BaseSettings):
@@ -39,6 +42,20 @@ class Settings(BaseSettings):
     )
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the ledger database."
+    )
+    database_statement_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        le=3_600_000,
+        description="PostgreSQL statement_timeout of the worker's ledger connections: a "
+        "statement running longer is cancelled and the attempt retried (0: no limit).",
+    )
+    database_lock_timeout_ms: int = Field(
+        default=5_000,
+        ge=0,
+        le=3_600_000,
+        description="PostgreSQL lock_timeout of the worker's ledger connections: a statement "
+        "waiting longer for a lock fails and the attempt is retried (0: no limit).",
     )
     stripe_api_key: SecretStr | None = Field(
         default=None,
@@ -142,7 +159,15 @@ class Settings(BaseSettings):
     )
     # --- producers: who may ask for debits (the worker's side) ---
     require_signatures: bool = Field(
-        default=True, description="Refuse commands without a valid producer signature."
+        default=True,
+        description="Refuse commands without a valid producer signature. false lets any "
+        "client of the broker ask for debits; refused with a live key unless "
+        "allow_unsigned_live_mode is set too.",
+    )
+    allow_unsigned_live_mode: bool = Field(
+        default=False,
+        description="DANGEROUS: let a worker with a live key run with require_signatures "
+        "false, so that anyone who can publish to the broker can move real money.",
     )
     signature_max_age_seconds: float = Field(
         default=300.0,
@@ -159,7 +184,7 @@ class Settings(BaseSettings):
     producers: dict[str, ProducerPolicy] = Field(
         default_factory=dict,
         description="JSON: producer id → policy (allowed_reasons, max_per_debit, max_per_day, "
-        "retired_keys).",
+        "retired_keys, may_replay).",
     )
     # --- signing (the CLI's and DebitProducer's side) ---
     producer_id: str | None = Field(default=None, description="Who `request` signs as.")
@@ -180,6 +205,23 @@ class Settings(BaseSettings):
             raise ValueError("must be a Stripe secret key (sk_…) or restricted key (rk_…)")
         return value
 
+    @field_validator("producer_keys", "producers", "producer_id", "producer_key_id")
+    @classmethod
+    def _ids_shape(cls, value: object) -> object:
+        """Ids go into the signed text line by line: one with a line feed would blur it."""
+        ids: list[str] = []
+        if isinstance(value, str):
+            ids.append(value)
+        elif isinstance(value, dict):
+            ids.extend(value)
+            for inner in value.values():
+                if isinstance(inner, dict):
+                    ids.extend(inner)
+        bad = [name for name in ids if not valid_id(name)]
+        if bad:
+            raise ValueError(f"ids must be 1-64 of A-Z a-z 0-9 . _ - (not {bad[0]!r})")
+        return value
+
     def require_stripe_key(self) -> SecretStr:
         if self.stripe_api_key is None:
             raise SettingsError(
@@ -188,11 +230,40 @@ class Settings(BaseSettings):
             )
         return self.stripe_api_key
 
+    def require_safe_to_run(self) -> SecretStr:
+        """What every way of starting the worker checks first: a Stripe key, and no setting
+        that would let a live key move money outside policy. Returns the key."""
+        key = self.require_stripe_key()
+        if not self.live_mode:
+            return key
+        base = self.stripe_api_base
+        if base is not None and str(base) != STRIPE_API_BASE:
+            parts = urlsplit(str(base))  # shown without any credentials it may carry
+            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+            raise SettingsError(
+                f"DEBIT_WORKER_STRIPE_API_BASE is {shown} but the Stripe "
+                "key is a live key, which is only ever sent to https://api.stripe.com: unset "
+                "DEBIT_WORKER_STRIPE_API_BASE, or use a test key (sk_test_…) with the sandbox"
+            )
+        if not self.require_signatures and not self.allow_unsigned_live_mode:
+            raise SettingsError(
+                "DEBIT_WORKER_REQUIRE_SIGNATURES=false with a live Stripe key would let anyone "
+                "who can publish to the broker move real money: set "
+                "DEBIT_WORKER_REQUIRE_SIGNATURES=true, or, only while producers migrate and "
+                "knowing the risk, DEBIT_WORKER_ALLOW_UNSIGNED_LIVE_MODE=true"
+            )
+        return key
+
     def secrets(self) -> tuple[str, ...]:
         """Every configured secret value, for scrubbing (passwords in URLs included)."""
         found = [
             s.get_secret_value()
-            for s in (self.stripe_api_key, self.sentry_dsn, self.producer_secret)
+            for s in (
+                self.stripe_api_key,
+                self.sentry_dsn,
+                self.producer_secret,
+                self.rate_budget_redis_url,
+            )
             if s is not None
         ]
         found += [
@@ -200,11 +271,15 @@ class Settings(BaseSettings):
             for keys in self.producer_keys.values()
             for secret in keys.values()
         ]
-        for url in (self.broker_url, self.database_url):
+        urls = [self.broker_url, self.database_url]
+        if self.rate_budget_redis_url is not None:
+            urls.append(self.rate_budget_redis_url.get_secret_value())
+        for url in urls:
             password = urlsplit(url).password
             if password:
-                found.append(password)
-        return tuple(secret for secret in found if secret)
+                # As written in the URL, and decoded as the client sends it (and may echo it).
+                found += [password, unquote(password)]
+        return tuple(dict.fromkeys(secret for secret in found if secret))
 
     @property
     def live_mode(self) -> bool:

@@ -2,6 +2,8 @@
 
 Account debits are `POST /v1/charges` with `source=acct_…`, always with an idempotency key
 derived from the request id alone, so a retry or redelivery can never move money twice.
+A 200 is a success only when its charge is the money asked for, settled: anything else is
+never reported as a payment.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import stripe
 from schemas.codes import FailureCode
 from schemas.events import StripeErrorInfo
 from worker.errors import (
+    ChargePending,
     DebitWorkerError,
     OperatorActionNeeded,
     OutcomeUnknown,
@@ -186,6 +189,78 @@ def _id_of(value: object) -> str | None:
     return str(found) if found else None
 
 
+# Fields of a charge that name the connected account it paid: `transfer_data.destination`
+# (destination charges), `destination` (its name in older API versions, still read in case an
+# answer carries it) and `on_behalf_of` (the account the charge settled for).
+CHARGE_ACCOUNT_FIELDS: Final = ("transfer_data.destination", "destination", "on_behalf_of")
+
+
+def _field(obj: object, path: str) -> object:
+    for part in path.split("."):
+        obj = obj.get(part) if isinstance(obj, Mapping) else None
+    return obj
+
+
+def charge_accounts(charge: object) -> tuple[tuple[str, str], ...]:
+    """(field, account id) for each field of an expanded charge that names an account."""
+    if not isinstance(charge, Mapping):
+        return ()
+    named = ((path, _id_of(_field(charge, path))) for path in CHARGE_ACCOUNT_FIELDS)
+    return tuple((path, account) for path, account in named if account)
+
+
+def _charge_differences(asked: DebitCharge, charge: Mapping[str, Any]) -> list[str]:
+    """How the charge Stripe answered differs from the debit asked for, in words."""
+    found = []
+    amount = charge.get("amount")
+    if type(amount) is not int or amount != asked.amount:
+        found.append(f"amount {amount!r} (asked {asked.amount})")
+    currency = charge.get("currency")
+    if not isinstance(currency, str) or currency.lower() != asked.currency.lower():
+        found.append(f"currency {currency!r} (asked {asked.currency!r})")
+    source = _id_of(charge.get("source"))
+    if source != asked.account:
+        found.append(f"source {source!r} (asked {asked.account!r})")
+    return found
+
+
+def verified_payment(asked: DebitCharge, charge: Mapping[str, Any], *, replayed: bool) -> Payment:
+    """The Payment in Stripe's answer, if it is the debit asked for and it succeeded.
+
+    `pending` raises ChargePending (the outcome is not known yet); any other status, an
+    unpaid charge, or an amount, currency or source other than asked raises Unresolvable.
+    Both escalate: money that may not have moved is never reported as a success.
+    """
+    charge_id = charge.get("id")
+    status = charge.get("status")
+    problems = _charge_differences(asked, charge)
+    if not isinstance(charge_id, str) or not charge_id:
+        problems.append("no charge id")
+    if status == "pending" and not problems:
+        raise ChargePending(
+            f"request {asked.request_id}: Stripe answered charge {charge_id} with status "
+            "'pending': whether the money moves is not decided yet; read the charge later to "
+            "settle the request",
+            charge_id=str(charge_id),
+        )
+    if status != "succeeded":
+        problems.insert(0, f"status {status!r}, not 'succeeded'")
+    elif charge.get("paid") is not True:
+        problems.append(f"paid {charge.get('paid')!r}, not true")
+    if problems:
+        raise Unresolvable(
+            f"request {asked.request_id}: Stripe's answer (charge {charge_id}) is not a "
+            f"succeeded debit as asked for: {'; '.join(problems)}; an operator must reconcile it"
+        )
+    return Payment(
+        id=str(charge_id),
+        transfer=_id_of(charge.get("source_transfer")),
+        balance_transaction=_id_of(charge.get("balance_transaction")),
+        created=_epoch(charge.get("created")),
+        replayed=replayed,
+    )
+
+
 class StripeGateway:
     def __init__(self, client: stripe.StripeClient, budget: RateBudget) -> None:
         self._client = client
@@ -215,16 +290,23 @@ class StripeGateway:
 
     def refund(self, refund_id: str) -> RefundFacts:
         try:
-            refund = self._read(self._client.v1.refunds.retrieve, refund_id)
+            # The refunded charge comes expanded in the same request: which account it paid.
+            refund = self._read(
+                self._client.v1.refunds.retrieve, refund_id, params={"expand": ["charge"]}
+            )
         except PermanentFailure as failure:
             raise _not_found(
                 failure, FailureCode.REFUND_NOT_FOUND, f"refund {refund_id}"
             ) from failure
+        raw = refund.to_dict()
+        charge = raw.get("charge")
         return RefundFacts(
             refund_id=refund.id,
             amount=int(refund.amount),
             currency=str(refund.currency).lower(),
-            status=str(refund.to_dict().get("status") or "unknown"),
+            status=str(raw.get("status") or "unknown"),
+            charge_id=_id_of(charge),
+            charge_accounts=charge_accounts(charge),
         )
 
     def available_balance(self, account_id: str, currency: str) -> int:
@@ -247,12 +329,9 @@ class StripeGateway:
             )
         except stripe.StripeError as err:
             raise classify(err, effectful=True) from err
-        created = response.data
-        return Payment(
-            id=str(created["id"]),
-            transfer=_id_of(created.get("source_transfer")),
-            balance_transaction=_id_of(created.get("balance_transaction")),
-            created=_epoch(created.get("created")),
+        return verified_payment(
+            charge,
+            response.data,
             replayed=(response.headers or {}).get("idempotent-replayed") == "true",
         )
 

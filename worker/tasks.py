@@ -8,12 +8,18 @@ from typing import Any, Final, Protocol
 
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker.backoff import retry_delay
 from worker.bootstrap import Runtime
-from worker.errors import OperatorActionNeeded, RequestBusy, TransientFailure, Unresolvable
+from worker.errors import (
+    OperatorActionNeeded,
+    RefusalNotRecorded,
+    RequestBusy,
+    TransientFailure,
+    Unresolvable,
+)
 from worker.handlers import handle_debit_requested
+from worker.ledger.database import LEDGER_UNAVAILABLE
 from worker.observability import report_unexpected
 from worker.parsing import Undeliverable, screen
 from worker.ports import PublishFailed
@@ -23,7 +29,7 @@ from worker.topology import TASK_QUEUE
 log = logging.getLogger(__name__)
 
 PROCESS_TASK: Final = "debit_worker.process_debit"
-_DATABASE_TROUBLE = (OperationalError, DBAPIError)
+_DATABASE_TROUBLE = LEDGER_UNAVAILABLE  # a pool timeout too: not a DBAPIError
 # Recording an escalation or scheduling a retry can itself fail (database or broker away):
 # then the command goes back to its queue instead of being acknowledged and forgotten.
 _BOOKKEEPING_TROUBLE = (*_DATABASE_TROUBLE, PublishFailed, *BROKER_ERRORS)
@@ -114,7 +120,7 @@ def process(
         runtime.dead_letters.send(body, reason=str(exc), stage="task")
         return "dead_lettered"
     except Unresolvable as exc:  # no repeat can tell: escalate now, never guess
-        return _give_up(runtime, body, _request_id(body), owner, exc)
+        return _give_up(runtime, body, headers, owner, exc)
     except TransientFailure as exc:
         level = logging.ERROR if isinstance(exc, OperatorActionNeeded) else logging.WARNING
         log.log(level, "attempt %d of %s: %s", number, _request_id(body), exc.reason)
@@ -134,7 +140,7 @@ def process(
         log.warning("request %s: leaving it to its lease holder after %d tries", request_id, number)
         return "left_to_lease_holder"
     if number >= settings.max_attempts:
-        return _give_up(runtime, body, request_id, owner, error)
+        return _give_up(runtime, body, headers, owner, error)
     if request_id:
         _release(runtime, request_id, owner)
     delay = retry_delay(
@@ -162,14 +168,26 @@ def _release(runtime: Runtime, request_id: str, owner: str) -> None:
 
 
 def _give_up(
-    runtime: Runtime, body: str, request_id: str | None, owner: str, error: Exception
+    runtime: Runtime,
+    body: str,
+    headers: dict[str, str] | None,
+    owner: str,
+    error: Exception,
 ) -> str:
-    """Out of attempts: never guess an outcome. Escalate, and keep the command."""
+    """Out of attempts: never guess an outcome. Escalate, and keep the command with the
+    headers it came with (its producer's signature: a replay is judged by it)."""
+    request_id = _request_id(body)
     why = f"{type(error).__name__}: {error}"
     try:
+        if isinstance(error, RefusalNotRecorded):  # nothing was claimed: nothing to reconcile
+            runtime.dead_letters.send(body, reason=error.reason, stage="auth", headers=headers)
+            log.warning("request %s: %s; dead-lettered", request_id, error.reason)
+            return "dead_lettered"
         if request_id:
             runtime.services().ledger.requests.mark_needs_reconciliation(request_id, owner, why)
-        runtime.dead_letters.send(body, reason=f"attempts exhausted: {why}", stage="task")
+        runtime.dead_letters.send(
+            body, reason=f"attempts exhausted: {why}", stage="task", headers=headers
+        )
     except _BOOKKEEPING_TROUBLE as exc:
         log.warning("request %s: escalation not recorded (%s); requeued", request_id, exc)
         raise Reject(str(exc), requeue=True) from exc

@@ -48,6 +48,8 @@ PRODUCER_KEYS: dict[str, dict[str, str]] = {
     "itest": {"k2": "itest-secret-two", "k1": "itest-secret-one"},
     "limited": {"l1": "limited-secret"},
     "flood": {"f1": "flood-secret"},
+    "ops": {"o1": "ops-secret"},
+    "noreplay": {"n1": "noreplay-secret"},
 }
 PRODUCERS: dict[str, dict[str, Any]] = {
     "itest": {"retired_keys": ["k0"]},
@@ -57,6 +59,9 @@ PRODUCERS: dict[str, dict[str, Any]] = {
         "max_per_day": {"usd": 8000},
     },
     "flood": {"max_per_day": {"usd": 10_000}},
+    # The operators' identity: may vouch for dead-letter replays, may not ask for debits.
+    "ops": {"may_replay": True, "allowed_reasons": []},
+    "noreplay": {},
 }
 MAX_AGE_SECONDS = 10.0
 
@@ -69,6 +74,7 @@ class Key:
 
 
 DEFAULT_KEY = Key("itest", "k2", PRODUCER_KEYS["itest"]["k2"])
+OPERATOR_KEY = Key("ops", "o1", PRODUCER_KEYS["ops"]["o1"])
 
 
 def sign(body: bytes, key: Key, timestamp: int | None = None) -> dict[str, str]:

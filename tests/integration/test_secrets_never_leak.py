@@ -24,7 +24,12 @@ from tests.integration.conftest import (
 from tests.unit.test_observability import CapturingTransport
 from worker.demo import command_body
 from worker.ledger import Ledger
-from worker.observability import init_sentry, report_unexpected
+from worker.observability import (
+    ScrubbingFilter,
+    configure_logging,
+    init_sentry,
+    report_unexpected,
+)
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -43,6 +48,16 @@ def sentry(settings: Settings) -> Iterator[CapturingTransport]:
     sentry_sdk.init()
 
 
+@pytest.fixture
+def worker_logging(settings: Settings) -> Iterator[None]:
+    """Logging as `debit-worker run` configures it (caplog's handler included)."""
+    configure_logging(settings.model_copy(update={"sentry_dsn": SecretStr(DSN)}))
+    yield
+    for handler in logging.getLogger().handlers:
+        for scrubber in [f for f in handler.filters if isinstance(f, ScrubbingFilter)]:
+            handler.removeFilter(scrubber)
+
+
 def _secrets() -> list[str]:
     values = [STRIPE_KEY, DSN, "publickey1234"]
     values += [secret for keys in PRODUCER_KEYS.values() for secret in keys.values()]
@@ -54,6 +69,7 @@ def test_no_configured_secret_appears_anywhere_after_a_full_run(
     ledger: Ledger,
     sentry: CapturingTransport,
     caplog: pytest.LogCaptureFixture,
+    worker_logging: None,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     # Given a worker configured with a Stripe key, a Sentry DSN and producer secrets
@@ -72,9 +88,13 @@ def test_no_configured_secret_appears_anywhere_after_a_full_run(
     broker.publish(b"not json at all", content_type="application/octet-stream")
     events = [broker.event_for(r) for r in (ok, refused, forged, tampered, invalid)]
     dead = broker.dead_letters(b"not json at all")
-    # And an unexpected error carrying the key is reported
+    # And an unexpected error carrying the key is reported, and logged with its traceback
     error = RuntimeError(f"boom with {STRIPE_KEY} and {PRODUCER_KEYS['itest']['k1']}")
     report_unexpected(error, request_id=ok)
+    try:
+        raise error
+    except RuntimeError:
+        logging.getLogger("worker.tasks").exception("attempt 1 of %s failed unexpectedly", ok)
     sentry_sdk.flush()
     # Then no secret is in any of it
     seen: list[str] = [json.dumps(e) for e in events]
@@ -83,7 +103,11 @@ def test_no_configured_secret_appears_anywhere_after_a_full_run(
     seen += [caplog.text]
     seen += [r.getMessage() + repr(r.exc_info) for r in caplog.records]
     seen += [_ledger_text(ledger, r) for r in (ok, refused, forged, tampered, invalid)]
-    assert len(sentry.events()) >= 3  # two unauthorized alerts and the unexpected error
+    # The forgery and the tampered command are one alert (same producer, same refusal, in
+    # the same minute), plus the unexpected error
+    assert len(sentry.events()) >= 2
+    assert "Traceback (most recent call last)" in caplog.text
+    assert "RuntimeError: boom with [secret] and [secret]" in caplog.text
     for secret in _secrets():
         leaks = [text[:200] for text in seen if secret in text]
         assert leaks == [], f"a configured secret leaked into: {leaks}"

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 import stripe
+import yaml
 from click.testing import CliRunner
 
 from tests.sandbox.helpers import EXPRESS_US, PLATFORM, debit
 from worker.sandbox import AccountSeed, Faults, RunningSandbox, load_seed, running_sandbox
 from worker.sandbox.cli import sandbox as sandbox_command
+from worker.sandbox.runner import NotLoopback, is_loopback, require_loopback
 from worker.sandbox.seed import Controller, Losses
 
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 DEFAULT_IDS = {
     "acct_1ExpressUS00000001",
     "acct_1CustomLegacy000001",
@@ -154,3 +157,44 @@ def test_the_cli_explains_its_options() -> None:
     for option in ("--port", "--seed", "--api-key", "--rate-limit", "--drop-after-share"):
         assert option in result.output
     assert "12111" in result.output
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "192.168.1.20", "sandbox.example"])
+def test_the_cli_refuses_a_non_loopback_address_naming_the_flag(host: str) -> None:
+    # Given an address beyond this machine, without the explicit flag
+    # When the sandbox is started on it
+    result = CliRunner().invoke(sandbox_command, ["--host", host, "--port", "0"])
+    # Then it refuses with one `Error:` line naming the flag, and serves nothing
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: ")
+    assert "--allow-non-loopback" in line
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3"])
+def test_the_runner_refuses_a_non_loopback_address_unless_allowed(host: str) -> None:
+    with pytest.raises(NotLoopback, match="--allow-non-loopback"), running_sandbox(host=host):
+        pytest.fail("the sandbox started")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_addresses_need_no_flag(host: str) -> None:
+    assert is_loopback(host)
+
+
+def test_with_the_flag_the_sandbox_listens_beyond_loopback() -> None:
+    # Given the explicit flag / When the sandbox serves on every interface
+    with running_sandbox(host="0.0.0.0", allow_non_loopback=True) as server:
+        # Then it answers
+        assert server.admin.healthy()
+
+
+def test_the_compose_sandbox_command_passes_the_loopback_check() -> None:
+    # Given the sandbox service's command in docker-compose.yml (0.0.0.0 in its container)
+    compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    name, *args = compose["services"]["sandbox"]["command"]
+    assert name == "sandbox"
+    # When its options are parsed as the CLI parses them
+    params = sandbox_command.make_context("sandbox", list(args)).params
+    # Then the check lets it listen there, as the worker container must reach it
+    require_loopback(params["host"], allow_non_loopback=params["allow_non_loopback"])

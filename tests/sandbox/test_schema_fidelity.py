@@ -45,6 +45,29 @@ def test_every_endpoint_answers_with_bodies_that_fit_the_schema(
     assert http_client.problems == []
 
 
+def test_unusual_charge_answers_and_expanded_refunds_fit_the_schema(
+    sandbox: RunningSandbox,
+) -> None:
+    # Given a client whose every exchange is checked against the spec
+    http_client = SchemaCheckingClient()
+    client = stripe.StripeClient(
+        sandbox.api_key, base_addresses={"api": sandbox.url}, http_client=http_client
+    )
+    answers = ("pending", "failed", "other_amount", "other_currency", "other_source")
+    sandbox.admin.set_faults(charge_answers=answers)
+
+    # When a debit is answered each way, and refunds are read with their charges expanded
+    for n, _ in enumerate(answers):
+        debit(client, f"answer-{n}")
+    for refund in ("re_1RefundFailed0000001", "re_1RefundOtherAcct0001", REFUND_USD):
+        client.v1.refunds.retrieve(refund, params={"expand": ["charge"]})
+    client.v1.charges.retrieve("ch_1SaleOtherAcct00001")
+
+    # Then every exchange agrees with the spec
+    assert http_client.exchanges == len(answers) + 4
+    assert http_client.problems == []
+
+
 def test_the_worker_style_debit_sends_only_parameters_stripe_knows() -> None:
     # Given the parameters the worker sends for a debit
     sent = debit_params()

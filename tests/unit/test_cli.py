@@ -49,6 +49,29 @@ def test_run_without_a_stripe_key_stops_with_a_clear_message(env: dict[str, str]
     assert "DEBIT_WORKER_STRIPE_API_KEY is not set" in result.output
 
 
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"DEBIT_WORKER_REQUIRE_SIGNATURES": "false"}, "DEBIT_WORKER_ALLOW_UNSIGNED_LIVE_MODE"),
+        ({"DEBIT_WORKER_STRIPE_API_BASE": "http://sandbox:12111"}, "STRIPE_API_BASE"),
+    ],
+    ids=["unsigned", "api-base"],
+)
+def test_run_with_a_live_key_and_an_unsafe_setting_stops_with_one_error_line(
+    env: dict[str, str], setting: dict[str, str], named: str
+) -> None:
+    # Given a live key, and unsigned mode or an address other than Stripe's
+    live = {**env, "DEBIT_WORKER_STRIPE_API_KEY": "rk_live_51CliLiveKey", **setting}
+    # When the worker is started
+    result = CliRunner().invoke(main, ["run", "--no-migrate"], env=live)
+    # Then it refuses with one `Error:` line naming the setting, and nothing else
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: ")
+    assert named in line
+    assert "rk_live_51CliLiveKey" not in line
+
+
 def test_consents_are_granted_listed_and_revoked_in_the_ledger(env: dict[str, str]) -> None:
     runner = CliRunner()
     # Given a migrated ledger

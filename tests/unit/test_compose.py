@@ -25,6 +25,7 @@ import click
 import pytest
 import yaml
 
+from worker.parsing import MAX_BODY_BYTES
 from worker.sandbox.core import DEFAULT_API_KEY
 from worker.settings import Settings, load_settings
 from worker.topology import event_exchange, unrouted_events_exchange
@@ -422,6 +423,19 @@ def test_rabbitmq_loads_the_definitions_at_boot() -> None:
     assert "./rabbitmq/rabbitmq.conf:/etc/rabbitmq/rabbitmq.conf" in mounts
     conf = (ROOT / "rabbitmq" / "rabbitmq.conf").read_text(encoding="utf-8")
     assert re.search(r"^load_definitions = /etc/rabbitmq/definitions.json$", conf, re.M)
+
+
+def test_rabbitmq_caps_message_size_well_above_the_largest_command() -> None:
+    # Given the broker config compose mounts
+    conf = (ROOT / "rabbitmq" / "rabbitmq.conf").read_text(encoding="utf-8")
+    found = re.findall(r"^max_message_size = (\d+)$", conf, re.M)
+    # Then it caps message size, once, in bytes, below RabbitMQ's own 128 MiB default
+    assert len(found) == 1, "rabbitmq.conf sets no max_message_size"
+    cap = int(found[0])
+    assert cap < 128 * 1024 * 1024
+    # And far above the largest command the worker reads, and a later attempt's task
+    # message carrying it (a JSON string escaped up to ~3x)
+    assert cap >= 4 * MAX_BODY_BYTES
 
 
 def test_there_is_no_guest_user() -> None:

@@ -251,3 +251,29 @@ def test_a_readable_request_id_is_never_undeliverable(value: dict[str, Any]) -> 
     if isinstance(outcome, InvalidCommand):
         assert outcome.field_errors
         assert set(outcome.partial) <= {"account", "amount", "currency", "reason", "refund"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"request_id":"dup-1","account":"acct_1","amount":100,"amount":100000,"currency":"usd"}',
+        b'{"request_id":"dup-1","account":"acct_1","amount":1,"currency":"usd",'
+        b'"metadata":{"invoice":"a","invoice":"b"}}',
+    ],
+    ids=["top-level", "nested"],
+)
+def test_a_command_with_a_name_given_twice_is_invalid_naming_it(body: bytes) -> None:
+    # Given a body in which one object names a field twice (parsers disagree on which counts)
+    # When it is parsed / Then it is an invalid command of that request, naming the field
+    with pytest.raises(InvalidCommand) as refused:
+        parse_command(body)
+    assert refused.value.request_id == "dup-1"
+    assert any("more than once" in e.message for e in refused.value.field_errors)
+
+
+def test_a_body_whose_request_id_is_given_twice_is_undeliverable() -> None:
+    # Given two request ids in one body: no one request can be answered
+    body = b'{"request_id":"a-1","request_id":"b-2","amount":1}'
+    # When it is screened / Then it is dead-lettered, naming why
+    with pytest.raises(Undeliverable, match="more than once"):
+        screen(body)

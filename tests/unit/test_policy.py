@@ -1,7 +1,7 @@
 """The debit policy: each rule on its own, the documented order, and the messages producers see.
 
 A `Scenario` holds every input of `evaluate` and starts from a debit that passes every rule
-(a refund recovery with consent required and the balance pre-check on, so all nine rules
+(a refund recovery with consent required and the balance pre-check on, so all twelve rules
 run). Each test breaks what it is about and nothing else.
 """
 
@@ -76,8 +76,19 @@ def a_consent(**changes: Any) -> ConsentRecord:
 
 
 def a_refund(**changes: Any) -> RefundFacts:
-    refund = RefundFacts(refund_id=REFUND_ID, amount=PLENTY, currency="usd", status="succeeded")
+    refund = RefundFacts(
+        refund_id=REFUND_ID,
+        amount=PLENTY,
+        currency="usd",
+        status="succeeded",
+        charge_id="ch_1Sale",
+        charge_accounts=(("transfer_data.destination", ACCOUNT_ID),),
+    )
     return replace(refund, **changes)
+
+
+def _refund_changed(scenario: Scenario, **changes: Any) -> Scenario:
+    return replace(scenario, refund=scenario.refund and replace(scenario.refund, **changes))
 
 
 @dataclass(frozen=True)
@@ -148,8 +159,16 @@ BREAKERS: dict[FailureCode, Callable[[Scenario], Scenario]] = {
     FailureCode.CURRENCY_MISMATCH: lambda s: s.with_account(default_currency="eur"),
     FailureCode.AMOUNT_EXCEEDS_LIMIT: lambda s: s.with_command(amount=USD_CAP + 1),
     FailureCode.REFUND_NOT_FOUND: lambda s: replace(s, refund=None),
-    FailureCode.REFUND_CURRENCY_MISMATCH: lambda s: replace(
-        s, refund=s.refund and replace(s.refund, currency="eur")
+    FailureCode.REFUND_NOT_RECOVERABLE: lambda s: _refund_changed(s, status="failed"),
+    FailureCode.REFUND_ACCOUNT_MISMATCH: lambda s: _refund_changed(
+        s, charge_accounts=(("on_behalf_of", "acct_1Other"),)
+    ),
+    FailureCode.REFUND_CURRENCY_MISMATCH: lambda s: _refund_changed(s, currency="eur"),
+    # One status cannot break two rules: a refund already failed stays failed.
+    FailureCode.REFUND_REQUIRES_ACTION: lambda s: (
+        _refund_changed(s, status="requires_action")
+        if s.refund is not None and s.refund.status == "succeeded"
+        else s
     ),
     FailureCode.REFUND_RECOVERY_EXCEEDS_REFUND: lambda s: replace(s, recovered_for_refund=PLENTY),
     FailureCode.INSUFFICIENT_BALANCE: lambda s: replace(s, available_balance=0),
@@ -161,7 +180,10 @@ DOCUMENTED_ORDER = [
     FailureCode.CURRENCY_MISMATCH,
     FailureCode.AMOUNT_EXCEEDS_LIMIT,
     FailureCode.REFUND_NOT_FOUND,
+    FailureCode.REFUND_NOT_RECOVERABLE,
+    FailureCode.REFUND_ACCOUNT_MISMATCH,
     FailureCode.REFUND_CURRENCY_MISMATCH,
+    FailureCode.REFUND_REQUIRES_ACTION,
     FailureCode.REFUND_RECOVERY_EXCEEDS_REFUND,
     FailureCode.INSUFFICIENT_BALANCE,
 ]
@@ -180,7 +202,7 @@ def broken(*codes: FailureCode) -> Scenario:
 
 
 def test_a_debit_that_meets_every_rule_is_allowed_with_nothing_skipped() -> None:
-    # Given a refund recovery meeting all nine rules, When evaluated, Then it is allowed
+    # Given a refund recovery meeting all twelve rules, When evaluated, Then it is allowed
     assert Scenario().decide() == Allowed(availability=Availability.DOMESTIC, skipped=())
 
 
@@ -193,7 +215,10 @@ def test_rules_that_do_not_apply_are_reported_as_skipped() -> None:
         skipped=(
             FailureCode.CONSENT_MISSING,
             FailureCode.REFUND_NOT_FOUND,
+            FailureCode.REFUND_NOT_RECOVERABLE,
+            FailureCode.REFUND_ACCOUNT_MISMATCH,
             FailureCode.REFUND_CURRENCY_MISMATCH,
+            FailureCode.REFUND_REQUIRES_ACTION,
             FailureCode.REFUND_RECOVERY_EXCEEDS_REFUND,
             FailureCode.INSUFFICIENT_BALANCE,
         ),
@@ -612,6 +637,99 @@ def test_an_excessive_recovery_says_how_much_remains(recovered: int, fragment: s
     )
     # Then the message says how much may still be recovered
     assert scenario.refusal().message == fragment
+
+
+REFUND_STATUSES = [
+    ("succeeded", None),
+    ("pending", None),
+    ("failed", FailureCode.REFUND_NOT_RECOVERABLE),
+    ("canceled", FailureCode.REFUND_NOT_RECOVERABLE),
+    ("unknown", FailureCode.REFUND_NOT_RECOVERABLE),  # no status, or one Stripe added later
+    ("requires_action", FailureCode.REFUND_REQUIRES_ACTION),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "refused_with"), REFUND_STATUSES, ids=[s for s, _ in REFUND_STATUSES]
+)
+def test_only_a_refund_that_succeeded_or_is_pending_can_be_recovered(
+    status: str, refused_with: FailureCode | None
+) -> None:
+    # Given a recovery of a refund with this status, When evaluated
+    decision = _refund_changed(Scenario(), status=status).decide()
+    # Then only a refund that moved or is moving money is recovered
+    if refused_with is None:
+        assert isinstance(decision, Allowed)
+    else:
+        assert isinstance(decision, Refusal)
+        assert decision.code is refused_with
+
+
+def test_a_failed_refund_refusal_names_the_refund_and_its_status() -> None:
+    # Given a recovery of a canceled refund, When evaluated
+    refusal = _refund_changed(Scenario(), status="canceled").refusal()
+    # Then the message says which refund and why nothing can be recovered
+    assert refusal.message == (
+        "Refund re_1Refunded has status 'canceled': no money left the platform for it, so "
+        "there is nothing to recover (only a succeeded or pending refund can be recovered)."
+    )
+
+
+@pytest.mark.parametrize(
+    "accounts",
+    [
+        (),
+        (("transfer_data.destination", ACCOUNT_ID),),
+        (("destination", ACCOUNT_ID), ("on_behalf_of", ACCOUNT_ID)),
+    ],
+    ids=["names-none", "destination-is-the-account", "every-field-is-the-account"],
+)
+def test_a_refunded_charge_that_paid_the_debited_account_or_names_none_is_recovered(
+    accounts: tuple[tuple[str, str], ...],
+) -> None:
+    # Given a recovery whose refunded charge names these accounts, When evaluated
+    # Then it is allowed
+    assert isinstance(_refund_changed(Scenario(), charge_accounts=accounts).decide(), Allowed)
+
+
+@pytest.mark.parametrize(
+    "accounts",
+    [
+        (("transfer_data.destination", "acct_1Other"),),
+        (("destination", "acct_1Other"),),
+        (("on_behalf_of", "acct_1Other"),),
+        (("transfer_data.destination", ACCOUNT_ID), ("on_behalf_of", "acct_1Other")),
+    ],
+    ids=["transfer-destination", "destination", "on-behalf-of", "one-of-two-fields"],
+)
+def test_a_refunded_charge_that_paid_another_account_is_not_recovered_from_this_one(
+    accounts: tuple[tuple[str, str], ...],
+) -> None:
+    # Given a recovery whose refunded charge names another account in any field
+    scenario = _refund_changed(Scenario(), charge_accounts=accounts)
+    # When evaluated, Then refund_account_mismatch
+    assert scenario.refusal().code is FailureCode.REFUND_ACCOUNT_MISMATCH
+
+
+def test_an_account_mismatch_names_the_charge_the_field_and_both_accounts() -> None:
+    # Given a refunded charge paid to acct_1Other, When acct_1Debtor is debited to recover it
+    refusal = _refund_changed(
+        Scenario(), charge_accounts=(("transfer_data.destination", "acct_1Other"),)
+    ).refusal()
+    # Then the message says where the money went
+    assert refusal.message == (
+        "Refund re_1Refunded refunded charge ch_1Sale, which paid another account "
+        "(transfer_data.destination acct_1Other), not acct_1Debtor which this recovery debits; "
+        "recover from the account the charge paid."
+    )
+
+
+def test_a_refund_requiring_action_says_to_try_again_later() -> None:
+    # Given a recovery of a refund that requires action, When evaluated
+    refusal = _refund_changed(Scenario(), status="requires_action").refusal()
+    # Then the producer is told it may succeed once the refund moves on
+    assert refusal.code.retry_may_succeed
+    assert "send a new request once Stripe reports it pending or succeeded" in refusal.message
 
 
 def test_refund_rules_do_not_apply_to_other_debits() -> None:

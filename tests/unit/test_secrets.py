@@ -3,16 +3,24 @@ lines nor Sentry alerts carry a configured secret."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import sentry_sdk
 
 from worker.bootstrap import authenticator, stripe_client
-from worker.observability import ScrubbingFilter, init_sentry, report_unauthorized
+from worker.observability import (
+    ScrubbingFilter,
+    configure_logging,
+    init_sentry,
+    report_unauthorized,
+)
 from worker.settings import load_settings
 
 from .test_observability import CapturingTransport
@@ -77,6 +85,102 @@ def test_log_lines_never_print_a_configured_secret() -> None:
     assert RK not in text
     assert PRODUCER_SECRET not in text
     assert text == "leak [secret] and [secret]"
+
+
+def fail(error: Exception) -> NoReturn:
+    raise error
+
+
+@pytest.fixture
+def root_output() -> Iterator[io.StringIO]:
+    """What a handler on the root logger writes, as configure_logging leaves it; its
+    filters are taken off every root handler afterwards."""
+    output = io.StringIO()
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield output
+    root.removeHandler(handler)
+    for each in root.handlers:
+        for scrubber in [f for f in each.filters if isinstance(f, ScrubbingFilter)]:
+            each.removeFilter(scrubber)
+
+
+def test_a_logged_exception_carrying_a_secret_is_written_without_it(
+    root_output: io.StringIO,
+) -> None:
+    # Given logging configured by the worker, with a key and a producer secret
+    configure_logging(
+        load_settings(stripe_api_key=RK, producer_keys={"billing": {"k": PRODUCER_SECRET}})
+    )
+    log = logging.getLogger("worker.test_secrets")
+    # When an exception whose message carries both is logged with its traceback
+    try:
+        fail(RuntimeError(f"Stripe refused {RK} signed with {PRODUCER_SECRET}"))
+    except RuntimeError:
+        log.exception("attempt failed unexpectedly")
+    # Then the traceback is written, without either secret
+    text = root_output.getvalue()
+    assert "attempt failed unexpectedly" in text
+    assert "Traceback (most recent call last)" in text
+    assert "RuntimeError: Stripe refused [secret] signed with [secret]" in text
+    assert RK not in text
+    assert PRODUCER_SECRET not in text
+
+
+def test_configuring_logging_twice_leaves_one_scrubber_per_handler(
+    root_output: io.StringIO,
+) -> None:
+    settings = load_settings(stripe_api_key=RK)
+    configure_logging(settings)
+    configure_logging(settings)
+    for handler in logging.getLogger().handlers:
+        assert sum(isinstance(f, ScrubbingFilter) for f in handler.filters) == 1
+
+
+def test_every_handler_gets_the_scrubbed_traceback_not_the_exception() -> None:
+    # Given a record of an exception carrying the secret, with a stack carrying it too
+    scrubber = ScrubbingFilter((PRODUCER_SECRET,))
+    try:
+        fail(ValueError(f"bad signature {PRODUCER_SECRET}"))
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("worker.test", logging.ERROR, __file__, 1, "refused", None, exc_info)
+    record.stack_info = f"Stack (most recent call last):\n  verify({PRODUCER_SECRET!r})"
+    # When the scrubbing filter passes it
+    assert scrubber.filter(record)
+    # Then any formatter writes the traceback and the stack without the secret, and no
+    # handler after it can format the raw exception again
+    text = logging.Formatter("%(message)s").format(record)
+    assert "ValueError: bad signature [secret]" in text
+    assert "verify('[secret]')" in text
+    assert PRODUCER_SECRET not in text
+    assert record.exc_info is None
+    assert PRODUCER_SECRET not in repr(record.__dict__)
+
+
+def test_the_redis_urls_password_is_a_secret_written_nowhere() -> None:
+    # Given a Redis URL with a password (percent-encoded, as URLs carry it)
+    url = "redis://:s3cr%40t-redis@cache:6379/0"
+    settings = load_settings(stripe_api_key=RK, rate_budget_redis_url=url)
+    scrubber = ScrubbingFilter(settings.secrets())
+    # When a line carries the URL, or the decoded password a client would send
+    record = logging.LogRecord(
+        "worker.test",
+        logging.WARNING,
+        __file__,
+        1,
+        "rate budget at %s; AUTH %s refused",
+        (url, "s3cr@t-redis"),
+        None,
+    )
+    assert scrubber.filter(record)
+    # Then neither form of the password is written
+    text = logging.Formatter("%(message)s").format(record)
+    assert "s3cr" not in text
+    assert text == "rate budget at [secret]; AUTH [secret] refused"
+    assert {url, "s3cr%40t-redis", "s3cr@t-redis"} <= set(settings.secrets())
 
 
 @pytest.fixture

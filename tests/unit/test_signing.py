@@ -23,6 +23,7 @@ from worker.authentication import (
     carried_headers,
 )
 from worker.producer_limits import ProducerPolicy
+from worker.settings import SettingsError, load_settings
 
 CONTRACT = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text("utf-8")
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
@@ -137,3 +138,114 @@ def test_a_signature_header_that_is_not_utf8_is_carried_replaced_never_crashing_
     # Then it gets text (the signature will simply not verify), not an exception
     assert carried[SIGNATURE_HEADER] == "v1=\ufffd\ufffd"
     assert carried[PRODUCER_HEADER] == "billing"
+
+
+# --- operators' replays: vouched for by the operator, judged by the producer --------------
+
+OPERATOR = Signer("ops", "o1", "ops-secret")
+WITH_OPERATOR = Authenticator(
+    keys={**AUTH.keys, "ops": {OPERATOR.key_id: OPERATOR.secret}, "team": {"t1": "team-secret"}},
+    policies={
+        **AUTH.policies,
+        "ops": ProducerPolicy(may_replay=True, allowed_reasons=frozenset()),
+    },
+    max_age_seconds=300,
+)
+A_DAY_AGO = datetime(2026, 11, 14, 12, 0, tzinfo=UTC)
+
+
+def replayed(
+    original: dict[str, str],
+    *,
+    operator: Signer = OPERATOR,
+    first_received: datetime = A_DAY_AGO,
+    body: bytes = BODY,
+) -> dict[str, str]:
+    """A dead letter replayed now: its own headers, the operator's five, the intake's stamp."""
+    vouched = operator.replay_headers_for(
+        body,
+        received_at=f"{first_received.timestamp():.3f}",
+        original_signature=original.get(SIGNATURE_HEADER, ""),
+        timestamp=int(NOW.timestamp()),
+    )
+    return {**original, **vouched, RECEIVED_AT_HEADER: f"{NOW.timestamp():.3f}"}
+
+
+def test_a_replay_is_judged_by_its_producers_signature_at_its_first_receipt() -> None:
+    # Given a command billing signed a day ago, received then, and dead-lettered
+    headers = replayed(signed(at=A_DAY_AGO))
+    # When the operator's replay arrives now
+    verified = WITH_OPERATOR.verify(BODY, headers, NOW)
+    # Then it is billing's command, under billing's policy (not the operator's)
+    assert verified is not None
+    assert (verified.producer, verified.key_id) == ("billing", ACTIVE.key_id)
+    assert verified.policy == WITH_OPERATOR.policies["billing"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        (replayed({}), "never signed"),
+        (replayed(signed(at=A_DAY_AGO), operator=Signer("team", "t1", "team-secret")), "may not"),
+        (replayed(signed(at=A_DAY_AGO), operator=Signer("ops", "o1", "guess")), "replay signature"),
+        (replayed(signed(at=A_DAY_AGO), first_received=NOW), "window"),
+        (
+            {**replayed(signed(at=A_DAY_AGO)), "x-debit-replay-received-at": str(NOW.timestamp())},
+            "replay signature",
+        ),
+        (replayed(signed(Signer("billing", "2026-11", "guess"), at=A_DAY_AGO)), "does not match"),
+    ],
+    ids=[
+        "unsigned-command",
+        "operator-without-may-replay",
+        "forged-replay",
+        "signature-outside-window-at-first-receipt",
+        "receipt-time-altered",
+        "forged-producer-signature",
+    ],
+)
+def test_a_replay_never_makes_a_command_its_producer_did_not_validly_sign_acceptable(
+    headers: dict[str, str], why: str
+) -> None:
+    with pytest.raises(Unauthorized, match=why):
+        WITH_OPERATOR.verify(BODY, headers, NOW)
+
+
+@pytest.mark.parametrize("stamp", ["nan", "inf", "-inf", "NaN", "1e999", "soon"])
+def test_a_receipt_time_that_is_not_a_finite_number_is_refused(stamp: str) -> None:
+    # Given a validly signed command whose receipt stamp is not a finite number
+    headers = {**signed(), RECEIVED_AT_HEADER: stamp}
+    # When it is verified / Then it is refused, never compared as inside the window
+    with pytest.raises(Unauthorized, match="finite"):
+        AUTH.verify(BODY, headers, NOW)
+
+
+@pytest.mark.parametrize("bad", ["bill\ning", "billing\n2026-11", "", "x" * 65, "bill ing"])
+def test_ids_outside_the_safe_alphabet_cannot_sign_or_be_verified(bad: str) -> None:
+    # Given an id that could blur the lines of the signed text
+    # When it signs / Then the signer refuses
+    with pytest.raises(ValueError, match="not a valid id"):
+        Signer(bad, "k1", "s").headers_for(BODY)
+    # And a header carrying it is refused as unauthorized, not a crash
+    headers = {**signed(), PRODUCER_HEADER: bad}
+    with pytest.raises(Unauthorized, match=r"A-Z|not signed"):
+        AUTH.verify(BODY, headers, NOW)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"producer_keys": {"bill\ning": {"k1": "s"}}},
+        {"producer_keys": {"billing": {"k 1": "s"}}},
+        {"producers": {"bill\ning": {}}},
+        {"producer_id": "billing\n"},
+        {"producer_key_id": "2026/11"},
+    ],
+    ids=["producer-key-producer", "producer-key-id", "policy-producer", "signing-as", "key-id"],
+)
+def test_a_setting_naming_an_id_outside_the_safe_alphabet_is_refused(
+    setting: dict[str, object],
+) -> None:
+    # Given / When the settings name such an id / Then they are refused, naming the rule
+    with pytest.raises(SettingsError, match="A-Z a-z 0-9"):
+        load_settings(stripe_api_key="sk_test_x", **setting)

@@ -20,11 +20,13 @@ from pydantic import TypeAdapter
 from schemas.codes import FailureCode
 from schemas.commands import RequestId
 from worker.errors import (
+    ChargePending,
     DebitWorkerError,
     OperatorActionNeeded,
     OutcomeUnknown,
     PermanentFailure,
     TransientFailure,
+    Unresolvable,
 )
 from worker.facts import PlatformFacts
 from worker.facts_cache import CachedStripe
@@ -371,8 +373,11 @@ CHARGE = {
     "amount": 2500,
     "currency": "usd",
     "created": 1_700_000_000,
+    "paid": True,
+    "source": {"id": ACCOUNT_ID, "object": "account"},
     "source_transfer": "tr_1Abc",
     "balance_transaction": "txn_1Abc",
+    "status": "succeeded",
 }
 
 
@@ -413,6 +418,72 @@ def test_an_expanded_transfer_still_gives_its_id(
 
     # Then the transfer's id is read from the object
     assert payment.transfer == "tr_1Abc"
+
+
+def test_a_source_given_as_a_plain_account_id_is_the_account(
+    gateway: StripeGateway, transport: FakeTransport
+) -> None:
+    # Given Stripe names the source by its id alone
+    transport.answer(200, {**CHARGE, "source": ACCOUNT_ID})
+
+    # When the debit is created, Then it is the payment
+    assert gateway.create_debit(a_charge()).id == "py_1Abc"
+
+
+def test_a_pending_charge_is_not_a_payment_but_an_outcome_not_known_yet(
+    gateway: StripeGateway, transport: FakeTransport
+) -> None:
+    # Given Stripe answers 200 with the charge asked for, still pending
+    transport.answer(200, {**CHARGE, "status": "pending", "paid": False})
+
+    # When the debit is created
+    # Then no payment comes back: the charge is pending, to be settled by reading it later
+    with pytest.raises(ChargePending) as raised:
+        gateway.create_debit(a_charge())
+    assert raised.value.charge_id == "py_1Abc"
+    assert "request req-1" in str(raised.value)
+    assert "charge py_1Abc with status 'pending'" in str(raised.value)
+
+
+NOT_THE_DEBIT_ASKED = {
+    "failed": ({"status": "failed", "paid": False}, "status 'failed', not 'succeeded'"),
+    "canceled": ({"status": "canceled"}, "status 'canceled', not 'succeeded'"),
+    "no-status": ({"status": None}, "status None, not 'succeeded'"),
+    "unpaid": ({"paid": False}, "paid False, not true"),
+    "other-amount": ({"amount": 2501}, "amount 2501 (asked 2500)"),
+    "amount-as-text": ({"amount": "2500"}, "amount '2500' (asked 2500)"),
+    "other-currency": ({"currency": "eur"}, "currency 'eur' (asked 'usd')"),
+    "other-source": (
+        {"source": {"id": "acct_1Other", "object": "account"}},
+        "source 'acct_1Other' (asked 'acct_1Debtor')",
+    ),
+    "source-id-as-text": ({"source": "acct_1Other"}, "source 'acct_1Other' (asked 'acct_1Debtor')"),
+    "no-source": ({"source": None}, "source None (asked 'acct_1Debtor')"),
+    "pending-for-another-amount": (
+        {"status": "pending", "amount": 9999},
+        "status 'pending', not 'succeeded'; amount 9999 (asked 2500)",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"), list(NOT_THE_DEBIT_ASKED.values()), ids=list(NOT_THE_DEBIT_ASKED)
+)
+def test_a_200_that_is_not_the_succeeded_debit_asked_for_is_escalated_never_a_payment(
+    gateway: StripeGateway, transport: FakeTransport, changes: dict[str, Any], said: str
+) -> None:
+    # Given Stripe answers 200 with a charge that differs from a succeeded debit as asked
+    transport.answer(200, {**CHARGE, **changes})
+
+    # When the debit is created
+    # Then no payment comes back: the outcome is for an operator to reconcile, and the
+    # message names the request, the charge and what differed
+    with pytest.raises(Unresolvable) as raised:
+        gateway.create_debit(a_charge())
+    assert not isinstance(raised.value, ChargePending)
+    message = str(raised.value)
+    assert "request req-1: Stripe's answer (charge py_1Abc)" in message
+    assert said in message
 
 
 def test_a_refused_debit_raises_the_classified_failure(
@@ -490,6 +561,74 @@ def test_an_unknown_refund_is_refund_not_found(
     with pytest.raises(PermanentFailure) as raised:
         gateway.refund("re_1Missing")
     assert raised.value.code is FailureCode.REFUND_NOT_FOUND
+
+
+def test_a_refund_is_read_with_its_charge_expanded_in_the_same_request(
+    gateway: StripeGateway, transport: FakeTransport
+) -> None:
+    # Given a refund of a destination charge made on behalf of an account
+    transport.answer(
+        200,
+        {
+            "id": "re_1Refunded",
+            "object": "refund",
+            "amount": 5000,
+            "currency": "USD",
+            "status": "pending",
+            "charge": {
+                "id": "ch_1Sale",
+                "object": "charge",
+                "transfer_data": {"amount": None, "destination": ACCOUNT_ID},
+                "destination": {"id": ACCOUNT_ID, "object": "account"},
+                "on_behalf_of": "acct_1Other",
+            },
+        },
+    )
+
+    # When its facts are read
+    facts = gateway.refund("re_1Refunded")
+
+    # Then one request asked for the charge expanded, and every account it names is kept
+    [(method, url, _, _)] = transport.requests
+    assert method == "get"
+    assert parse_qs(url.split("?", 1)[1]) == {"expand[0]": ["charge"]}
+    assert (facts.amount, facts.currency, facts.status, facts.charge_id) == (
+        5000,
+        "usd",
+        "pending",
+        "ch_1Sale",
+    )
+    assert facts.charge_accounts == (
+        ("transfer_data.destination", ACCOUNT_ID),
+        ("destination", ACCOUNT_ID),
+        ("on_behalf_of", "acct_1Other"),
+    )
+
+
+@pytest.mark.parametrize(
+    "charge",
+    ["ch_1Sale", {"id": "ch_1Sale", "object": "charge", "transfer_data": None}],
+    ids=["not-expanded", "names-no-account"],
+)
+def test_a_refunded_charge_naming_no_account_gives_no_accounts(
+    gateway: StripeGateway, transport: FakeTransport, charge: object
+) -> None:
+    # Given a refund whose charge names no account (or came back unexpanded)
+    transport.answer(
+        200,
+        {
+            "id": "re_1Refunded",
+            "object": "refund",
+            "amount": 5000,
+            "currency": "usd",
+            "status": "succeeded",
+            "charge": charge,
+        },
+    )
+
+    # When its facts are read, Then the charge is known and no account is claimed for it
+    facts = gateway.refund("re_1Refunded")
+    assert (facts.charge_id, facts.charge_accounts) == ("ch_1Sale", ())
 
 
 def test_the_available_balance_sums_the_currency_on_the_account(

@@ -4,22 +4,48 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+# What "the ledger is unavailable" looks like: a database error (OperationalError is one),
+# or no pooled connection free in time. The work is retried later; nothing is decided.
+LEDGER_UNAVAILABLE = (DBAPIError, PoolTimeout)
 
 
 def make_engine(
-    url: str, *, pool_size: int = 10, max_connections: int | None = None, pre_ping: bool = True
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_connections: int | None = None,
+    pre_ping: bool = True,
+    statement_timeout_ms: int | None = None,
+    lock_timeout_ms: int | None = None,
 ) -> Engine:
     """`pool_size` connections are kept open; up to `max_connections` (default twice the
     pool) are opened under load, so PostgreSQL's own limit can be planned for.
 
     `pre_ping` tests each connection as it leaves the pool (one round trip): right for
     commands and tools, where a connection that died with a restarted server would
-    otherwise fail the command. The worker turns it off (see bootstrap)."""
+    otherwise fail the command. The worker turns it off (see bootstrap).
+
+    On PostgreSQL, `statement_timeout_ms` and `lock_timeout_ms` are set on each connection
+    as it is opened, so they cover the statements run on psycopg directly (pg_direct) too;
+    None leaves the server's own. Errors never show a statement's parameters (the ledger's
+    data: amounts, accounts, commands)."""
     most = max(pool_size, max_connections if max_connections is not None else 2 * pool_size)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A file's pool is sized like PostgreSQL's (SQLAlchemy's default is 5 + 10); an
+        # in-memory database keeps one connection per thread, and takes no size.
+        in_memory = make_url(url).database in {None, "", ":memory:"}
+        sized = {} if in_memory else {"pool_size": pool_size, "max_overflow": most - pool_size}
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,
+            **sized,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -37,7 +63,31 @@ def make_engine(
         max_overflow=most - pool_size,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
+        hide_parameters=True,
+        connect_args=_session_options(url, statement_timeout_ms, lock_timeout_ms),
     )
+
+
+def _session_options(
+    url: str, statement_timeout_ms: int | None, lock_timeout_ms: int | None
+) -> dict[str, Any]:
+    """libpq's `options` for PostgreSQL: the timeouts, after any options the URL gives."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    wanted = [
+        f"-c {name}={value}"
+        for name, value in (
+            ("statement_timeout", statement_timeout_ms),
+            ("lock_timeout", lock_timeout_ms),
+        )
+        if value is not None
+    ]
+    if not wanted:
+        return {}
+    given = parsed.query.get("options")
+    given_text = " ".join(given) if isinstance(given, tuple) else given
+    return {"options": " ".join([given_text, *wanted] if given_text else wanted)}
 
 
 def single_statements(engine: Engine) -> Engine:

@@ -35,7 +35,7 @@ def run_alone(engine: Engine, sql: str, params: Mapping[str, Any]) -> tuple[Any,
     try:
         pooled = engine.raw_connection()
     except psycopg.Error as exc:  # no connection to be had: SQLAlchemy's wording, as below
-        raise DBAPIError.instance(sql, dict(params), exc, psycopg.Error) from exc
+        raise _wrapped(engine, sql, params, exc) from exc
     conn = cast(psycopg.Connection[Any], pooled.driver_connection)
     try:
         conn.autocommit = True
@@ -48,6 +48,15 @@ def run_alone(engine: Engine, sql: str, params: Mapping[str, Any]) -> tuple[Any,
     except psycopg.Error as exc:
         if conn.broken or conn.closed:
             pooled.invalidate(exc)
-        raise DBAPIError.instance(sql, dict(params), exc, psycopg.Error) from exc
+        raise _wrapped(engine, sql, params, exc) from exc
     finally:
         pooled.close()
+
+
+def _wrapped(
+    engine: Engine, sql: str, params: Mapping[str, Any], exc: psycopg.Error
+) -> BaseException:
+    """As SQLAlchemy wraps its own errors, parameters hidden as the engine hides them."""
+    return DBAPIError.instance(
+        sql, dict(params), exc, psycopg.Error, hide_parameters=engine.hide_parameters
+    )

@@ -46,6 +46,7 @@ class RequestRecord:
     lease_owner: str | None
     lease_until: datetime | None
     first_attempt_at: datetime | None = None
+    producer: str | None = None  # verified when claimed; None: claimed unsigned
 
 
 def _record(row: Any) -> RequestRecord:
@@ -65,6 +66,7 @@ def _record(row: Any) -> RequestRecord:
         lease_owner=row["lease_owner"],
         lease_until=row["lease_until"],
         first_attempt_at=row["first_attempt_at"],
+        producer=row["producer"],
     )
 
 
@@ -87,6 +89,7 @@ def _fresh_record(row: dict[str, Any]) -> RequestRecord:
         lease_owner=row["lease_owner"],
         lease_until=row["lease_until"].astimezone(UTC),
         first_attempt_at=None,
+        producer=row["producer"],
     )
 
 
@@ -172,10 +175,10 @@ _RECEIVED_AT_ONCE = """
     WITH fresh AS (
         INSERT INTO debit_requests (request_id, fingerprint, account, amount, currency, reason,
                                     refund, command, status, attempts, lease_owner,
-                                    lease_until, received_at, updated_at)
+                                    lease_until, received_at, updated_at, producer)
         VALUES (%(request_id)s, %(fingerprint)s, %(account)s, %(amount)s, %(currency)s,
                 %(reason)s, %(refund)s, %(command)s::json, %(status)s, 0, %(lease_owner)s,
-                %(lease_until)s, %(received_at)s, %(received_at)s)
+                %(lease_until)s, %(received_at)s, %(received_at)s, %(producer)s)
         ON CONFLICT DO NOTHING
         RETURNING request_id
     ),
@@ -248,7 +251,14 @@ class RequestLedger:
         self._direct = applies_to(engine)  # the hot path's statements on psycopg directly
         self._clock = clock
 
-    def claim(self, command: DebitRequested, owner: str, lease_seconds: float) -> Claim:
+    def claim(
+        self,
+        command: DebitRequested,
+        owner: str,
+        lease_seconds: float,
+        producer: str | None = None,
+    ) -> Claim:
+        """`producer`: the one whose signature was verified, stored with a new claim."""
         now = self._clock()
         lease_until = now + timedelta(seconds=lease_seconds)
         fingerprint = command.fingerprint()
@@ -266,6 +276,7 @@ class RequestLedger:
             "lease_owner": owner,
             "lease_until": lease_until,
             "received_at": now,
+            "producer": producer,
         }
         if self._direct:
             if self._received_at_once(row):

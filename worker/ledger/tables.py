@@ -88,6 +88,9 @@ debit_requests = Table(
     # When the idempotency key was first sent to Stripe (migration 0003): Stripe keeps keys
     # 24 h, so this bounds how long the request may be retried.
     Column("first_attempt_at", UTCDateTime, nullable=True),
+    # The producer whose signature was verified when the request was claimed (migration
+    # 0004): its policy applies whenever the request is decided, whoever resumes it.
+    Column("producer", String(64), nullable=True),
     Index("ix_debit_requests_status", "status"),
     Index("ix_debit_requests_refund", "refund"),
     Index("ix_debit_requests_lease_until", "lease_until"),

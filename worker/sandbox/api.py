@@ -15,7 +15,7 @@ from aiohttp import web
 from worker.sandbox import errors, objects
 from worker.sandbox.core import Sandbox
 from worker.sandbox.errors import StripeError
-from worker.sandbox.faults import FaultKind
+from worker.sandbox.faults import FaultKind, misreport
 from worker.sandbox.forms import decode
 from worker.sandbox.idempotency import Scope
 from worker.sandbox.params import READ_PARAMS, DebitParams, parse_debit, reject_unknown
@@ -100,7 +100,7 @@ def _account_header(request: web.Request, sandbox: Sandbox) -> Account | None:
 async def _before_read(request: web.Request) -> Sandbox:
     """Query check, execution faults and latency for a GET."""
     sandbox = request.app[SANDBOX]
-    reject_unknown(decode(request.query.items()), READ_PARAMS)
+    _expanded(request)
     fault = sandbox.injector.execution_fault(is_write=False)
     await _sleep(sandbox)
     if fault in ("drop_before", "drop_after"):
@@ -108,6 +108,24 @@ async def _before_read(request: web.Request) -> Sandbox:
     if fault == "server_error":
         raise errors.api_error()
     return sandbox
+
+
+def _expanded(request: web.Request) -> frozenset[str]:
+    """The `expand[]` paths asked for; other query parameters are refused."""
+    query = decode(request.query.items())
+    reject_unknown(query, READ_PARAMS)
+    paths = query.get("expand", [])
+    listed = paths if isinstance(paths, list) else [paths]
+    return frozenset(path for path in listed if isinstance(path, str) and path)
+
+
+def _charge_body(sandbox: Sandbox, ident: str) -> dict[str, object] | None:
+    """A charge by id: a payment an account debit created, or a seeded (refunded) sale."""
+    payment = sandbox.ledger.payments.get(ident)
+    if payment is not None:
+        return objects.payment(payment)
+    sale = sandbox.ledger.charges.get(ident)
+    return objects.sale(sale) if sale is not None else None
 
 
 async def _sleep(sandbox: Sandbox) -> None:
@@ -150,10 +168,10 @@ async def get_balance(request: web.Request) -> web.Response:
 async def get_charge(request: web.Request) -> web.Response:
     sandbox = await _before_read(request)
     ident = request.match_info["charge"]
-    payment = sandbox.ledger.payments.get(ident)
-    if payment is None or not _owned_by(request, sandbox, sandbox.ledger.platform.id):
+    body = _charge_body(sandbox, ident)
+    if body is None or not _owned_by(request, sandbox, sandbox.ledger.platform.id):
         raise errors.resource_missing("charge", ident, param="id", status=404)
-    return _ok(request, objects.payment(payment))
+    return _ok(request, body)
 
 
 async def get_transfer(request: web.Request) -> web.Response:
@@ -171,7 +189,10 @@ async def get_refund(request: web.Request) -> web.Response:
     refund = sandbox.ledger.refunds.get(ident)
     if refund is None or not _owned_by(request, sandbox, sandbox.ledger.platform.id):
         raise errors.resource_missing("refund", ident, param="id", status=404)
-    return _ok(request, objects.refund(refund))
+    charge = None
+    if "charge" in _expanded(request) and refund.charge is not None:
+        charge = _charge_body(sandbox, refund.charge)
+    return _ok(request, objects.refund(refund, charge))
 
 
 async def create_charge(request: web.Request) -> web.Response:
@@ -216,12 +237,19 @@ def _execute_debit(request: web.Request, sandbox: Sandbox, debit: DebitParams) -
                 "Account debits are made by the platform: send POST /v1/charges with "
                 "source=acct_... and without a Stripe-Account header."
             )
+        answer = sandbox.injector.charge_answer()
         payment = sandbox.ledger.debit(
-            debit.source, debit.amount, debit.currency, debit.description, debit.metadata
+            debit.source,
+            debit.amount,
+            debit.currency,
+            debit.description,
+            debit.metadata,
+            status=answer if answer in ("pending", "failed") else "succeeded",
         )
     except StripeError as refusal:
         return error_response(refusal, request[REQUEST_ID])
-    return _ok(request, objects.payment(payment))
+    sandbox.injector.charge_answered()
+    return _ok(request, misreport(objects.payment(payment), answer))
 
 
 def add_routes(app: web.Application) -> None:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from worker.sandbox.app import build_app
 from worker.sandbox.core import DEFAULT_API_KEY, Sandbox
 from worker.sandbox.faults import TEST_MODE_RPS, Faults
+from worker.sandbox.runner import ALLOW_FLAG, NotLoopback, require_loopback
 from worker.sandbox.seed import load_seed
 
 DEFAULT_PORT = 12111
@@ -18,7 +19,18 @@ _SHARE = click.FloatRange(0.0, 1.0)
 
 
 @click.command("sandbox", context_settings={"show_default": True})
-@click.option("--host", default="127.0.0.1", help="Interface to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    help=f"Interface to listen on; one that is not loopback needs {ALLOW_FLAG}.",
+)
+@click.option(
+    ALLOW_FLAG,
+    "allow_non_loopback",
+    is_flag=True,
+    help="Listen on a non-loopback --host (0.0.0.0 in a container) although the admin "
+    "routes have no authentication.",
+)
 @click.option("--port", default=DEFAULT_PORT, type=int, help="TCP port (0 picks a free one).")
 @click.option(
     "--seed",
@@ -61,6 +73,7 @@ _SHARE = click.FloatRange(0.0, 1.0)
 def sandbox(  # click passes every option by keyword
     *,
     host: str,
+    allow_non_loopback: bool,
     port: int,
     seed_file: Path | None,
     api_key: str,
@@ -82,6 +95,10 @@ def sandbox(  # click passes every option by keyword
     Test-only admin routes (no auth!) live under /_sandbox/: state, check, faults, clock,
     reset, accounts. Never expose this server beyond localhost.
     """
+    try:
+        require_loopback(host, allow_non_loopback=allow_non_loopback)
+    except NotLoopback as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         faults = Faults(
             latency_ms=latency_ms,

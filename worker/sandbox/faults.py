@@ -1,4 +1,5 @@
-"""Faults the sandbox injects: latency, 429s, 500s, dropped connections, a rate limit.
+"""Faults the sandbox injects: latency, 429s, 500s, dropped connections, a rate limit, and
+account debits answered with a charge that is not a plain success.
 
 `Faults` is the configuration (CLI flags, the runner, `POST /_sandbox/faults`);
 `FaultInjector` draws from it with its own seeded random generator, so a `random_seed`
@@ -11,11 +12,18 @@ import math
 import random
 import time
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FaultKind = Literal["rate_limit", "server_error", "drop_before", "drop_after"]
+# How an account debit Stripe accepts is answered instead of a succeeded charge of the money
+# asked for. pending/failed: the payment really is pending (the money waits in the platform's
+# pending balance) or failed (nothing moved). other_*: the debit is made as asked, but the
+# answer reports another amount, currency or source account (GET /v1/charges/{id} tells the
+# truth).
+ChargeAnswer = Literal["pending", "failed", "other_amount", "other_currency", "other_source"]
+OTHER_SOURCE = "acct_1NotTheSource000001"
 FRONT_KINDS: frozenset[str] = frozenset({"rate_limit"})
 Z_99 = 2.3263478740408408  # standard normal quantile at 0.99
 TEST_MODE_RPS = 25.0  # Stripe's test-mode limit; live mode allows 100
@@ -35,6 +43,9 @@ class Faults(BaseModel):
     drop_after_share: float = Field(0.0, ge=0, le=1, description="effect done, response lost")
     script: tuple[FaultKind, ...] = Field(
         (), description="faults for the next eligible requests, in order, before random draws"
+    )
+    charge_answers: tuple[ChargeAnswer, ...] = Field(
+        (), description="how the next account debits Stripe accepts are answered, in order"
     )
     writes_only: bool = Field(False, description="inject only into POSTs (latency excepted)")
     rate_limit_rps: float | None = Field(None, gt=0, description="token bucket; 25 = test mode")
@@ -89,6 +100,7 @@ class FaultInjector:
         self.faults = faults
         self._random = random.Random(faults.random_seed)  # noqa: S311 - not for secrets
         self._script = list(faults.script)
+        self._answers = list(faults.charge_answers)
         self._bucket = TokenBucket(faults.rate_limit_rps) if faults.rate_limit_rps else None
 
     def admit(self) -> bool:
@@ -105,6 +117,15 @@ class FaultInjector:
     def execution_fault(self, is_write: bool) -> FaultKind | None:
         """A fault decided when the request executes: 500s and dropped connections."""
         return self._draw(is_write, front=False)
+
+    def charge_answer(self) -> ChargeAnswer | None:
+        """How the next accepted account debit is answered (None: as a plain success); it
+        is used up by `charge_answered`, once the debit was accepted."""
+        return self._answers[0] if self._answers else None
+
+    def charge_answered(self) -> None:
+        if self._answers:
+            self.injected[f"charge_{self._answers.pop(0)}"] += 1
 
     def latency_seconds(self) -> float:
         faults = self.faults
@@ -144,3 +165,14 @@ class FaultInjector:
                 return kind
             draw -= share
         return None
+
+
+def misreport(body: dict[str, Any], answer: ChargeAnswer | None) -> dict[str, Any]:
+    """The charge body as an `other_*` answer reports it; other answers leave it as it is."""
+    if answer == "other_amount":
+        return {**body, "amount": body["amount"] + 1, "amount_captured": body["amount"] + 1}
+    if answer == "other_currency":
+        return {**body, "currency": "eur" if body["currency"] != "eur" else "usd"}
+    if answer == "other_source":
+        return {**body, "source": {"id": OTHER_SOURCE, "object": "account"}}
+    return body

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.sandbox.seed import AccountSeed, Controller, RefundSeed
+from worker.sandbox.seed import AccountSeed, ChargeSeed, Controller, RefundSeed
 from worker.sandbox.state import Account, Payment, Transfer
 
 Json = dict[str, Any]
@@ -59,23 +59,60 @@ def balance(record: Account) -> Json:
 
 
 def payment(record: Payment) -> Json:
+    """The Payment (`py_`) on the platform that an account debit created."""
+    body = _charge(record.id, record.amount, record.currency, record.created, record.description)
+    failed = record.status == "failed"
+    body.update(
+        {
+            "amount_captured": 0 if failed else record.amount,
+            "balance_transaction": record.balance_transaction,
+            "captured": not failed,
+            "failure_code": "processing_error" if failed else None,
+            "failure_message": "An error occurred while processing the debit." if failed else None,
+            "metadata": dict(record.metadata),
+            "paid": record.status == "succeeded",
+            "source": {"id": record.source_account, "object": "account"},
+            "source_transfer": record.transfer_id,
+            "status": record.status,
+        }
+    )
+    return body
+
+
+def sale(record: ChargeSeed) -> Json:
+    """A seeded sale the platform charged (and later refunded), naming the account it paid."""
+    body = _charge(record.id, record.amount, record.currency, record.created, record.description)
+    body.update(
+        {
+            "metadata": dict(record.metadata),
+            "on_behalf_of": record.on_behalf_of,
+            "transfer_data": (
+                {"amount": None, "destination": record.destination} if record.destination else None
+            ),
+        }
+    )
+    return body
+
+
+def _charge(ident: str, amount: int, currency: str, created: int, description: str | None) -> Json:
+    """A succeeded charge's fields, the ones both kinds of charge share."""
     return {
-        "id": record.id,
+        "id": ident,
         "object": "charge",
-        "amount": record.amount,
-        "amount_captured": record.amount,
+        "amount": amount,
+        "amount_captured": amount,
         "amount_refunded": 0,
         "application": None,
         "application_fee": None,
         "application_fee_amount": None,
-        "balance_transaction": record.balance_transaction,
+        "balance_transaction": None,
         "billing_details": {"address": None, "email": None, "name": None, "phone": None},
         "calculated_statement_descriptor": None,
         "captured": True,
-        "created": record.created,
-        "currency": record.currency,
+        "created": created,
+        "currency": currency,
         "customer": None,
-        "description": record.description,
+        "description": description,
         "disputed": False,
         "failure_balance_transaction": None,
         "failure_code": None,
@@ -83,7 +120,7 @@ def payment(record: Payment) -> Json:
         "fraud_details": {},
         "invoice": None,
         "livemode": False,
-        "metadata": dict(record.metadata),
+        "metadata": {},
         "on_behalf_of": None,
         "outcome": None,
         "paid": True,
@@ -94,11 +131,11 @@ def payment(record: Payment) -> Json:
         "receipt_number": None,
         "receipt_url": None,
         "refunded": False,
-        "refunds": _empty_list(f"/v1/charges/{record.id}/refunds"),
+        "refunds": _empty_list(f"/v1/charges/{ident}/refunds"),
         "review": None,
         "shipping": None,
-        "source": {"id": record.source_account, "object": "account"},
-        "source_transfer": record.transfer_id,
+        "source": None,
+        "source_transfer": None,
         "statement_descriptor": None,
         "statement_descriptor_suffix": None,
         "status": "succeeded",
@@ -129,13 +166,14 @@ def transfer(record: Transfer) -> Json:
     }
 
 
-def refund(record: RefundSeed) -> Json:
-    return {
+def refund(record: RefundSeed, charge: Json | None = None) -> Json:
+    """`charge`: the refunded charge's body when it is expanded, else only its id is sent."""
+    body: Json = {
         "id": record.id,
         "object": "refund",
         "amount": record.amount,
         "balance_transaction": None,
-        "charge": record.charge,
+        "charge": charge if charge is not None else record.charge,
         "created": record.created,
         "currency": record.currency,
         "metadata": dict(record.metadata),
@@ -146,6 +184,9 @@ def refund(record: RefundSeed) -> Json:
         "status": record.status,
         "transfer_reversal": None,
     }
+    if record.status == "failed" and record.failure_reason:
+        body["failure_reason"] = record.failure_reason
+    return body
 
 
 def _amount(value: int, currency: str) -> Json:

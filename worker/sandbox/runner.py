@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,34 @@ from worker.sandbox.faults import Faults
 from worker.sandbox.seed import load_seed
 
 STARTUP_TIMEOUT_SECONDS = 10.0
+ALLOW_FLAG = "--allow-non-loopback"
+
+
+class NotLoopback(ValueError):
+    """The sandbox was asked to listen beyond this machine without saying so explicitly."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"host {host!r} is not a loopback address, and the sandbox's /_sandbox/ admin "
+            f"routes have no authentication: pass {ALLOW_FLAG} to listen there anyway (in a "
+            "container whose port is published on 127.0.0.1 only, say)"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Only `localhost` and loopback addresses (127.0.0.0/8, ::1); a name other than
+    localhost, or an empty host (every interface), is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_loopback(host: str, *, allow_non_loopback: bool = False) -> None:
+    if not allow_non_loopback and not is_loopback(host):
+        raise NotLoopback(host)
 
 
 @dataclass(frozen=True)
@@ -45,8 +74,11 @@ def running_sandbox(
     faults: Faults | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    allow_non_loopback: bool = False,
 ) -> Iterator[RunningSandbox]:
-    """Serve a sandbox until the `with` block ends; `port=0` picks a free port."""
+    """Serve a sandbox until the `with` block ends; `port=0` picks a free port. A host that
+    is not loopback raises NotLoopback unless `allow_non_loopback`."""
+    require_loopback(host, allow_non_loopback=allow_non_loopback)
     sandbox = Sandbox(load_seed(seed), api_key=api_key, faults=faults)
     loop = asyncio.new_event_loop()
     started = threading.Event()

@@ -1,4 +1,5 @@
-"""The sandbox's starting world: the platform, its connected accounts, refunds.
+"""The sandbox's starting world: the platform, its connected accounts, the charges that were
+refunded, and the refunds.
 
 Read from YAML or JSON (`.json` parses as YAML too). `default_seed.yaml` beside this module
 holds the ids the worker's demo and tests rely on.
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_SEED_PATH = Path(__file__).with_name("default_seed.yaml")
 
@@ -62,6 +63,21 @@ class AccountSeed(_Frozen):
         return value
 
 
+class ChargeSeed(_Frozen):
+    """A sale made through the platform and later refunded: what `refund.charge` names. The
+    account it paid, if any, is `transfer_data.destination` (a destination charge) and/or
+    `on_behalf_of`."""
+
+    id: str = Field(pattern=r"^(ch|py)_[A-Za-z0-9]+$")
+    amount: int = Field(gt=0)
+    currency: str = Field(pattern=r"^[a-z]{3}$")
+    destination: str | None = Field(None, pattern=r"^acct_[A-Za-z0-9]+$")
+    on_behalf_of: str | None = Field(None, pattern=r"^acct_[A-Za-z0-9]+$")
+    description: str | None = None
+    created: int = 1_700_000_000
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
 class RefundSeed(_Frozen):
     id: str = Field(pattern=r"^re_[A-Za-z0-9]+$")
     amount: int = Field(gt=0)
@@ -69,6 +85,7 @@ class RefundSeed(_Frozen):
     status: Literal["pending", "requires_action", "succeeded", "failed", "canceled"] = "succeeded"
     charge: str | None = None
     reason: str | None = None
+    failure_reason: str | None = None  # served only with status failed
     created: int = 1_700_000_000
     metadata: dict[str, str] = Field(default_factory=dict)
 
@@ -76,7 +93,26 @@ class RefundSeed(_Frozen):
 class Seed(_Frozen):
     platform: AccountSeed
     accounts: tuple[AccountSeed, ...] = ()
+    charges: tuple[ChargeSeed, ...] = ()
     refunds: tuple[RefundSeed, ...] = ()
+
+    @model_validator(mode="after")
+    def _refunds_name_seeded_charges(self) -> Seed:
+        charges = {charge.id: charge for charge in self.charges}
+        for refund in self.refunds:
+            if refund.charge is None:
+                continue
+            charge = charges.get(refund.charge)
+            if charge is None:
+                raise ValueError(
+                    f"refund {refund.id} names charge {refund.charge}, which is not under charges"
+                )
+            if charge.currency != refund.currency:
+                raise ValueError(
+                    f"refund {refund.id} is in {refund.currency} but its charge {charge.id} is in "
+                    f"{charge.currency}"
+                )
+        return self
 
 
 def load_seed(path: Path | None = None) -> Seed:

@@ -1,5 +1,5 @@
 """The sandbox's money: balances per account and currency, the payments and transfers that
-moved it, and the refunds it was seeded with.
+moved it, and the refunded charges and refunds it was seeded with.
 
 Every change keeps, per currency, the sum of all balances equal to what the seed (and the
 admin endpoint) put in: `Ledger.problems()` says so, or says what broke.
@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 from worker.sandbox import errors, rules
 from worker.sandbox.clock import IdFactory, SandboxClock
-from worker.sandbox.seed import AccountSeed, RefundSeed, Seed
+from worker.sandbox.seed import AccountSeed, ChargeSeed, RefundSeed, Seed
+
+# succeeded: the money moved to the platform's available balance; pending: it left the
+# account and waits in the platform's pending balance; failed: nothing moved.
+PaymentStatus = Literal["succeeded", "pending", "failed"]
 
 
 @dataclass
@@ -38,11 +43,12 @@ class Payment:
     amount: int
     currency: str
     source_account: str
-    transfer_id: str
-    balance_transaction: str
+    transfer_id: str | None  # None when the payment failed
+    balance_transaction: str | None
     description: str | None
     metadata: dict[str, str]
     created: int
+    status: PaymentStatus = "succeeded"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Ledger:
     accounts: dict[str, Account] = field(default_factory=dict)
     payments: dict[str, Payment] = field(default_factory=dict)
     transfers: dict[str, Transfer] = field(default_factory=dict)
+    charges: dict[str, ChargeSeed] = field(default_factory=dict)
     refunds: dict[str, RefundSeed] = field(default_factory=dict)
     minted: Counter[str] = field(default_factory=Counter)
 
@@ -79,6 +86,7 @@ class Ledger:
         ledger._mint(ledger.platform, sign=1)
         for account_seed in seed.accounts:
             ledger.put_account(account_seed)
+        ledger.charges = {charge.id: charge for charge in seed.charges}
         ledger.refunds = {refund.id: refund for refund in seed.refunds}
         return ledger
 
@@ -104,8 +112,11 @@ class Ledger:
         currency: str,
         description: str | None,
         metadata: dict[str, str],
+        *,
+        status: PaymentStatus = "succeeded",
     ) -> Payment:
-        """Move `amount` from `source`'s available balance to the platform's, or refuse."""
+        """Move `amount` from `source`'s available balance to the platform's (its pending
+        balance while the payment is `pending`; nowhere if it `failed`), or refuse."""
         account = self.accounts.get(source)
         if account is None or account is self.platform:
             raise errors.resource_missing("source", source, param="source", status=400)
@@ -113,9 +124,50 @@ class Ledger:
             self.platform.seed, account.seed, account.available.get(currency, 0), amount, currency
         )
         now = int(self.clock.now())
-        payment_id, transfer_id = self.ids.new("py"), self.ids.new("tr")
+        payment_id = self.ids.new("py")
+        transfer_id = balance_transaction = None
+        if status != "failed":
+            transfer_id = self._move(
+                account,
+                amount,
+                currency,
+                payment_id=payment_id,
+                description=description,
+                now=now,
+                pending=status == "pending",
+            )
+            balance_transaction = self.ids.new("txn")
+        payment = Payment(
+            payment_id,
+            amount,
+            currency,
+            account.id,
+            transfer_id,
+            balance_transaction,
+            description,
+            dict(metadata),
+            now,
+            status,
+        )
+        self.payments[payment_id] = payment
+        return payment
+
+    def _move(
+        self,
+        account: Account,
+        amount: int,
+        currency: str,
+        *,
+        payment_id: str,
+        description: str | None,
+        now: int,
+        pending: bool,
+    ) -> str:
+        """The transfer taking `amount` out of the account for payment `payment_id`."""
+        transfer_id = self.ids.new("tr")
         account.available[currency] = account.available.get(currency, 0) - amount
-        self.platform.available[currency] = self.platform.available.get(currency, 0) + amount
+        received = self.platform.pending if pending else self.platform.available
+        received[currency] = received.get(currency, 0) + amount
         self.transfers[transfer_id] = Transfer(
             transfer_id,
             amount,
@@ -128,19 +180,7 @@ class Ledger:
             {},
             now,
         )
-        payment = Payment(
-            payment_id,
-            amount,
-            currency,
-            account.id,
-            transfer_id,
-            self.ids.new("txn"),
-            description,
-            dict(metadata),
-            now,
-        )
-        self.payments[payment_id] = payment
-        return payment
+        return transfer_id
 
     def totals(self) -> dict[str, int]:
         sums: Counter[str] = Counter()
@@ -165,7 +205,8 @@ class Ledger:
                     found.append(f"{account.id} available {currency} is negative: {amount}")
         moved: Counter[str] = Counter()
         for payment in self.payments.values():
-            moved[payment.currency] += payment.amount
+            if payment.status != "failed":
+                moved[payment.currency] += payment.amount
         for currency, amount in moved.items():
             transferred = sum(t.amount for t in self.transfers.values() if t.currency == currency)
             if transferred != amount:

@@ -1,0 +1,259 @@
+"""A compression bomb through the real broker: a real `debit-worker run` process dead-letters
+it as it arrived, never inflating it, and keeps answering other commands.
+
+kombu inflates any message with a `compression` header while converting it, before the
+intake sees it: five commands of about 300 KB each once took a worker from 130 MB to 678 MB,
+and one naming a compression kombu does not know stopped the worker ("Unrecoverable error"),
+again at each redelivery.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import amqp
+import pytest
+
+from tests.integration.conftest import (
+    DEFAULT_KEY,
+    PRODUCER_KEYS,
+    PRODUCERS,
+    RABBIT,
+    PlainAmqp,
+    connect,
+    new_id,
+    own_database,
+    own_ledger,
+    own_vhost,
+    sign,
+)
+from worker.demo import command_body
+from worker.ledger import Ledger
+from worker.plain_consumer import COMPRESSION_HEADER, ORIGINAL_COMPRESSION_HEADER
+from worker.sandbox import RunningSandbox, running_sandbox
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "acct_1ExpressUS00000001"
+SUCCEEDED = "io.debit-worker.debit.succeeded.v1"
+GZIP = "application/x-gzip"  # kombu.compression's name (zlib)
+UNKNOWN = "application/x-snappy"  # not registered in kombu.compression
+BOMBS = 5
+INFLATED_MB = 300
+PEAK_LIMIT_KB = 200 * 1024
+
+
+def zlib_bomb(megabytes: int) -> bytes:
+    """`megabytes` MiB of zeros, zlib-compressed in pieces (never held whole): ~300 KB."""
+    packer = zlib.compressobj(9)
+    zeros = bytes(1 << 20)
+    return b"".join([*(packer.compress(zeros) for _ in range(megabytes)), packer.flush()])
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return zlib_bomb(INFLATED_MB)
+
+
+@pytest.fixture(scope="module")
+def bomb_vhost() -> Iterator[str]:
+    yield from own_vhost()
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    yield from own_database()
+
+
+@pytest.fixture(scope="module")
+def ledger(database_url: str) -> Ledger:
+    return own_ledger(database_url)
+
+
+@pytest.fixture(scope="module")
+def stripe() -> Iterator[RunningSandbox]:
+    with running_sandbox() as server:
+        yield server
+
+
+@pytest.fixture
+def client(bomb_vhost: str) -> Iterator[PlainAmqp]:
+    """A producer's plain client that also listens to every event."""
+    connection = connect(bomb_vhost)
+    channel = connection.channel()
+    channel.confirm_select()
+    channel.exchange_declare("debits.commands", "topic", durable=True, auto_delete=False)
+    channel.exchange_declare(
+        "debits.events",
+        "topic",
+        durable=True,
+        auto_delete=False,
+        arguments={"alternate-exchange": "debits.events.unrouted"},
+    )
+    queue = f"test-events-{uuid.uuid4().hex[:8]}"
+    channel.queue_declare(queue, exclusive=True, auto_delete=True)
+    channel.queue_bind(queue, "debits.events", routing_key="debit.*")
+    yield PlainAmqp(connection, channel, queue)
+    connection.close()
+
+
+@pytest.fixture
+def worker(
+    bomb_vhost: str,
+    database_url: str,
+    ledger: Ledger,  # the worker needs the ledger's schema and the consents
+    stripe: RunningSandbox,
+    client: PlainAmqp,
+    tmp_path: Path,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """One `debit-worker run` process, once it consumes commands."""
+    log = tmp_path / "worker.log"
+    env = {
+        **os.environ,
+        "DEBIT_WORKER_BROKER_URL": f"amqp://guest:guest@{RABBIT[0]}:{RABBIT[1]}/{bomb_vhost}",
+        "DEBIT_WORKER_DATABASE_URL": database_url,
+        "DEBIT_WORKER_STRIPE_API_KEY": stripe.api_key,
+        "DEBIT_WORKER_STRIPE_API_BASE": stripe.url,
+        "DEBIT_WORKER_CONCURRENCY": "4",
+        "DEBIT_WORKER_PRODUCER_KEYS": json.dumps(PRODUCER_KEYS),
+        "DEBIT_WORKER_PRODUCERS": json.dumps(PRODUCERS),
+    }
+    cli = Path(sys.executable).with_name("debit-worker")
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [str(cli), "run", "--no-migrate", "--loglevel", "INFO"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not _consumed(client):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"never consumed:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def _consumed(client: PlainAmqp) -> bool:
+    channel = client.connection.channel()
+    try:
+        declared: Any = channel.queue_declare("debits.commands.worker", passive=True)
+        return int(declared[2]) > 0
+    except amqp.exceptions.NotFound:
+        return False
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def _peak_kb(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def _dead_letters(client: PlainAmqp, count: int, timeout: float = 60.0) -> list[amqp.Message]:
+    """Read with py-amqp, which never decompresses anything."""
+    found: list[amqp.Message] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < count and time.monotonic() < deadline:
+        message = client.channel.basic_get("debits.dead-letter", no_ack=True)
+        if message is None:
+            time.sleep(0.1)
+        else:
+            found.append(message)
+    return found
+
+
+@pytest.mark.timeout(180)
+def test_compression_bombs_are_dead_lettered_unopened_and_the_worker_keeps_answering(
+    worker: subprocess.Popen[bytes], client: PlainAmqp, bomb: bytes
+) -> None:
+    # Given bombs of about 300 KB on the wire, each 300 MB inflated, signed like any command
+    assert len(bomb) < 400_000
+    headers = {**sign(bomb, DEFAULT_KEY), COMPRESSION_HEADER: GZIP, "x-trace": "bomb"}
+    # (and one naming a compression kombu does not know: it used to stop the worker)
+    unknown = {**sign(b"snappy?", DEFAULT_KEY), COMPRESSION_HEADER: UNKNOWN}
+    # When they are published with kombu's compression header, then a plain command
+    for _ in range(BOMBS):
+        client.publish(bomb, headers=headers)
+    client.publish(b"snappy?", headers=unknown)
+    request_id = new_id("after-bombs")
+    client.publish_command(**command_body(request_id, ACCOUNT, 1234))
+    # Then the plain command is answered
+    assert client.event_for(request_id, timeout=60)["type"] == SUCCEEDED
+    dead = _dead_letters(client, BOMBS + 1)
+    # And the worker is still running, its memory never near one inflated bomb
+    assert worker.poll() is None
+    peak = _peak_kb(worker.pid)
+    assert peak < PEAK_LIMIT_KB, f"peak resident memory {peak // 1024} MB"
+    # And every bomb is in the dead-letter queue exactly as it was sent, with the reason
+    assert len(dead) == BOMBS + 1
+    [odd] = [m for m in dead if m.body == b"snappy?"]
+    assert (odd.headers or {})["x-debit-worker-reason"] == (
+        f"compressed commands are refused (compression: {UNKNOWN}); publish plain JSON"
+    )
+    for message in (m for m in dead if m is not odd):
+        assert message.body == bomb
+        found = message.headers or {}
+        assert found["x-debit-worker-reason"] == (
+            f"compressed commands are refused (compression: {GZIP}); publish plain JSON"
+        )
+        assert found["x-debit-worker-stage"] == "intake"
+        # under a name no kombu client inflates; the producer's own headers kept
+        assert COMPRESSION_HEADER not in found
+        assert found[ORIGINAL_COMPRESSION_HEADER] == GZIP
+        assert found["x-trace"] == "bomb"
+        assert found["x-debit-producer"] == DEFAULT_KEY.producer
+
+
+@pytest.mark.timeout(180)
+def test_bombs_on_celerys_own_queues_are_dropped_unopened(
+    worker: subprocess.Popen[bytes], client: PlainAmqp, bomb: bytes, tmp_path: Path
+) -> None:
+    # Given bombs on the worker's task queue and on its remote-control broadcast, which
+    # Celery's own consumers read (possible only with the worker's or Flower's credentials)
+    headers = {COMPRESSION_HEADER: GZIP}
+    for exchange, routing_key in (("debits.tasks", "debit.process"), ("celery.pidbox", "")):
+        message = amqp.Message(bomb, content_type="application/json", application_headers=headers)
+        # When they are published
+        client.channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+    # Then Celery logs each as undecodable (its bytes left compressed) and drops it
+    _wait_for_lines(tmp_path / "worker.log", "CompressionRefused", count=2)
+    # And the worker is still running, its memory never near one inflated bomb
+    assert worker.poll() is None
+    peak = _peak_kb(worker.pid)
+    assert peak < PEAK_LIMIT_KB, f"peak resident memory {peak // 1024} MB"
+    # And it keeps answering commands
+    request_id = new_id("after-task-bombs")
+    client.publish_command(**command_body(request_id, ACCOUNT, 1235))
+    assert client.event_for(request_id, timeout=60)["type"] == SUCCEEDED
+
+
+def _wait_for_lines(log: Path, text: str, count: int, timeout: float = 60.0) -> None:
+    """Until `count` CRITICAL log lines name `text`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = log.read_text(errors="replace").splitlines()
+        if len([line for line in lines if "CRITICAL" in line and text in line]) >= count:
+            return
+        assert time.monotonic() < deadline, f"no {count} x {text}:\n{lines[-40:]}"
+        time.sleep(0.2)

@@ -1,0 +1,157 @@
+"""The worker's ledger engine on a real PostgreSQL: every pooled connection (the ones psycopg
+is used on directly too) carries the statement and lock timeouts, a statement or lock wait
+past them fails as the ledger being unavailable, errors never show a statement's
+parameters, and the pool has a connection for every thread of the process at once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from celery import Celery
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from tests.integration.conftest import own_database
+from tests.unit.fakes import FakePublisher, FakeStripe
+from worker.bootstrap import build_services
+from worker.ledger import Ledger
+from worker.ledger.database import LEDGER_UNAVAILABLE
+from worker.ledger.pg_direct import run_alone
+from worker.settings import Settings, load_settings
+
+pytestmark = pytest.mark.integration
+
+# A parameter value no error message may show.
+PARAMETER = "param-value-7f3a9c"
+# The threads of a worker process besides its worker threads: relay, janitor, event pump,
+# Stripe warm-up.
+BACKGROUND_THREADS = 4
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    yield from own_database()
+
+
+def worker_ledger(database_url: str, **overrides: object) -> Ledger:
+    """The ledger exactly as a worker process builds it from its settings."""
+    settings: Settings = load_settings(
+        broker_url="memory://",
+        database_url=database_url,
+        stripe_api_key="sk_test_engine",
+        **overrides,
+    )
+    app = Celery("ledger-engine-test", broker="memory://", set_as_current=False)
+    services = build_services(settings, app, stripe_port=FakeStripe(), publisher=FakePublisher())
+    return services.ledger
+
+
+@pytest.fixture
+def ledger(database_url: str) -> Iterator[Ledger]:
+    built = worker_ledger(
+        database_url, database_statement_timeout_ms=300, database_lock_timeout_ms=200
+    )
+    yield built
+    built.engine.dispose()
+
+
+def shown(engine: Engine, setting: str) -> tuple[str, str]:
+    """The setting as SQLAlchemy's connections see it, and as psycopg-direct statements do."""
+    with engine.connect() as conn:
+        through_sqlalchemy = conn.execute(text(f"SHOW {setting}")).scalar_one()
+    direct = run_alone(engine, f"SHOW {setting}", {})
+    assert direct is not None
+    return str(through_sqlalchemy), str(direct[0])
+
+
+def test_by_default_every_pooled_connection_has_a_30_s_statement_and_5_s_lock_timeout(
+    database_url: str,
+) -> None:
+    # Given the worker's ledger with the default settings
+    engine = worker_ledger(database_url).engine
+    try:
+        # When each timeout is read on a pooled connection, through either path
+        # Then both are the defaults
+        assert shown(engine, "statement_timeout") == ("30s", "30s")
+        assert shown(engine, "lock_timeout") == ("5s", "5s")
+    finally:
+        engine.dispose()
+
+
+def test_the_timeouts_follow_the_settings(ledger: Ledger) -> None:
+    assert shown(ledger.engine, "statement_timeout") == ("300ms", "300ms")
+    assert shown(ledger.engine, "lock_timeout") == ("200ms", "200ms")
+
+
+def test_a_statement_past_the_statement_timeout_is_cancelled_as_the_ledger_unavailable(
+    ledger: Ledger,
+) -> None:
+    # Given a statement timeout of 300 ms / When statements run longer, on either path
+    with pytest.raises(LEDGER_UNAVAILABLE) as direct:
+        run_alone(ledger.engine, "SELECT pg_sleep(5)", {})
+    with pytest.raises(LEDGER_UNAVAILABLE) as through_sqlalchemy, ledger.engine.connect() as conn:
+        conn.execute(text("SELECT pg_sleep(5)"))
+    # Then PostgreSQL cancels each: an error the worker retries as a ledger outage
+    for raised in (direct.value, through_sqlalchemy.value):
+        assert isinstance(raised, DBAPIError)
+        assert isinstance(raised.orig, psycopg.errors.QueryCanceled)
+
+
+def test_a_lock_wait_past_the_lock_timeout_fails_as_the_ledger_unavailable(
+    ledger: Ledger,
+) -> None:
+    # Given another session holding a lock on the consents table
+    url = ledger.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as other:
+        other.execute("LOCK TABLE consents IN ACCESS EXCLUSIVE MODE")
+        # When the ledger reads the consents / Then it gives up after the lock timeout
+        with pytest.raises(LEDGER_UNAVAILABLE) as raised:
+            ledger.consents.list(None)
+        other.rollback()
+    assert isinstance(raised.value, DBAPIError)
+    assert isinstance(raised.value.orig, psycopg.errors.LockNotAvailable)
+
+
+def test_sql_errors_never_show_the_statements_parameters(ledger: Ledger) -> None:
+    # Given statements that fail while carrying a parameter, on either path
+    with pytest.raises(LEDGER_UNAVAILABLE) as direct:
+        run_alone(ledger.engine, "SELECT %(v)s::text FROM no_such_table", {"v": PARAMETER})
+    with pytest.raises(LEDGER_UNAVAILABLE) as through_sqlalchemy, ledger.engine.connect() as conn:
+        conn.execute(text("SELECT CAST(:v AS text) FROM no_such_table"), {"v": PARAMETER})
+    # Then the errors name the failure, and hide the value
+    for raised in (direct.value, through_sqlalchemy.value):
+        assert "no_such_table" in str(raised)
+        assert PARAMETER not in str(raised)
+        assert PARAMETER not in repr(raised)
+
+
+def test_every_thread_of_a_worker_process_can_hold_a_connection_at_once(
+    database_url: str,
+) -> None:
+    # Given the ledger of a worker process with 6 worker threads
+    concurrency = 6
+    engine = worker_ledger(database_url, concurrency=concurrency).engine
+    threads = concurrency + BACKGROUND_THREADS
+    everyone_connected = threading.Barrier(threads, timeout=10)
+    failures: list[BaseException] = []
+
+    def hold_a_connection() -> None:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                everyone_connected.wait()
+        except (threading.BrokenBarrierError, *LEDGER_UNAVAILABLE) as exc:
+            failures.append(exc)
+
+    # When every one of its threads holds a connection at the same moment
+    workers = [threading.Thread(target=hold_a_connection) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    engine.dispose()
+    # Then none waited in vain for the pool
+    assert failures == []
