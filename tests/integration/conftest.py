@@ -305,5 +305,12 @@ def broker(settings: Settings, vhost: str, worker_app: Celery) -> Iterator[Plain
     connection.close()
 
 
+def payments_for(sandbox: RunningSandbox, request_id: str) -> list[dict[str, Any]]:
+    """The payments the sandbox made for `request_id` (its charges' metadata names it)."""
+    return [
+        p for p in sandbox.admin.state().payments if p["metadata"].get("request_id") == request_id
+    ]
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -9,33 +9,30 @@ again at each redelivery.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import amqp
 import pytest
 
 from tests.integration.conftest import (
     DEFAULT_KEY,
-    PRODUCER_KEYS,
-    PRODUCERS,
-    RABBIT,
     PlainAmqp,
-    connect,
     new_id,
     own_database,
     own_ledger,
     own_vhost,
     sign,
+)
+from tests.integration.worker_process import (
+    event_client,
+    start_worker,
+    stop,
+    wait_until_consuming,
 )
 from worker.demo import command_body
 from worker.ledger import Ledger
@@ -88,23 +85,7 @@ def stripe() -> Iterator[RunningSandbox]:
 
 @pytest.fixture
 def client(bomb_vhost: str) -> Iterator[PlainAmqp]:
-    """A producer's plain client that also listens to every event."""
-    connection = connect(bomb_vhost)
-    channel = connection.channel()
-    channel.confirm_select()
-    channel.exchange_declare("debits.commands", "topic", durable=True, auto_delete=False)
-    channel.exchange_declare(
-        "debits.events",
-        "topic",
-        durable=True,
-        auto_delete=False,
-        arguments={"alternate-exchange": "debits.events.unrouted"},
-    )
-    queue = f"test-events-{uuid.uuid4().hex[:8]}"
-    channel.queue_declare(queue, exclusive=True, auto_delete=True)
-    channel.queue_bind(queue, "debits.events", routing_key="debit.*")
-    yield PlainAmqp(connection, channel, queue)
-    connection.close()
+    yield from event_client(bomb_vhost)
 
 
 @pytest.fixture
@@ -118,48 +99,12 @@ def worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """One `debit-worker run` process, once it consumes commands."""
     log = tmp_path / "worker.log"
-    env = {
-        **os.environ,
-        "DEBIT_WORKER_BROKER_URL": f"amqp://guest:guest@{RABBIT[0]}:{RABBIT[1]}/{bomb_vhost}",
-        "DEBIT_WORKER_DATABASE_URL": database_url,
-        "DEBIT_WORKER_STRIPE_API_KEY": stripe.api_key,
-        "DEBIT_WORKER_STRIPE_API_BASE": stripe.url,
-        "DEBIT_WORKER_CONCURRENCY": "4",
-        "DEBIT_WORKER_PRODUCER_KEYS": json.dumps(PRODUCER_KEYS),
-        "DEBIT_WORKER_PRODUCERS": json.dumps(PRODUCERS),
-    }
-    cli = Path(sys.executable).with_name("debit-worker")
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [str(cli), "run", "--no-migrate", "--loglevel", "INFO"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_worker(bomb_vhost, database_url, stripe, log)
     try:
-        deadline = time.monotonic() + 60
-        while not _consumed(client):
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"never consumed:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
+        wait_until_consuming(client, process, log)
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
-
-
-def _consumed(client: PlainAmqp) -> bool:
-    channel = client.connection.channel()
-    try:
-        declared: Any = channel.queue_declare("debits.commands.worker", passive=True)
-        return int(declared[2]) > 0
-    except amqp.exceptions.NotFound:
-        return False
-    finally:
-        if channel.is_open:
-            channel.close()
+        stop(process, signal.SIGTERM, timeout=60)
 
 
 def _peak_kb(pid: int) -> int:

@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     Key,
     PlainAmqp,
     new_id,
+    payments_for,
     sign,
 )
 from worker.cli import main
@@ -52,12 +53,6 @@ def _replay(settings: Settings, key: Key = OPERATOR_KEY) -> Any:
     return CliRunner().invoke(main, ["dlq", "replay", "--limit", "5"], env=env)
 
 
-def _payments_for(sandbox: RunningSandbox, request_id: str) -> list[dict[str, Any]]:
-    return [
-        p for p in sandbox.admin.state().payments if p["metadata"].get("request_id") == request_id
-    ]
-
-
 def test_a_task_message_dead_lettered_by_rabbitmq_is_replayed_under_its_producers_signature(
     broker: PlainAmqp, settings: Settings, sandbox: RunningSandbox
 ) -> None:
@@ -81,7 +76,7 @@ def test_a_task_message_dead_lettered_by_rabbitmq_is_replayed_under_its_producer
     event = broker.event_for(request_id)
     assert event["type"] == "io.debit-worker.debit.succeeded.v1"
     assert event["data"]["amount"] == 321
-    assert len(_payments_for(sandbox, request_id)) == 1
+    assert len(payments_for(sandbox, request_id)) == 1
 
 
 def test_an_unsigned_command_dead_lettered_as_exhausted_cannot_be_laundered_by_a_replay(
@@ -99,7 +94,7 @@ def test_an_unsigned_command_dead_lettered_as_exhausted_cannot_be_laundered_by_a
     event = broker.event_for(request_id)
     assert event["data"]["code"] == "unauthorized"
     assert "never signed" in event["data"]["message"]
-    assert _payments_for(sandbox, request_id) == []
+    assert payments_for(sandbox, request_id) == []
 
 
 def test_a_replay_vouched_for_by_a_producer_without_may_replay_is_refused(
@@ -120,7 +115,7 @@ def test_a_replay_vouched_for_by_a_producer_without_may_replay_is_refused(
     event = broker.event_for(request_id)
     assert event["data"]["code"] == "unauthorized"
     assert "may not replay" in event["data"]["message"]
-    assert _payments_for(sandbox, request_id) == []
+    assert payments_for(sandbox, request_id) == []
 
 
 def test_replay_without_an_operator_key_says_what_to_set_and_leaves_the_queue_alone(
@@ -151,4 +146,4 @@ def test_an_unsigned_copy_of_a_claimed_command_is_decided_under_the_claiming_pro
     # Then it is decided under flood's policy: refused, and no money moves
     event = broker.event_for(request_id)
     assert event["data"]["code"] == "producer_limit_exceeded"
-    assert _payments_for(sandbox, request_id) == []
+    assert payments_for(sandbox, request_id) == []

@@ -20,6 +20,7 @@ from tests.integration.conftest import (
     PlainAmqp,
     connect,
     new_id,
+    payments_for,
     sign,
 )
 from worker.demo import command_body
@@ -31,12 +32,6 @@ pytestmark = pytest.mark.integration
 US = "acct_1ExpressUS00000001"
 LIMITED = Key("limited", "l1", PRODUCER_KEYS["limited"]["l1"])
 FLOOD = Key("flood", "f1", PRODUCER_KEYS["flood"]["f1"])
-
-
-def _payments_for(sandbox: RunningSandbox, request_id: str) -> list[dict[str, Any]]:
-    return [
-        p for p in sandbox.admin.state().payments if p["metadata"].get("request_id") == request_id
-    ]
 
 
 def _body(request_id: str, amount: int = 1000, **extra: Any) -> bytes:
@@ -105,7 +100,7 @@ def test_an_unauthorised_command_is_refused_never_claimed_and_moves_no_money(
     event = broker.event_for(request_id)
     assert event["data"]["code"] == "unauthorized", event["data"]["message"]
     assert ledger.requests.get(request_id) is None
-    assert _payments_for(sandbox, request_id) == []
+    assert payments_for(sandbox, request_id) == []
     # And the request id is not used up: properly signed, it goes through
     broker.publish(_body(request_id))
     assert broker.events_for(request_id, 2)[1]["type"].endswith("succeeded.v1")
@@ -137,7 +132,7 @@ def test_a_signed_command_replayed_after_the_window_moves_no_money_and_keeps_its
     # Then only the recorded outcome comes back (same event id), and Stripe holds one payment
     replayed = broker.events_for(request_id, 2)[1]
     assert replayed["id"] == first["id"]
-    assert len(_payments_for(sandbox, request_id)) == 1
+    assert len(payments_for(sandbox, request_id)) == 1
 
 
 @pytest.mark.parametrize(
@@ -157,7 +152,7 @@ def test_a_command_outside_its_producers_policy_is_refused(
     data = broker.event_for(request_id)["data"]
     assert data["code"] == "producer_limit_exceeded"
     assert why in data["message"]
-    assert _payments_for(sandbox, request_id) == []
+    assert payments_for(sandbox, request_id) == []
 
 
 def test_the_daily_maximum_refuses_what_would_exceed_it(broker: PlainAmqp) -> None:
@@ -207,5 +202,5 @@ def test_the_daily_maximum_holds_when_one_producer_floods_from_many_connections(
     refused = {e["data"].get("code") for e in events if e not in succeeded}
     assert len(succeeded) == 10
     assert refused == {"producer_limit_exceeded"}
-    moved = sum(p["amount"] for mine in ids for r in mine for p in _payments_for(sandbox, r))
+    moved = sum(p["amount"] for mine in ids for r in mine for p in payments_for(sandbox, r))
     assert moved == 10_000

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from tests.integration.conftest import PlainAmqp, new_id
+from tests.integration.conftest import PlainAmqp, new_id, payments_for
 from worker.demo import command_body
 from worker.ledger import Ledger, Status
 from worker.ledger.tables import audit_log
@@ -30,12 +29,6 @@ def answers(sandbox: RunningSandbox) -> Iterator[RunningSandbox]:
     """The sandbox, with its faults back to none after the test."""
     yield sandbox
     sandbox.admin.set_faults()
-
-
-def _payments_for(sandbox: RunningSandbox, request_id: str) -> list[dict[str, Any]]:
-    return [
-        p for p in sandbox.admin.state().payments if p["metadata"].get("request_id") == request_id
-    ]
 
 
 def _settled(ledger: Ledger, request_id: str, timeout: float = 30.0) -> Status:
@@ -83,7 +76,7 @@ def test_a_charge_that_is_not_a_succeeded_debit_as_asked_is_escalated_with_no_ev
 
     # Then the request is handed to an operator, naming the charge and what was wrong
     assert _settled(ledger, request_id) is Status.NEEDS_RECONCILIATION
-    [payment] = _payments_for(answers, request_id)
+    [payment] = payments_for(answers, request_id)
     reason = _escalation_reason(ledger, request_id)
     assert payment["id"] in reason
     assert said in reason
@@ -118,7 +111,7 @@ def test_a_refund_that_moved_no_money_or_paid_another_account_is_not_recovered(
     assert event["type"] == "io.debit-worker.debit.failed.v1"
     assert event["data"]["code"] == code, event["data"]["message"]
     assert refund in event["data"]["message"]
-    assert _payments_for(sandbox, request_id) == []
+    assert payments_for(sandbox, request_id) == []
 
 
 def test_a_pending_refund_of_a_sale_paid_to_the_account_is_recovered(
@@ -137,5 +130,5 @@ def test_a_pending_refund_of_a_sale_paid_to_the_account_is_recovered(
     # Then the money is recovered
     event = broker.event_for(request_id)
     assert event["type"] == "io.debit-worker.debit.succeeded.v1", event["data"]
-    [payment] = _payments_for(sandbox, request_id)
+    [payment] = payments_for(sandbox, request_id)
     assert payment["id"] == event["data"]["payment"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import PlainAmqp, new_id
+from tests.integration.conftest import PlainAmqp, new_id, payments_for
 from worker.demo import command_body
 from worker.ledger import Ledger, Status
 from worker.sandbox import RunningSandbox
@@ -19,12 +19,6 @@ from worker.topology import TASK_EXCHANGE, TASK_QUEUE, TASK_ROUTING_KEY
 pytestmark = pytest.mark.integration
 
 US = "acct_1ExpressUS00000001"
-
-
-def _payments_for(sandbox: RunningSandbox, request_id: str) -> list[dict[str, Any]]:
-    return [
-        p for p in sandbox.admin.state().payments if p["metadata"].get("request_id") == request_id
-    ]
 
 
 def test_a_valid_command_moves_the_money_once_and_emits_debit_succeeded(
@@ -37,7 +31,7 @@ def test_a_valid_command_moves_the_money_once_and_emits_debit_succeeded(
     # Then a DebitSucceeded names the one payment Stripe created
     event = broker.event_for(request_id)
     assert event["type"] == "io.debit-worker.debit.succeeded.v1"
-    payments = _payments_for(sandbox, request_id)
+    payments = payments_for(sandbox, request_id)
     assert [p["id"] for p in payments] == [event["data"]["payment"]]
     assert payments[0]["amount"] == 1234
     record = ledger.requests.get(request_id)
@@ -86,7 +80,7 @@ def test_each_refusal_is_a_debit_failed_with_its_code_and_moves_no_money(
     event = broker.event_for(request_id)
     assert event["type"] == "io.debit-worker.debit.failed.v1"
     assert event["data"]["code"] == code, event["data"]["message"]
-    assert _payments_for(sandbox, request_id) == []
+    assert payments_for(sandbox, request_id) == []
 
 
 def test_a_duplicate_command_gives_one_payment_and_the_same_event_again(
@@ -103,7 +97,7 @@ def test_a_duplicate_command_gives_one_payment_and_the_same_event_again(
     events = broker.events_for(request_id, 2)
     assert events[1]["id"] == first["id"]
     assert events[1]["data"]["payment"] == first["data"]["payment"]
-    assert len(_payments_for(sandbox, request_id)) == 1
+    assert len(payments_for(sandbox, request_id)) == 1
 
 
 def test_same_request_id_with_other_content_is_an_idempotency_conflict(
@@ -126,7 +120,7 @@ def test_same_request_id_with_other_content_is_an_idempotency_conflict(
     [conflict] = [e for e in events if e["id"] != original["id"]]
     assert conflict["data"]["code"] == "idempotency_conflict"
     assert conflict["id"] != original["id"]
-    assert [p["amount"] for p in _payments_for(sandbox, request_id)] == [700]
+    assert [p["amount"] for p in payments_for(sandbox, request_id)] == [700]
 
 
 @pytest.mark.parametrize(

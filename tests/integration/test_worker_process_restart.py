@@ -10,31 +10,23 @@ SIGTERM stops them all.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import amqp
 import pytest
 
-from tests.integration.conftest import (
-    PRODUCER_KEYS,
-    PRODUCERS,
-    RABBIT,
-    PlainAmqp,
-    connect,
-    new_id,
-    own_database,
-    own_ledger,
-    own_vhost,
+from tests.integration.conftest import PlainAmqp, new_id, own_database, own_ledger, own_vhost
+from tests.integration.worker_process import (
+    consumers,
+    event_client,
+    start_worker,
+    stop,
+    wait,
+    wait_until_consuming,
 )
 from worker.demo import command_body
 from worker.ledger import Ledger, Status
@@ -44,6 +36,23 @@ pytestmark = pytest.mark.integration
 
 ACCOUNT = "acct_1ExpressUS00000001"
 SUCCEEDED = "io.debit-worker.debit.succeeded.v1"
+# Short leases and retries, so a killed worker's requests are taken over within the test.
+QUICK = {
+    "DEBIT_WORKER_CLAIM_LEASE_SECONDS": "5",
+    "DEBIT_WORKER_RETRY_BASE_SECONDS": "1",
+    "DEBIT_WORKER_RETRY_MAX_SECONDS": "3",
+    "DEBIT_WORKER_RELAY_INTERVAL_SECONDS": "1",
+}
+
+
+def _start_worker(
+    vhost: str,
+    database_url: str,
+    sandbox: RunningSandbox,
+    log: Path,
+    extra_args: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    return start_worker(vhost, database_url, sandbox, log, env=QUICK, args=extra_args)
 
 
 @pytest.fixture(scope="module")
@@ -74,95 +83,6 @@ def plain_amqp(restart_vhost: str) -> Iterator[PlainAmqp]:
     yield from event_client(restart_vhost)
 
 
-def event_client(vhost: str) -> Iterator[PlainAmqp]:
-    """A producer's plain client that also listens to every event (the worker declares the
-    rest of the topology itself)."""
-    connection = connect(vhost)
-    channel = connection.channel()
-    channel.confirm_select()
-    # The topology is the worker's to declare; a producer only needs the exchange to exist.
-    channel.exchange_declare("debits.commands", "topic", durable=True, auto_delete=False)
-    channel.exchange_declare(
-        "debits.events",
-        "topic",
-        durable=True,
-        auto_delete=False,
-        arguments={"alternate-exchange": "debits.events.unrouted"},
-    )
-    queue = f"test-events-{uuid.uuid4().hex[:8]}"
-    channel.queue_declare(queue, exclusive=True, auto_delete=True)
-    channel.queue_bind(queue, "debits.events", routing_key="debit.*")
-    yield PlainAmqp(connection, channel, queue)
-    connection.close()
-
-
-def _start_worker(
-    vhost: str,
-    database_url: str,
-    sandbox: RunningSandbox,
-    log: Path,
-    extra_args: tuple[str, ...] = (),
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DEBIT_WORKER_BROKER_URL": f"amqp://guest:guest@{RABBIT[0]}:{RABBIT[1]}/{vhost}",
-        "DEBIT_WORKER_DATABASE_URL": database_url,
-        "DEBIT_WORKER_STRIPE_API_KEY": sandbox.api_key,
-        "DEBIT_WORKER_STRIPE_API_BASE": sandbox.url,
-        "DEBIT_WORKER_CONCURRENCY": "4",
-        "DEBIT_WORKER_CLAIM_LEASE_SECONDS": "5",
-        "DEBIT_WORKER_RETRY_BASE_SECONDS": "1",
-        "DEBIT_WORKER_RETRY_MAX_SECONDS": "3",
-        "DEBIT_WORKER_RELAY_INTERVAL_SECONDS": "1",
-        # the test's plain client signs with the integration producers' keys
-        "DEBIT_WORKER_PRODUCER_KEYS": json.dumps(PRODUCER_KEYS),
-        "DEBIT_WORKER_PRODUCERS": json.dumps(PRODUCERS),
-    }
-    cli = Path(sys.executable).with_name("debit-worker")
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [str(cli), "run", "--no-migrate", "--loglevel", "INFO", *extra_args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _consumers(client: PlainAmqp) -> int:
-    """Consumers of the command queue (the worker declares it when its intake starts)."""
-    channel = client.connection.channel()
-    try:
-        declared: Any = channel.queue_declare("debits.commands.worker", passive=True)
-        return int(declared[2])
-    except amqp.exceptions.NotFound:
-        return 0
-    finally:
-        if channel.is_open:
-            channel.close()
-
-
-def _wait(condition: Callable[[], bool], log: Path, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}:\n{log.read_text()[-3000:]}"
-        time.sleep(0.2)
-
-
-def _wait_until_consuming(client: PlainAmqp, process: subprocess.Popen[bytes], log: Path) -> None:
-    def consuming() -> bool:
-        assert process.poll() is None, log.read_text()[-3000:]
-        return _consumers(client) > 0
-
-    _wait(consuming, log, "the worker never started consuming commands")
-
-
-def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        process.wait(timeout=30)
-
-
 def test_a_worker_killed_mid_batch_leaves_every_request_done_exactly_once(
     restart_vhost: str,
     database_url: str,
@@ -175,20 +95,20 @@ def test_a_worker_killed_mid_batch_leaves_every_request_done_exactly_once(
     # Given a worker process busy with a batch of slow debits
     first = _start_worker(restart_vhost, database_url, slow_sandbox, log)
     try:
-        _wait_until_consuming(plain_amqp, first, log)
+        wait_until_consuming(plain_amqp, first, log)
         ids = [new_id("kill") for _ in range(16)]
         for request_id in ids:
             plain_amqp.publish_command(**command_body(request_id, ACCOUNT, 111))
         plain_amqp.event_for(ids[0], timeout=60)
         # When it is SIGKILLed with debits in flight, and a new worker starts
-        _stop(first, signal.SIGKILL)
+        stop(first, signal.SIGKILL)
         second = _start_worker(restart_vhost, database_url, slow_sandbox, log)
         try:
             outcomes = {rid: plain_amqp.event_for(rid, timeout=90) for rid in ids}
         finally:
-            _stop(second, signal.SIGTERM)
+            stop(second, signal.SIGTERM)
     finally:
-        _stop(first, signal.SIGKILL)
+        stop(first, signal.SIGKILL)
     # Then every request succeeded once: one event id, one payment, a succeeded ledger row
     assert {e["type"] for e in outcomes.values()} == {SUCCEEDED}, log.read_text()[-3000:]
     _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
@@ -206,7 +126,7 @@ def test_a_worker_stopped_mid_batch_acks_the_commands_it_finished_before_it_exit
     # Given a worker process (4 threads) busy with a batch of slow debits
     first = _start_worker(restart_vhost, database_url, slow_sandbox, first_log)
     try:
-        _wait_until_consuming(plain_amqp, first, first_log)
+        wait_until_consuming(plain_amqp, first, first_log)
         ids = [new_id("sigterm") for _ in range(16)]
         for request_id in ids:
             plain_amqp.publish_command(**command_body(request_id, ACCOUNT, 113))
@@ -215,13 +135,13 @@ def test_a_worker_stopped_mid_batch_acks_the_commands_it_finished_before_it_exit
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 0, first_log.read_text()[-3000:]
     finally:
-        _stop(first, signal.SIGKILL)
+        stop(first, signal.SIGKILL)
     # Then the commands it had not started go back to the queue and a new worker does them
     second = _start_worker(restart_vhost, database_url, slow_sandbox, second_log)
     try:
         outcomes = {rid: plain_amqp.event_for(rid, timeout=90) for rid in ids}
     finally:
-        _stop(second, signal.SIGTERM)
+        stop(second, signal.SIGTERM)
     assert {e["type"] for e in outcomes.values()} == {SUCCEEDED}, second_log.read_text()[-3000:]
     _assert_done_exactly_once(ids, plain_amqp, ledger, slow_sandbox)
     # And none that the first worker finished is delivered again: it acked each one before
@@ -269,7 +189,7 @@ def _two_supervised(
     pids. A supervisor still running at the end is killed with its process group."""
     supervisor = _start_worker(vhost, database_url, sandbox, log, extra_args=("--processes", "2"))
     try:
-        _wait(lambda: _consumers(client) == 2, log, "two processes never both consumed")
+        wait(lambda: consumers(client) == 2, log, "two processes never both consumed")
         children = _children(supervisor.pid)
         assert len(children) == 2
         yield supervisor, children
@@ -300,7 +220,7 @@ def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
         plain_amqp.event_for(ids[0], timeout=60)
         os.kill(first_children[0], signal.SIGKILL)
         # Then it is replaced, and every request succeeds exactly once
-        _wait(
+        wait(
             lambda: (
                 len(_children(supervisor.pid)) == 2
                 and first_children[0] not in _children(supervisor.pid)
@@ -310,7 +230,7 @@ def test_supervised_processes_share_the_work_survive_a_kill_and_stop_on_sigterm(
         )
         outcomes = {rid: plain_amqp.event_for(rid, timeout=90) for rid in ids}
         assert {e["type"] for e in outcomes.values()} == {SUCCEEDED}, log.read_text()[-3000:]
-        _wait(lambda: _consumers(plain_amqp) == 2, log, "the replacement never consumed")
+        wait(lambda: consumers(plain_amqp) == 2, log, "the replacement never consumed")
         # And SIGTERM to the supervisor stops every process, cleanly
         children = _children(supervisor.pid)
         supervisor.send_signal(signal.SIGTERM)
@@ -341,13 +261,13 @@ def test_worker_processes_stop_when_their_supervisor_is_killed(
             os.kill(supervisor.pid, signal.SIGKILL)
             supervisor.wait()
             # Then its worker processes stop by themselves instead of running on unsupervised
-            _wait(
+            wait(
                 lambda: all(_gone(child) for child in children),
                 log,
                 "worker processes outlived their supervisor",
                 timeout=60,
             )
-            _wait(lambda: _consumers(plain_amqp) == 0, log, "commands still being consumed")
+            wait(lambda: consumers(plain_amqp) == 0, log, "commands still being consumed")
         finally:
             for child in children:
                 with contextlib.suppress(ProcessLookupError):
@@ -376,10 +296,10 @@ def test_a_starting_worker_reads_the_platform_before_any_command(
     # When a worker process starts, and no command is published
     worker = _start_worker(restart_vhost, database_url, slow_sandbox, log)
     try:
-        _wait_until_consuming(plain_amqp, worker, log)
+        wait_until_consuming(plain_amqp, worker, log)
         # The sandbox counts the read when it arrives; the worker logs it when the answer
         # (300 ms later here) comes back: wait for both before stopping it.
-        _wait(
+        wait(
             lambda: (
                 platform_reads() > before.get(PLATFORM_READ, 0)
                 and "Stripe platform acct_" in log.read_text()
@@ -388,7 +308,7 @@ def test_a_starting_worker_reads_the_platform_before_any_command(
             "no platform read",
         )
     finally:
-        _stop(worker, signal.SIGTERM)
+        stop(worker, signal.SIGTERM)
 
     # Then it read the platform's account once, said so in its log, and sent no charge
     after = slow_sandbox.admin.state().requests
