@@ -19,14 +19,15 @@ from worker.facts_cache import CachedStripe
 from worker.handlers import HandlerConfig, Services
 from worker.ledger import Ledger, utc_now
 from worker.ledger.database import make_engine
-from worker.ports import EventPublisher, StripePort
-from worker.publisher import DeadLetters, KombuEventPublisher
+from worker.ports import EventPublisher, Outbound, StripePort
+from worker.publisher import DeadLetters, KombuEventPublisher, PublishingOutbound
 from worker.rate_budget import LocalTokenBucket, RateBudget
 from worker.redis_budget import RedisRateBudget, budget_key
-from worker.rules import RuleTables
+from worker.rule_tables import RuleTables
 from worker.settings import Settings
 from worker.stripe_gateway import StripeGateway
 from worker.stripe_http import Urllib3Client
+from worker.topology import is_embedded
 
 
 def stripe_client(settings: Settings) -> stripe.StripeClient:
@@ -132,22 +133,22 @@ def build_services(
     return Services(
         ledger=ledger,
         stripe=stripe_port or real_stripe(settings),
-        publisher=publisher or KombuEventPublisher(app),
+        outbound=outbound(settings, app, ledger, publisher),
         rules=rule_tables(settings),
         config=handler_config(settings),
         clock=clock,
         auth=authenticator(settings),
-        # An injected publisher (tests) and the embedded broker publish on the worker thread.
-        outbound=None if publisher is not None or _embedded(settings) else event_pump(app, ledger),
     )
 
 
-def _embedded(settings: Settings) -> bool:
-    return settings.broker_url.startswith("memory://")
-
-
-def event_pump(app: Celery, ledger: Ledger) -> EventPump:
-    return EventPump(connect_for_events(app), ledger.outbox.mark_sent_many)
+def outbound(
+    settings: Settings, app: Celery, ledger: Ledger, publisher: EventPublisher | None = None
+) -> Outbound:
+    """The event pump on RabbitMQ; on the embedded broker, or through an injected publisher
+    (tests), each event is published on the worker thread."""
+    if publisher is None and not is_embedded(settings.broker_url):
+        return EventPump(connect_for_events(app), ledger.outbox.mark_sent_many)
+    return PublishingOutbound(publisher or KombuEventPublisher(app), ledger.outbox.mark_sent_many)
 
 
 @dataclass
@@ -173,6 +174,11 @@ class Runtime:
     @property
     def dead_letters(self) -> DeadLetters:
         return DeadLetters(self.app)
+
+    @property
+    def event_publisher(self) -> EventPublisher:
+        """The outbox relay's: each event confirmed before the next."""
+        return KombuEventPublisher(self.app)
 
 
 _RUNTIME_ATTRIBUTE = "debit_worker_runtime"

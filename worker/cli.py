@@ -22,7 +22,9 @@ from pydantic import ValidationError
 from schemas.commands import DebitReason, DebitRequested
 from schemas.signing import SIGNATURE_HEADER, SIGNATURE_HEADERS, Signer
 from worker.app import build_worker, declare_topology
+from worker.attempts import PROCESS_TASK, send_attempt
 from worker.authentication import RECEIVED_AT_HEADER
+from worker.celery_app import create_app
 from worker.demo import run_demo
 from worker.janitor import janitor_once, task_enqueuer
 from worker.ledger import Ledger
@@ -35,8 +37,12 @@ from worker.producer import DebitProducer, signer_from
 from worker.sandbox.cli import sandbox
 from worker.settings import Settings, SettingsError, load_settings
 from worker.supervisor import exec_supervisor
-from worker.tasks import PROCESS_TASK
-from worker.topology import TASK_QUEUE, command_exchange, dead_letter_queue, declare_all
+from worker.topology import (
+    TASK_QUEUE,
+    command_exchange,
+    dead_letter_queue,
+    declare_all,
+)
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -367,25 +373,44 @@ def dlq_replay(limit: int) -> None:
             message = channel.basic_get(dead_letter_queue.name, no_ack=False)
             if message is None:
                 break
-            command, headers = original_message(message.body, message.headers or {})
-            producer.publish(
-                command,
-                headers=replay_headers(signer, command, headers),
-                exchange=command_exchange,
-                routing_key="debit.requested",
-                content_type="application/json",
-                content_encoding="binary",
-                delivery_mode=2,
-                mandatory=True,
-            )
+            headers = message.headers or {}
+            request_id = _resumed_request(message.body, headers)
+            if request_id is not None:
+                # A later attempt of a claimed request names the request only, and reads the
+                # command and its producer from the ledger: it is scheduled again as it was.
+                send_attempt(create_app(settings), request_id)
+            else:
+                command, carried = original_message(message.body, headers)
+                producer.publish(
+                    command,
+                    headers=replay_headers(signer, command, carried),
+                    exchange=command_exchange,
+                    routing_key="debit.requested",
+                    content_type="application/json",
+                    content_encoding="binary",
+                    delivery_mode=2,
+                    mandatory=True,
+                )
             channel.basic_ack(message.delivery_tag)
             replayed += 1
     click.echo(f"replayed {replayed} message(s)")
 
 
+def _resumed_request(body: bytes, headers: dict[str, Any]) -> str | None:
+    """The request id a dead-lettered `process_debit` task names (None: not such a task, or
+    one of the version before, which carried the command's body)."""
+    if headers.get("task") != PROCESS_TASK:
+        return None
+    try:
+        first = json.loads(body)[0][0]
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+    return first if isinstance(first, str) and not first.startswith("{") else None
+
+
 def original_message(body: bytes, headers: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """The command and the headers it came with. Messages RabbitMQ dead-lettered from the
-    task queue (delivery limit reached) are Celery task messages wrapping both: unwrap."""
+    """The command and the headers it came with. Task messages of the version before, which
+    RabbitMQ dead-lettered from the task queue, wrap both: unwrap them."""
     if headers.get("task") != PROCESS_TASK:
         return body, headers
     try:

@@ -24,7 +24,6 @@ from celery.contrib.testing.worker import start_worker
 from kombu import Connection, Queue
 
 from schemas.signing import Signer
-from schemas.topology import DEAD_LETTER_QUEUE
 from worker.app import build_worker
 from worker.ledger import Ledger
 from worker.ledger.database import make_engine
@@ -33,7 +32,12 @@ from worker.money import format_amount
 from worker.producer import DebitProducer
 from worker.sandbox.runner import running_sandbox
 from worker.settings import load_settings
-from worker.topology import dead_letter_queue, event_exchange
+from worker.topology import (
+    DEAD_LETTER_QUEUE,
+    EMBEDDED_BROKER_URL,
+    dead_letter_queue,
+    event_exchange,
+)
 
 US = "acct_1ExpressUS00000001"
 LEGACY = "acct_1CustomLegacy000001"
@@ -185,7 +189,7 @@ def _embedded(workdir: Path) -> Iterator[tuple[Any, Any, Ledger, Connection]]:
     ledger = Ledger.on(engine)
     with running_sandbox() as sandbox:
         settings = load_settings(
-            broker_url="memory://",
+            broker_url=EMBEDDED_BROKER_URL,
             database_url=database_url,
             stripe_api_key=sandbox.api_key,
             stripe_api_base=sandbox.url,
@@ -194,7 +198,7 @@ def _embedded(workdir: Path) -> Iterator[tuple[Any, Any, Ledger, Connection]]:
             producer_keys={DEMO_SIGNER.producer: {DEMO_SIGNER.key_id: DEMO_SIGNER.secret}},
         )
         app, _runtime = build_worker(settings)
-        with Connection("memory://") as connection:
+        with Connection(EMBEDDED_BROKER_URL) as connection:
             yield app, sandbox, ledger, connection
 
 
@@ -217,8 +221,8 @@ def run_demo(echo: Any = click.echo) -> int:
             start_worker(
                 app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
             ),
-            DebitProducer("memory://", DEMO_SIGNER) as producer,
-            DebitProducer("memory://") as unsigned,
+            DebitProducer(EMBEDDED_BROKER_URL, DEMO_SIGNER) as producer,
+            DebitProducer(EMBEDDED_BROKER_URL) as unsigned,
         ):
             echo(f"{'scenario':44} {'expected':32} {'outcome':32} detail")
             echo("-" * 140)

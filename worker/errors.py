@@ -64,6 +64,11 @@ class RefusalNotRecorded(TransientFailure):
     producer signature)."""
 
 
+class Unclaimed(DebitWorkerError):
+    """A later attempt names a request the ledger does not hold: there is nothing to resume
+    (later attempts are scheduled only for claimed requests)."""
+
+
 class RequestBusy(TransientFailure):
     """Another worker holds this request's lease; look again when it has expired."""
 

@@ -30,10 +30,8 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from schemas.topology import EVENT_CONTENT_TYPE
-from worker.ledger import OutboxEvent
-from worker.publisher import BROKER_ERRORS
-from worker.topology import event_exchange
+from worker.domain_types import OutboxEvent
+from worker.topology import BROKER_ERRORS, event_exchange, event_message
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +41,11 @@ MAX_BATCH: Final = 500
 MAX_QUEUED: Final = 10_000
 FIRST_PAUSE_SECONDS: Final = 1.0
 LONGEST_PAUSE_SECONDS: Final = 30.0
-PERSISTENT: Final = 2
 
 
 class EventPump:
-    """`send(row_id, event)` never blocks on RabbitMQ and never raises."""
+    """The Outbound of a worker on RabbitMQ: `send(row_id, event)` never blocks on the
+    broker and never raises."""
 
     def __init__(
         self,
@@ -167,7 +165,9 @@ class EventPump:
         connection, channel = self._open()
         tags: dict[int, tuple[int, str]] = {}
         for row_id, event in batch:
-            channel.basic_publish(_message(event), event_exchange.name, event.routing_key, True)
+            m = event_message(event)
+            message = amqp.Message(m.body, application_headers=m.headers, **m.properties)
+            channel.basic_publish(message, m.exchange, m.routing_key, True)
             self._sent += 1
             tags[self._sent] = (row_id, event.event_id)
             self._unsettled.add(self._sent)
@@ -245,19 +245,6 @@ class EventPump:
         event_id = (getattr(message, "properties", None) or {}).get("message_id")
         log.warning("event %s returned by %s/%s: %s", event_id, exchange, routing_key, exc)
         self._returned.add(str(event_id))
-
-
-def _message(event: OutboxEvent) -> amqp.Message:
-    # The same message the synchronous publisher (publisher.py) sends.
-    return amqp.Message(
-        event.body,
-        content_type=EVENT_CONTENT_TYPE,
-        content_encoding="utf-8",
-        message_id=event.event_id,
-        application_headers={"ce-id": event.event_id, "ce-type": event.event_type},
-        delivery_mode=PERSISTENT,
-        priority=0,
-    )
 
 
 def _close(connection: Connection, *, graceful: bool) -> None:

@@ -11,9 +11,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from worker.facts import AccountFacts, PlatformFacts, RefundFacts
+from worker.domain_types import AccountFacts, DebitCharge, Payment, PlatformFacts, RefundFacts
 from worker.ports import StripePort
-from worker.stripe_gateway import DebitCharge, Payment
 
 
 class CachedStripe:

@@ -11,7 +11,6 @@ ledger says happened, and never moves money twice:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,13 +30,21 @@ from schemas.events import (
     succeeded_event,
 )
 from schemas.topology import FAILED_ROUTING_KEY, SUCCEEDED_ROUTING_KEY
-from worker.authentication import Authenticator, Unauthorized, Verified
+from worker.admission import Admission, Admitted, Invalid, Refused, admit
+from worker.authentication import Authenticator, Verified
 from worker.crashpoints import crash_point
-from worker.errors import PermanentFailure, RefusalNotRecorded, RequestBusy, Unresolvable
+from worker.decision import Refusal, evaluate
+from worker.domain_types import DebitCharge, OutboxEvent, idempotency_key
+from worker.errors import (
+    PermanentFailure,
+    RefusalNotRecorded,
+    RequestBusy,
+    Unclaimed,
+    Unresolvable,
+)
 from worker.ledger import (
     ClaimKind,
     Ledger,
-    OutboxEvent,
     ProducerLimitExceeded,
     RecoveryBudgetExceeded,
     Status,
@@ -46,12 +53,10 @@ from worker.ledger.database import LEDGER_UNAVAILABLE
 from worker.ledger.requests import Success
 from worker.money import format_amount
 from worker.observability import report_unauthorized
-from worker.parsing import InvalidCommand, Undeliverable, echo_fields, parse_command, screen
-from worker.policy import Refusal, evaluate
-from worker.ports import EventPublisher, Outbound, PublishFailed, StripePort
+from worker.parsing import InvalidCommand
+from worker.ports import Outbound, StripePort
 from worker.producer_limits import ProducerPolicy, daily_limit, static_refusal
-from worker.rules import RuleTables
-from worker.stripe_gateway import DebitCharge, idempotency_key
+from worker.rule_tables import RuleTables
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +75,14 @@ class HandlerConfig:
 class Services:
     ledger: Ledger
     stripe: StripePort
-    publisher: EventPublisher
+    # The one way out for recorded events: the event pump on RabbitMQ (event_pump.py), a
+    # publish on the worker thread on the embedded broker (publisher.PublishingOutbound).
+    outbound: Outbound
     rules: RuleTables
     config: HandlerConfig
     clock: Callable[[], datetime]
     # None: every command is accepted unsigned, without producer policy (unit tests).
     auth: Authenticator | None = None
-    # Publishes recorded events off the worker threads (event_pump.py); None: publish each
-    # one here and wait for its confirm (the embedded broker, unit tests).
-    outbound: Outbound | None = None
 
 
 class Result(StrEnum):
@@ -91,35 +95,46 @@ class Result(StrEnum):
 def handle_debit_requested(
     body: bytes | str, svc: Services, owner: str, headers: Mapping[str, str] | None = None
 ) -> Result:
-    """Raises Undeliverable (dead-letter it), TransientFailure (retry later), or returns.
+    """A message's first attempt: admitted once (worker/admission.py), then handled.
+    Raises Undeliverable (dead-letter it), TransientFailure (retry later), or returns."""
+    raw = body.encode("utf-8") if isinstance(body, str) else body
+    return handle_admission(admit(raw, headers or {}, svc.auth, svc.clock()), svc, owner)
 
-    The producer's signature is checked first: an unauthorised command is answered with
-    DebitFailed(unauthorized) and never claimed in the ledger nor shown to Stripe."""
-    verified = None
-    if svc.auth is not None:
-        raw = body.encode("utf-8") if isinstance(body, str) else body
-        try:
-            verified = svc.auth.verify(raw, headers or {}, svc.clock())
-        except Unauthorized as refused:
-            try:
-                if not _claimed_before(raw, svc):
-                    _emit_unauthorized(raw, refused, svc)
-                    return Result.FAILED
-            except LEDGER_UNAVAILABLE as exc:
-                raise RefusalNotRecorded(f"unauthorized ({refused.reason}); {exc}") from exc
-            # Only authenticated commands are claimed, so the same content under a claim was
-            # authenticated once, and its producer is stored with the claim: its policy
-            # applies (_Debit.policy). Carrying on (resuming it, or re-emitting its outcome)
-            # moves no more money than that command asked for, whereas refusing would give
-            # the request a second outcome. This covers the janitor's re-enqueued commands
-            # (no producer headers), keys retired mid-attempt, and late replays.
-            log.warning("request %s: %s; continuing its claim", screen(raw), refused.reason)
-    try:
-        command = parse_command(body)
-    except InvalidCommand as invalid:
-        _emit_invalid(invalid, svc)
+
+def handle_admission(admission: Admission, svc: Services, owner: str) -> Result:
+    """An unauthorised command is answered with DebitFailed(unauthorized) and never claimed
+    in the ledger nor shown to Stripe, unless it is a copy of a request already claimed."""
+    if isinstance(admission, Invalid):
+        _emit_invalid(admission.error, svc)
         return Result.FAILED
-    return _Debit(command, svc, owner, verified).run()
+    if isinstance(admission, Admitted):
+        return _Debit(admission.command, svc, owner, admission.producer).run()
+    try:
+        claimed = admission.command is not None and _claimed(admission.command, svc)
+        if not claimed:
+            _emit_unauthorized(admission, svc)
+            return Result.FAILED
+    except LEDGER_UNAVAILABLE as exc:
+        raise RefusalNotRecorded(f"unauthorized ({admission.refusal.reason}); {exc}") from exc
+    # Only authenticated commands are claimed, so the same content under a claim was
+    # authenticated once, and its producer is stored with the claim: its policy applies
+    # (_Debit._policy). Carrying on (resuming it, or re-emitting its outcome) moves no more
+    # money than that command asked for, whereas refusing would give the request a second
+    # outcome: a redelivery past the signature window, a key retired mid-attempt, a replay.
+    log.warning(
+        "request %s: %s; continuing its claim", admission.request_id, admission.refusal.reason
+    )
+    return resume(admission.request_id, svc, owner)
+
+
+def resume(request_id: str, svc: Services, owner: str) -> Result:
+    """A later attempt, or the janitor's: the command, its producer and its state all come
+    from the ledger."""
+    record = svc.ledger.requests.get(request_id)
+    if record is None:
+        raise Unclaimed(request_id)
+    command = DebitRequested.model_validate(record.command)
+    return _Debit(command, svc, owner, None).run()
 
 
 class _Debit:
@@ -332,7 +347,7 @@ class _Debit:
         if row_id is None:
             _publish_recorded(self.command.request_id, self.svc)
             return
-        _send(row_id, event, self.command.request_id, self.svc)
+        self.svc.outbound.send(row_id, event)
 
     def _failed(
         self, code: FailureCode, message: str, stripe_error: StripeErrorInfo | None = None
@@ -390,19 +405,14 @@ def _emit_invalid(invalid: InvalidCommand, svc: Services) -> None:
     _publish_recorded(invalid.request_id, svc)
 
 
-def _claimed_before(raw: bytes, svc: Services) -> bool:
-    try:
-        command = parse_command(raw)
-    except (InvalidCommand, Undeliverable):
-        return False
+def _claimed(command: DebitRequested, svc: Services) -> bool:
     record = svc.ledger.requests.get(command.request_id)
     return record is not None and record.fingerprint == command.fingerprint()
 
 
-def _emit_unauthorized(raw: bytes, refused: Unauthorized, svc: Services) -> None:
+def _emit_unauthorized(refused: Refused, svc: Services) -> None:
     """Answer the (unverified) request id, record nothing else, and alert."""
-    request_id = screen(raw)  # Undeliverable: nobody to answer (the intake screens for it)
-    partial = echo_fields(raw)
+    request_id, reason, partial = refused.request_id, refused.refusal.reason, refused.echoed
     data = DebitFailed(
         request_id=request_id,
         account=partial.get("account"),
@@ -411,16 +421,15 @@ def _emit_unauthorized(raw: bytes, refused: Unauthorized, svc: Services) -> None
         reason=partial.get("reason"),
         refund=partial.get("refund"),
         code=FailureCode.UNAUTHORIZED,
-        message=f"the command was refused: {refused.reason}",
+        message=f"the command was refused: {reason}",
         retry_may_succeed=FailureCode.UNAUTHORIZED.retry_may_succeed,
         failed_at=svc.clock(),
     )
-    digest = hashlib.sha256(raw).hexdigest()[:32]
-    variant = f"unauthorized:{digest}:{refused.reason}"
+    variant = f"unauthorized:{refused.digest}:{reason}"
     event = failed_event(data, source=svc.config.event_source, variant=variant)
     svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
-    log.warning("request %s refused as unauthorized: %s", request_id, refused.reason)
-    report_unauthorized(request_id, refused.reason, refused.producer, refused.key_id)
+    log.warning("request %s refused as unauthorized: %s", request_id, reason)
+    report_unauthorized(request_id, reason, refused.refusal.producer, refused.refusal.key_id)
     _publish_recorded(request_id, svc)
 
 
@@ -428,27 +437,5 @@ def _publish_recorded(request_id: str, svc: Services, resend: str | None = None)
     """Send the request's unsent events (and the event `resend` again, sent or not); what
     cannot be sent now stays in the outbox for the relay."""
     for pending in svc.ledger.outbox.for_request(request_id):
-        if pending.sent and pending.event.event_id != resend:
-            continue
-        if not _send(pending.row_id, pending.event, request_id, svc):
-            return
-
-
-def _send(row_id: int, event: OutboxEvent, request_id: str, svc: Services) -> bool:
-    """Publish one outbox event and mark its row sent; False (row left unsent for the relay)
-    when the broker did not take it."""
-    if svc.outbound is not None:
-        svc.outbound.send(row_id, event)  # confirmed and marked later, or left to the relay
-        return True
-    try:
-        svc.publisher.publish(event)
-    except PublishFailed:
-        log.warning(
-            "event %s for request %s not published now; the outbox relay will retry",
-            event.event_id,
-            request_id,
-            exc_info=True,
-        )
-        return False
-    svc.ledger.outbox.mark_sent(row_id)
-    return True
+        if not pending.sent or pending.event.event_id == resend:
+            svc.outbound.send(pending.row_id, pending.event)

@@ -1,6 +1,7 @@
 """RabbitMQ → first attempt. Commands are plain JSON from any AMQP client, which a Celery task
-queue would drop as "unknown message"; this consumer runs inside the worker, screens each one
-and runs its first attempt on the worker's own thread pool (worker/first_attempt.py). The
+queue would drop as "unknown message"; this consumer runs inside the worker and hands each
+one to the worker's own thread pool, which admits it and runs its first attempt
+(worker/attempts.py). The
 command is acked only when that attempt has ended or scheduled the next one as a task, so
 nothing is lost: a worker that dies mid-attempt leaves it to be delivered again, and one
 that can never be processed goes to the dead-letter queue with the reason in its headers."""
@@ -11,7 +12,6 @@ import functools
 import logging
 import queue
 import time
-import uuid
 from concurrent.futures import Future, wait
 from typing import Any, Final
 
@@ -19,15 +19,13 @@ from celery import bootsteps
 from kombu import Consumer, Message
 from kombu.common import ignore_errors
 
+from worker.attempts import Delivery, Settle, run_first_attempt
 from worker.authentication import RECEIVED_AT_HEADER, carried_headers
 from worker.bootstrap import runtime_of
-from worker.first_attempt import Settle, run_first_attempt
 from worker.intake_brake import IntakeBrake
-from worker.parsing import Undeliverable, screen
 from worker.plain_consumer import PlainConsumer, refusal
 from worker.ports import PublishFailed
-from worker.publisher import BROKER_ERRORS
-from worker.topology import command_queue, declare_all
+from worker.topology import BROKER_ERRORS, command_queue, declare_all, is_embedded
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +53,9 @@ class CommandIntake(bootsteps.ConsumerStep):
 
     def start(self, c: Any) -> None:
         self._pool = c.pool
-        # On RabbitMQ the worker runs an event loop; the embedded (memory) transport has none,
-        # and its commands are settled by the worker threads themselves.
-        if c.hub is not None and c.connection.transport.implements.asynchronous:
+        # On RabbitMQ the worker runs an event loop; the embedded broker has none, and its
+        # commands are settled by the worker threads themselves.
+        if not is_embedded(c.connection.as_uri()):
             self._hub = c.hub
             self.brake = IntakeBrake(c.hub, lambda: self.consumers or [], errors=BROKER_ERRORS)
         super().start(c)
@@ -105,20 +103,19 @@ class CommandIntake(bootsteps.ConsumerStep):
         if refused is not None:
             self._dead_letter(message, refused)
             return
-        body: bytes | str = message.body or b""
-        try:
-            request_id = screen(body)
-        except Undeliverable as exc:
-            self._dead_letter(message, str(exc))
-            return
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-        # The signature's headers travel with the body; the attempt verifies them before the
-        # ledger or Stripe see anything. The receipt time is ours, never the producer's.
-        headers = carried_headers(message.headers) | {RECEIVED_AT_HEADER: f"{time.time():.3f}"}
-        task_id = f"{request_id}:{uuid.uuid4().hex[:12]}"
+        body = message.body or b""
+        # The signature's headers travel with the body; the attempt admits the command
+        # (verified, parsed) before the ledger or Stripe see anything. The receipt time is
+        # ours, never the producer's.
+        delivery = Delivery(
+            body.encode("utf-8") if isinstance(body, str) else body,
+            carried_headers(message.headers) | {RECEIVED_AT_HEADER: f"{time.time():.3f}"},
+            dict(message.headers or {}),
+            message.content_type,
+        )
         result = self._pool.apply_async(
             run_first_attempt,
-            args=(self.parent_app, runtime, task_id, text, headers),
+            args=(self.parent_app, runtime, delivery),
             callback=functools.partial(self._attempt_ended, message),
         )
         future = getattr(result, "f", None)  # the threads pool's; others finish inline
@@ -176,6 +173,8 @@ def _settle(message: Message, settle: Settle) -> None:
     try:
         if settle is Settle.ACK:
             message.ack()
+        elif settle is Settle.REJECT:
+            message.reject(requeue=False)
         else:
             message.requeue()
     except BROKER_ERRORS as exc:

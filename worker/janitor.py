@@ -2,8 +2,9 @@
 
 - A request still `received`/`attempting` whose lease ran out (its worker died mid-task), or
   that nobody has touched for `janitor_stale_after_seconds` (its retry message was lost), is
-  re-enqueued: its stored command goes back to the task queue. Every step being idempotent,
-  a duplicate task costs nothing but a lookup.
+  re-enqueued: a `process_debit` task naming it goes to the task queue, and the attempt reads
+  its command and producer from the ledger. Every step being idempotent, a duplicate task
+  costs nothing but a lookup.
 - A request `attempting` whose first Stripe call is older than
   `key_escalation_after_seconds` is escalated to `needs_reconciliation` (Sentry, status),
   before Stripe forgets its idempotency key. It is never called again.
@@ -14,13 +15,13 @@ Runs as a background thread of every worker process (like the outbox relay), and
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from worker.attempts import send_attempt
 from worker.background import PeriodicStep
 from worker.bootstrap import Runtime
 from worker.errors import Unresolvable
@@ -28,7 +29,6 @@ from worker.ledger import Ledger
 from worker.ledger.janitor_store import abandoned_claims, expiring_attempts, take_over
 from worker.observability import report_unexpected
 from worker.settings import Settings
-from worker.tasks import send_attempt
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def janitor_once(
     stale = settings.janitor_stale_after_seconds
     for record in abandoned_claims(ledger.engine, now=now, stale_after=stale, limit=BATCH):
         if take_over(ledger.engine, record.request_id, now=now, stale_after=stale):
-            enqueue(json.dumps(record.command))
+            enqueue(record.request_id)
             requeued += 1
     if requeued or escalated:
         log.info("janitor: re-enqueued %d abandoned request(s), escalated %d", requeued, escalated)
@@ -71,8 +71,8 @@ def janitor_once(
 
 
 def task_enqueuer(app: Any) -> Callable[[str], None]:
-    def enqueue(body: str) -> None:
-        send_attempt(app, body)
+    def enqueue(request_id: str) -> None:
+        send_attempt(app, request_id)
 
     return enqueue
 

@@ -1,12 +1,20 @@
-"""What the handler needs from the outside world; real adapters and test fakes both fit."""
+"""What the handler needs from the outside world; real adapters and test fakes both fit.
+
+The ports speak only the domain's types (domain_types.py): they import no adapter.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from worker.facts import AccountFacts, PlatformFacts, RefundFacts
-from worker.ledger import OutboxEvent
-from worker.stripe_gateway import DebitCharge, Payment
+from worker.domain_types import (
+    AccountFacts,
+    DebitCharge,
+    OutboxEvent,
+    Payment,
+    PlatformFacts,
+    RefundFacts,
+)
 
 
 class StripePort(Protocol):
@@ -22,11 +30,15 @@ class PublishFailed(Exception):
 
 
 class EventPublisher(Protocol):
+    """The outbox relay's way out: one event at a time, confirmed before it returns."""
+
     def publish(self, event: OutboxEvent) -> None:
         """Publish durably (broker confirmed) or raise PublishFailed."""
 
 
 class Outbound(Protocol):
+    """The handler's one way out for the events it recorded."""
+
     def send(self, row_id: int, event: OutboxEvent) -> None:
-        """Publish the event of outbox row `row_id` later and mark the row sent once the
-        broker confirmed it; never raises (what fails stays unsent for the relay)."""
+        """Publish the event of outbox row `row_id` and mark the row sent once the broker
+        confirmed it (now or later); never raises: what fails stays unsent for the relay."""

@@ -7,11 +7,10 @@ in the ledger when a request moves to ``attempting`` (worker/ledger/producer_bud
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.commands import DebitReason, DebitRequested
+from worker.domain_types import DailyLimit
 from worker.money import format_amount
 
 
@@ -42,15 +41,6 @@ class ProducerPolicy(BaseModel):
         "(`debit-worker dlq replay`); a replayed command is still judged by its own "
         "producer's signature and policy.",
     )
-
-
-@dataclass(frozen=True, slots=True)
-class DailyLimit:
-    """What begin_attempt reserves against: this producer's rolling-day room in a currency."""
-
-    producer: str
-    currency: str
-    limit: int
 
 
 def static_refusal(producer: str, policy: ProducerPolicy, command: DebitRequested) -> str | None:

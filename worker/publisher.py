@@ -4,21 +4,26 @@ returns only once the broker has taken responsibility for the message."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from amqp.exceptions import AMQPError
 from celery import Celery
-from kombu.exceptions import KombuError
+from sqlalchemy.exc import SQLAlchemyError
 
-from schemas.topology import COMMAND_ROUTING_KEY, EVENT_CONTENT_TYPE
-from worker.ledger import OutboxEvent
+from worker.domain_types import OutboxEvent
 from worker.plain_consumer import defused
-from worker.ports import PublishFailed
-from worker.topology import dead_letter_exchange, event_exchange
+from worker.ports import EventPublisher, PublishFailed
+from worker.topology import (
+    BROKER_ERRORS,
+    COMMAND_ROUTING_KEY,
+    PERSISTENT,
+    dead_letter_exchange,
+    event_exchange,
+    event_message,
+)
 
 log = logging.getLogger(__name__)
 
-BROKER_ERRORS = (KombuError, AMQPError, OSError)
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
 
@@ -27,32 +32,56 @@ def publish_confirmed(app: Celery, body: str | bytes, **options: Any) -> None:
         with app.producer_or_acquire() as producer:
             producer.publish(
                 body,
-                delivery_mode=2,
                 mandatory=True,
                 retry=True,
                 retry_policy=_RETRY_POLICY,
-                **options,
+                **{"delivery_mode": PERSISTENT, **options},
             )
     except BROKER_ERRORS as exc:
         raise PublishFailed(f"broker did not confirm: {exc!r}") from exc
 
 
 class KombuEventPublisher:
+    """The outbox relay's publisher: each event confirmed before the call returns."""
+
     def __init__(self, app: Celery) -> None:
         self._app = app
 
     def publish(self, event: OutboxEvent) -> None:
+        message = event_message(event)
         publish_confirmed(
             self._app,
-            event.body,
-            exchange=event_exchange,
-            routing_key=event.routing_key,
-            content_type=EVENT_CONTENT_TYPE,
-            content_encoding="utf-8",
-            message_id=event.event_id,
-            headers={"ce-id": event.event_id, "ce-type": event.event_type},
+            message.body,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            headers=message.headers,
             declare=[event_exchange],
+            **message.properties,
         )
+
+
+class PublishingOutbound:
+    """The Outbound of the embedded broker (which has no confirms to batch): publishes on
+    the calling thread and marks the row sent; what the broker does not take, or a mark the
+    ledger refuses, is left to the outbox relay, as the event pump leaves it."""
+
+    def __init__(
+        self, publisher: EventPublisher, mark_sent_many: Callable[[list[int]], None]
+    ) -> None:
+        self._publisher = publisher
+        self._mark_sent_many = mark_sent_many
+
+    def send(self, row_id: int, event: OutboxEvent) -> None:
+        try:
+            self._publisher.publish(event)
+            self._mark_sent_many([row_id])
+        except (PublishFailed, SQLAlchemyError) as exc:
+            log.warning(
+                "event %s for request %s left to the outbox relay: %s",
+                event.event_id,
+                event.request_id,
+                exc,
+            )
 
 
 class DeadLetters:

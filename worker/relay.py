@@ -1,5 +1,6 @@
-"""The outbox relay: publishes events whose inline publish failed (broker away), oldest
-first. Sending twice is possible (at-least-once); the event id lets consumers dedupe."""
+"""The outbox relay: publishes events the worker's outbound could not (broker away, event
+pump paused or full), oldest first, each confirmed before the next. Sending twice is
+possible (at-least-once); the event id lets consumers dedupe."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from worker.ports import EventPublisher, PublishFailed
 
 log = logging.getLogger(__name__)
 
-# Younger rows are still being published inline by the task that wrote them.
+# Younger rows are still with the outbound of the worker that recorded them.
 GRACE_SECONDS = 10.0
 
 
@@ -42,5 +43,4 @@ class RelayStep(PeriodicStep):
         return runtime.settings.relay_interval_seconds
 
     def run_round(self, runtime: Runtime) -> None:
-        services = runtime.services()
-        relay_once(services.ledger, services.publisher)
+        relay_once(runtime.services().ledger, runtime.event_publisher)

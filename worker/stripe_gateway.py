@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -18,6 +17,14 @@ import stripe
 
 from schemas.codes import FailureCode
 from schemas.events import StripeErrorInfo
+from worker.domain_types import (
+    AccountFacts,
+    DebitCharge,
+    Payment,
+    PlatformFacts,
+    RefundFacts,
+    idempotency_key,
+)
 from worker.errors import (
     ChargePending,
     DebitWorkerError,
@@ -27,54 +34,25 @@ from worker.errors import (
     TransientFailure,
     Unresolvable,
 )
-from worker.facts import AccountFacts, PlatformFacts, RefundFacts
 from worker.rate_budget import RateBudget
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_KEY_PREFIX: Final = "debit-worker:v1:"
 
-
-def idempotency_key(request_id: str) -> str:
-    """Derived from the request id only: every attempt of one request sends the same key."""
-    return IDEMPOTENCY_KEY_PREFIX + request_id
-
-
-@dataclass(frozen=True, slots=True)
-class DebitCharge:
-    """What is sent to Stripe for one debit."""
-
-    request_id: str
-    account: str
-    amount: int
-    currency: str
-    reason: str
-    refund: str | None
-    description: str | None
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    def params(self) -> dict[str, Any]:
-        metadata = {**self.metadata, "request_id": self.request_id, "reason": self.reason}
-        if self.refund:
-            metadata["refund"] = self.refund
-        params: dict[str, Any] = {
-            "amount": self.amount,
-            "currency": self.currency,
-            "source": self.account,
-            "metadata": metadata,
-        }
-        if self.description:
-            params["description"] = self.description
-        return params
-
-
-@dataclass(frozen=True, slots=True)
-class Payment:
-    id: str
-    transfer: str | None
-    balance_transaction: str | None
-    created: datetime
-    replayed: bool
+def charge_params(charge: DebitCharge) -> dict[str, Any]:
+    """The body of `POST /v1/charges` for one debit: the account is the source."""
+    metadata = {**charge.metadata, "request_id": charge.request_id, "reason": charge.reason}
+    if charge.refund:
+        metadata["refund"] = charge.refund
+    params: dict[str, Any] = {
+        "amount": charge.amount,
+        "currency": charge.currency,
+        "source": charge.account,
+        "metadata": metadata,
+    }
+    if charge.description:
+        params["description"] = charge.description
+    return params
 
 
 def error_info(err: stripe.StripeError) -> StripeErrorInfo:
@@ -324,7 +302,7 @@ class StripeGateway:
             response = self._client.raw_request(
                 "post",
                 "/v1/charges",
-                **charge.params(),
+                **charge_params(charge),
                 idempotency_key=idempotency_key(charge.request_id),
             )
         except stripe.StripeError as err:

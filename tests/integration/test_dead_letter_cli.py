@@ -22,12 +22,12 @@ from tests.integration.conftest import (
     payments_for,
     sign,
 )
+from worker.attempts import PROCESS_TASK
 from worker.cli import main
 from worker.demo import command_body
 from worker.ledger import Ledger
 from worker.sandbox import RunningSandbox
 from worker.settings import Settings
-from worker.tasks import PROCESS_TASK
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +76,26 @@ def test_a_task_message_dead_lettered_by_rabbitmq_is_replayed_under_its_producer
     event = broker.event_for(request_id)
     assert event["type"] == "io.debit-worker.debit.succeeded.v1"
     assert event["data"]["amount"] == 321
+    assert len(payments_for(sandbox, request_id)) == 1
+
+
+def test_a_later_attempt_dead_lettered_by_rabbitmq_is_replayed_by_its_request_id(
+    broker: PlainAmqp, ledger: Ledger, settings: Settings, sandbox: RunningSandbox
+) -> None:
+    # Given a claimed request whose later attempt (a task naming the request only) was
+    # dead-lettered by the broker's delivery limit
+    request_id = new_id("dlq-task")
+    body = json.dumps(command_body(request_id, US, 432)).encode()
+    command = DebitRequested.model_validate_json(body)
+    ledger.requests.claim(command, "dead-worker", 0.0, producer=DEFAULT_KEY.producer)
+    task_body = json.dumps([[request_id], {}, {"callbacks": None}]).encode()
+    _dead_letter(broker, task_body, {"task": PROCESS_TASK, "id": f"{request_id}:x"})
+    # When an operator replays it
+    replayed = _replay(settings)
+    # Then the request is resumed from the ledger and its debit made once
+    assert "replayed 1 message(s)" in replayed.output, replayed.output
+    event = broker.event_for(request_id)
+    assert event["type"] == "io.debit-worker.debit.succeeded.v1"
     assert len(payments_for(sandbox, request_id)) == 1
 
 

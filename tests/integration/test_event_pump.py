@@ -20,9 +20,11 @@ from kombu import Connection
 from tests.integration.conftest import RABBIT, connect, own_database, own_vhost
 from worker.app import declare_topology
 from worker.celery_app import create_app
+from worker.domain_types import OutboxEvent
 from worker.event_pump import EventPump, connect_for_events
-from worker.ledger import Ledger, OutboxEvent
+from worker.ledger import Ledger
 from worker.ledger.database import make_engine
+from worker.publisher import KombuEventPublisher
 from worker.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -130,6 +132,35 @@ def test_sent_events_are_published_as_the_publisher_would_and_marked_sent(place:
     pump.close()
 
 
+def without_event_id(message: amqp.Message, event: OutboxEvent) -> dict[str, Any]:
+    """Everything RabbitMQ delivered of `message` but its body, with `event`'s id blanked."""
+    properties = dict(message.properties)
+    assert properties.pop("message_id") == event.event_id
+    headers = dict(properties.pop("application_headers"))
+    assert headers.pop("ce-id") == event.event_id
+    return {
+        **properties,
+        "headers": headers,
+        "exchange": message.delivery_info["exchange"],
+        "routing_key": message.delivery_info["routing_key"],
+    }
+
+
+def test_the_pump_and_the_relay_put_the_same_message_on_the_wire(place: Place) -> None:
+    # Given two recorded events of the same type
+    by_pump, by_relay = place.recorded(2)
+    # When the pump sends one, and the outbox relay's publisher the other
+    pump = EventPump(connect_for_events(place.app), place.ledger.outbox.mark_sent_many)
+    pump.send(*by_pump)
+    KombuEventPublisher(place.app).publish(by_relay[1])
+    pump.close()
+    # Then RabbitMQ delivers two messages that differ only by their event's id
+    delivered = {m.properties["message_id"]: m for m in place.delivered([by_pump, by_relay])}
+    pumped, relayed = (delivered[event.event_id] for _, event in (by_pump, by_relay))
+    assert without_event_id(pumped, by_pump[1]) == without_event_id(relayed, by_relay[1])
+    assert [pumped.body, relayed.body] == [by_pump[1].body, by_relay[1].body]
+
+
 def test_closing_the_pump_publishes_what_is_still_queued(place: Place) -> None:
     # Given a pump whose connection is slow to open, and events queued behind it
     opened = threading.Event()
@@ -190,25 +221,29 @@ def test_events_the_broker_did_not_take_stay_unsent_for_the_relay_and_the_pump_p
 def test_a_pump_that_cannot_keep_up_leaves_the_newest_events_to_the_relay(
     place: Place, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given a pump stuck opening its connection, which holds at most 3 events
-    release = threading.Event()
+    # Given a pump stuck opening its connection with a first event in hand, which holds at
+    # most 3 more
+    stuck, release = threading.Event(), threading.Event()
     real = connect_for_events(place.app)
 
     def stuck_connect() -> Connection:
+        stuck.set()
         release.wait(10)
         return real()
 
     pump = EventPump(stuck_connect, place.ledger.outbox.mark_sent_many, max_queued=3)
     rows = place.recorded(6)
-    # When six events are handed over
+    pump.send(*rows[0])
+    assert stuck.wait(10)
+    # When five more events are handed over
     with caplog.at_level(logging.WARNING, logger="worker.event_pump"):
-        for row_id, event in rows:
+        for row_id, event in rows[1:]:
             pump.send(row_id, event)
         release.set()
         pump.close(timeout=10)
-    # Then the pump took what it could hold (the first is already in hand), warned once, and
-    # the rest wait unsent for the relay
+    # Then the pump published the one in hand and the 3 it could hold, warned once, and the
+    # newest two wait unsent for the relay
     published = {m.properties["message_id"] for m in place.delivered(rows, timeout=2)}
-    assert 3 <= len(published) <= 4
+    assert published == {e.event_id for _, e in rows[:4]}
     assert place.unsent(rows) == {e.event_id for _, e in rows} - published
     assert caplog.text.count("left to the outbox relay") == 1

@@ -1,9 +1,11 @@
-"""The ledger on a real PostgreSQL: what SQLite cannot show (psycopg's rowcount, RETURNING on
-PostgreSQL), with the handler's fakes around it. Each test gets its own database, so no
+"""The ledger on a real PostgreSQL: its whole contract (tests/unit/test_ledger.py, collected
+again below), and what SQLite cannot show (psycopg's rowcount, a debit's five statements),
+with the handler's fakes around it. Each test gets its own database, so no
 running worker's janitor or relay ever sees these rows."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 
 import psycopg
@@ -21,8 +23,9 @@ from tests.unit.test_ledger_cost import (
     assert_fully_recorded,
     one_counted_debit,
 )
+from worker.domain_types import OutboxEvent
 from worker.handlers import Result
-from worker.ledger import ClaimKind, Ledger, OutboxEvent
+from worker.ledger import ClaimKind, Ledger
 from worker.ledger.database import make_engine, single_statements
 
 pytestmark = pytest.mark.integration
@@ -152,46 +155,13 @@ def test_a_lone_write_is_committed_at_once(ledger: Ledger, engine: Engine) -> No
     assert row[0] is not None
 
 
-# A success is recorded on PostgreSQL by a statement of its own (outcome, outbox row and audit
-# entry at once): the behaviour SQLite's transaction is held to, run here against it.
-test_on_postgresql_an_outcome_is_recorded_once_with_one_outbox_row = (
-    ledger_tests.test_an_outcome_is_recorded_once_with_one_outbox_row
-)
-test_on_postgresql_an_outcome_whose_event_is_already_in_the_outbox_names_that_row = (
-    ledger_tests.test_an_outcome_whose_event_is_already_in_the_outbox_names_that_row
-)
-test_on_postgresql_a_failure_cannot_be_recorded_over_a_success = (
-    ledger_tests.test_a_failure_cannot_be_recorded_over_a_success
-)
-test_on_postgresql_a_finished_request_is_claimed_as_finished = (
-    ledger_tests.test_a_finished_request_is_claimed_as_finished
-)
-test_on_postgresql_every_transition_of_a_request_leaves_an_audit_row = (
-    ledger_tests.test_every_transition_of_a_request_leaves_an_audit_row
-)
-test_on_postgresql_a_finished_request_is_never_marked_for_reconciliation = (
-    ledger_tests.test_a_finished_request_is_never_marked_for_reconciliation
-)
-
-# The first claim and the start of an attempt that reserves nothing are statements of their
-# own on PostgreSQL too; a request seen before, and an attempt that reserves a refund's or a
-# producer's room, take the transaction. Both paths, and the batched marking of sent events
-# (psycopg's array parameter), are held to SQLite's behaviour here, each test collected again
-# under the name test_on_postgresql_….
-_ALSO_ON_POSTGRESQL = (
-    "test_the_first_claim_of_a_request_is_new_and_holds_a_lease",
-    "test_a_new_claims_record_is_the_row_as_the_ledger_stored_it",
-    "test_a_resumed_claim_returns_the_row_with_its_new_lease",
-    "test_another_owner_is_busy_while_the_lease_holds_and_resumes_once_it_expired",
-    "test_other_content_under_a_known_request_id_is_a_conflict",
-    "test_begin_attempt_moves_a_received_request_to_attempting_with_its_key",
-    "test_begin_attempt_refuses_a_worker_that_does_not_hold_the_lease",
-    "test_begin_attempt_happens_only_once",
-    "test_an_escalated_request_that_never_reached_stripe_goes_through_the_rules_on_replay",
-    "test_attempts_after_the_first_are_counted_on_from_begin_attempt",
-    "test_the_refund_budget_reserves_each_recovery_and_refuses_to_go_past_the_refund",
-    "test_the_producers_daily_room_is_reserved_once_per_request_and_refused_past_the_limit",
-    "test_rows_marked_sent_together_are_each_marked_once_and_others_stay_unsent",
-)
-for _name in _ALSO_ON_POSTGRESQL:
-    globals()[_name.replace("test_", "test_on_postgresql_", 1)] = getattr(ledger_tests, _name)
+# The ledger's contract (tests/unit/test_ledger.py) on PostgreSQL: every test of it that takes
+# the `ledger` fixture runs here again against this module's fixtures, collected under the
+# name test_on_postgresql_…, so both databases are held to the same behaviour.
+CONTRACT = [
+    test
+    for name, test in vars(ledger_tests).items()
+    if name.startswith("test_") and "ledger" in inspect.signature(test).parameters
+]
+for _test in CONTRACT:
+    globals()[_test.__name__.replace("test_", "test_on_postgresql_", 1)] = _test

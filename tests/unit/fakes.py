@@ -4,7 +4,11 @@ was asked of them, so tests assert on outcomes instead of on calls to mocks.
 - :class:`FakeStripe` is a tiny Stripe: accounts, refunds, balances, and payments kept by
   idempotency key (a repeat of a key replays the first payment, as Stripe does). It can be
   scripted to fail the next calls, or to move the money *and then* fail (a lost response).
-- :class:`FakePublisher` records what was published, and can be switched off.
+- :class:`FakePublisher` is the broker: it records what was published, and can be switched
+  off. The outbox relay publishes to it directly.
+- :class:`FakeOutbound` is the handler's way out to that broker, as the event pump is in
+  production: it takes each event without raising, and marks its outbox row sent only once
+  the broker took it (at once, or when the test confirms).
 - :class:`FakeClock` / :class:`FakeMonotonic` are clocks the test moves by hand.
 - :func:`sql_counted` counts the SQL statements and transactions an engine runs.
 """
@@ -25,15 +29,22 @@ from sqlalchemy import Connection, Engine, event
 
 from schemas.codes import FailureCode
 from schemas.events import StripeErrorInfo
+from worker.domain_types import (
+    AccountFacts,
+    DebitCharge,
+    OutboxEvent,
+    Payment,
+    PlatformFacts,
+    RefundFacts,
+    idempotency_key,
+)
 from worker.errors import DebitWorkerError, PermanentFailure
-from worker.facts import AccountFacts, PlatformFacts, RefundFacts
 from worker.handlers import HandlerConfig, Services
-from worker.ledger import Ledger, OutboxEvent
+from worker.ledger import Ledger
 from worker.ledger.database import make_engine
 from worker.ledger.migrate import upgrade
 from worker.ports import PublishFailed
-from worker.rules import RuleTables
-from worker.stripe_gateway import DebitCharge, Payment, idempotency_key
+from worker.rule_tables import RuleTables
 
 START = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 PLATFORM_ID = "acct_1Platform"
@@ -241,6 +252,36 @@ class FakePublisher:
         return [event.event_id for event in self.published]
 
 
+@dataclass
+class FakeOutbound:
+    """The handler's Outbound, behaving like the event pump: `send` never raises; an event
+    the broker does not take (`broker.down`) stays unsent for the relay; a published event's
+    row is marked sent when the broker confirms it: at once, or, with `confirm_at_once =
+    False`, when the test calls `confirm()`."""
+
+    broker: FakePublisher
+    mark_sent_many: Callable[[list[int]], None]
+    confirm_at_once: bool = True
+    handed_over: list[tuple[int, OutboxEvent]] = field(default_factory=list)
+    unconfirmed: list[int] = field(default_factory=list)
+
+    def send(self, row_id: int, event: OutboxEvent) -> None:
+        self.handed_over.append((row_id, event))
+        try:
+            self.broker.publish(event)
+        except PublishFailed:
+            return  # the pump logs it; the relay sends it later
+        self.unconfirmed.append(row_id)
+        if self.confirm_at_once:
+            self.confirm()
+
+    def confirm(self) -> None:
+        """The broker confirms everything published so far: their rows are marked sent."""
+        rows, self.unconfirmed = self.unconfirmed, []
+        if rows:
+            self.mark_sent_many(rows)
+
+
 # --- the ledger and the whole handler ---------------------------------------------------------
 
 
@@ -355,19 +396,24 @@ def migrated_ledger(tmp_path: Path, clock: Callable[[], datetime], name: str = "
 
 @dataclass
 class World:
-    """Everything one handler call touches, built from fakes and a real SQLite ledger."""
+    """Everything one handler call touches, built from fakes and a real SQLite ledger.
+    Events leave through `outbound` (pump-like) to the broker `publisher`."""
 
     clock: FakeClock
     ledger: Ledger
     stripe: FakeStripe
     publisher: FakePublisher
     config: HandlerConfig = field(default_factory=HandlerConfig)
+    outbound: FakeOutbound = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbound = FakeOutbound(self.publisher, self.ledger.outbox.mark_sent_many)
 
     def services(self) -> Services:
         return Services(
             ledger=self.ledger,
             stripe=self.stripe,
-            publisher=self.publisher,
+            outbound=self.outbound,
             rules=RuleTables(),
             config=self.config,
             clock=self.clock,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from worker.facts import AccountFacts, PlatformFacts
+from worker.domain_types import AccountFacts, PlatformFacts
 from worker.facts_cache import CachedStripe
 
 from .fakes import FakeStripe

@@ -1,5 +1,8 @@
-"""The ledger on a real SQLite file, migrated by the real Alembic migration: claims and leases,
-guarded transitions, refund budgets, the outbox, consents and the audit trail."""
+"""The ledger's contract on a real SQLite file, migrated by the real Alembic migration: claims
+and leases, guarded transitions, refund budgets, the outbox, consents and the audit trail.
+
+Every test here that takes the `ledger` fixture also runs on PostgreSQL
+(tests/integration/test_ledger_postgres.py), where each transition is one statement."""
 
 from __future__ import annotations
 
@@ -11,13 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import StatementError
 
 from schemas.commands import DebitRequested
-from worker.facts import RefundFacts
-from worker.ledger import ClaimKind, Ledger, OutboxEvent, RecoveryBudgetExceeded, Status, Success
+from worker.domain_types import DailyLimit, OutboxEvent, RefundFacts, idempotency_key
+from worker.ledger import ClaimKind, Ledger, RecoveryBudgetExceeded, Status, Success
 from worker.ledger.migrate import current_revision, head_revision, upgrade
 from worker.ledger.producer_budgets import ProducerLimitExceeded, reserve
 from worker.ledger.tables import outbox, producer_budgets, producer_reservations
-from worker.producer_limits import DailyLimit
-from worker.stripe_gateway import idempotency_key
 
 from .fakes import ACCOUNT_ID, REFUND_ID, FakeClock, a_refund, migrated_ledger
 
@@ -760,9 +761,7 @@ def test_grants_and_revocations_are_audited(ledger: Ledger) -> None:
 # --- time -----------------------------------------------------------------------------------
 
 
-def test_datetimes_come_back_timezone_aware_in_utc_from_sqlite(
-    ledger: Ledger, clock: FakeClock
-) -> None:
+def test_datetimes_come_back_timezone_aware_in_utc(ledger: Ledger, clock: FakeClock) -> None:
     # Given a clock in another zone
     clock.now = datetime(2026, 11, 15, 14, 0, tzinfo=timezone(timedelta(hours=2)))
 
@@ -782,9 +781,9 @@ def test_datetimes_come_back_timezone_aware_in_utc_from_sqlite(
     assert ledger.history("request", "req-1")[0].at.tzinfo is UTC
 
 
-def test_a_naive_datetime_is_refused_by_the_ledger(tmp_path: Path) -> None:
+def test_a_naive_datetime_is_refused_by_the_ledger(ledger: Ledger, clock: FakeClock) -> None:
     # Given a ledger whose clock forgot its zone
-    ledger = migrated_ledger(tmp_path, lambda: datetime(2026, 11, 15, 12, 0))
+    clock.now = datetime(2026, 11, 15, 12, 0)
 
     # When a request is claimed
     # Then the write is refused rather than stored ambiguously

@@ -10,13 +10,14 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine
 
+from worker.attempts import run_attempt
 from worker.bootstrap import Runtime
+from worker.handlers import resume
 from worker.ledger import Ledger
 from worker.ledger.database import LEDGER_UNAVAILABLE
 from worker.settings import load_settings
-from worker.tasks import run_attempt
 
-from .fakes import a_body, a_world
+from .fakes import a_world
 
 
 class SecondAttempt:
@@ -47,7 +48,9 @@ def test_a_pool_with_no_free_connection_in_time_is_the_ledger_unavailable_and_re
     attempt = SecondAttempt()
     # When an attempt runs while it is held
     with engine.connect(), caplog.at_level(logging.WARNING):
-        outcome = run_attempt(attempt, a_body(), runtime)
+        outcome = run_attempt(
+            attempt, runtime, "req-1", lambda svc, owner: resume("req-1", svc, owner)
+        )
     # Then the next attempt is scheduled, the wait's timeout counted as the ledger unavailable
     assert outcome == "retry_scheduled"
     [(_, error)] = attempt.retries

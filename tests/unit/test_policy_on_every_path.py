@@ -14,15 +14,15 @@ from celery import Celery
 from schemas.codes import FailureCode
 from schemas.commands import DebitRequested
 from schemas.signing import Signer
+from worker.attempts import Delivery, Settle, run_attempt, run_first_attempt
 from worker.authentication import Authenticator
 from worker.bootstrap import Runtime
 from worker.errors import RefusalNotRecorded, TransientFailure
-from worker.handlers import Result, Services, handle_debit_requested
+from worker.handlers import Result, Services, handle_debit_requested, resume
 from worker.ledger import Ledger, Status
 from worker.ledger.database import make_engine
 from worker.producer_limits import ProducerPolicy
 from worker.settings import load_settings
-from worker.tasks import process
 
 from .fakes import World, a_body, a_world
 
@@ -140,38 +140,48 @@ def a_runtime(services: Services) -> RecordingRuntime:
     return RecordingRuntime(settings, app, factory=lambda _s, _a: services)
 
 
-def test_a_refusal_never_recorded_is_dead_lettered_as_unauthorized_with_its_headers(
+def test_a_refusal_that_cannot_be_recorded_goes_back_to_its_queue_never_to_a_dead_letter(
     world: World, tmp_path: Path
 ) -> None:
-    # Given an unsigned command whose refusal could not be recorded on any attempt
+    # Given the ledger is away when an unsigned command arrives
     runtime = a_runtime(signed_services(world, an_unreachable_ledger(tmp_path)))
-    headers = {"x-debit-worker-received-at": "1700000000.000"}
-    # When its last attempt fails the same way
-    outcome = process(LastAttempt(), a_body(), runtime, headers)
-    # Then it is dead-lettered as unauthorized (never "attempts exhausted"), headers kept
-    assert outcome == "dead_lettered"
-    [letter] = runtime.recorded.sent
-    assert letter.stage == "auth"
-    assert letter.reason.startswith("unauthorized")
-    assert "exhausted" not in letter.reason
-    assert letter.headers == headers
+    delivery = Delivery(a_body().encode(), {"x-debit-worker-received-at": "1.0"}, {}, None)
+    # When its first attempt runs
+    settle = run_first_attempt(runtime.app, runtime, delivery)
+    # Then the command is given back to its queue, as it came: no task, no dead letter
+    # "attempts exhausted" that a replay could turn into money
+    assert settle is Settle.REQUEUE
+    assert runtime.recorded.sent == []
+    assert world.stripe.debit_calls == []
 
 
-def test_a_request_out_of_attempts_is_dead_lettered_with_the_headers_it_came_with(
+def test_a_request_out_of_attempts_is_dead_lettered_as_the_ledger_holds_it(
     world: World,
 ) -> None:
-    # Given billing's signed debit that Stripe keeps answering with a timeout
-    world.stripe.fail_next(TransientFailure("timeout"), times=1)
-    runtime = a_runtime(signed_services(world))
+    # Given billing's signed debit, claimed, that Stripe answers with a timeout
     body = a_body()
     headers = BILLING.headers_for(body.encode(), int(world.clock().timestamp()))
+    services = signed_services(world)
+    world.stripe.fail_next(TransientFailure("timeout"), times=2)
+    with pytest.raises(TransientFailure):
+        handle_debit_requested(body, services, "first", headers)
+    world.clock.advance(200)  # the lease ran out
+    runtime = a_runtime(services)
     # When its last attempt fails too
-    outcome = process(LastAttempt(), body, runtime, headers)
-    # Then it is escalated, and the dead letter keeps billing's signature for a replay
+    outcome = run_attempt(
+        LastAttempt(), runtime, "req-1", lambda svc, owner: resume("req-1", svc, owner)
+    )
+    # Then it is escalated, and its dead letter is the command as claimed, naming the
+    # request: a replay resumes the claim, under billing's policy stored with it
     assert outcome == "needs_reconciliation"
     [letter] = runtime.recorded.sent
+    assert letter.stage == "task"
     assert letter.reason.startswith("attempts exhausted")
-    assert letter.headers == headers
+    assert DebitRequested.model_validate_json(letter.body) == (
+        DebitRequested.model_validate_json(body)
+    )
+    assert letter.headers == {"x-debit-worker-request-id": "req-1"}
     record = world.ledger.requests.get("req-1")
     assert record is not None
     assert record.status is Status.NEEDS_RECONCILIATION
+    assert record.producer == "billing"

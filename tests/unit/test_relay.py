@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.ledger import Ledger, OutboxEvent
+from worker.domain_types import OutboxEvent
+from worker.ledger import Ledger
 from worker.ports import PublishFailed
 from worker.relay import GRACE_SECONDS, relay_once
 

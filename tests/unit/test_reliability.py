@@ -7,7 +7,6 @@ again. The janitor finishes claims whose worker died.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,14 +17,15 @@ import pytest
 
 from worker.bootstrap import stripe_client
 from worker.crashpoints import EXIT_CODES
+from worker.domain_types import DebitCharge, idempotency_key
 from worker.errors import OutcomeUnknown, Unresolvable
-from worker.handlers import HandlerConfig, Result, handle_debit_requested
+from worker.handlers import HandlerConfig, Result, handle_debit_requested, resume
 from worker.janitor import janitor_once
 from worker.ledger import Status
 from worker.rate_budget import Unlimited
 from worker.sandbox import Faults, RunningSandbox, running_sandbox
 from worker.settings import Settings, load_settings
-from worker.stripe_gateway import DebitCharge, StripeGateway, idempotency_key
+from worker.stripe_gateway import StripeGateway
 
 from .fakes import World, a_body, a_world
 
@@ -161,10 +161,10 @@ def test_the_janitor_re_enqueues_a_claim_whose_worker_died_once_its_lease_expire
     first = janitor_once(world.ledger, enqueued.append, config, world.clock())
     again = janitor_once(world.ledger, enqueued.append, config, world.clock())
 
-    # Then the stored command is enqueued exactly once, and it finishes the debit
+    # Then the request is enqueued exactly once, by its id, and resuming it finishes the debit
     assert (first.requeued, again.requeued) == (1, 0)
-    assert json.loads(enqueued[0])["request_id"] == "req-1"
-    assert handle_debit_requested(enqueued[0], world.services(), "task:2") is Result.SUCCEEDED
+    assert enqueued == ["req-1"]
+    assert resume(enqueued[0], world.services(), "task:2") is Result.SUCCEEDED
     assert len(world.stripe.payments) == 1
 
 

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 
 from schemas.codes import FailureCode
 from schemas.commands import RequestId
+from worker.domain_types import IDEMPOTENCY_KEY_PREFIX, DebitCharge, PlatformFacts, idempotency_key
 from worker.errors import (
     ChargePending,
     DebitWorkerError,
@@ -28,16 +29,9 @@ from worker.errors import (
     TransientFailure,
     Unresolvable,
 )
-from worker.facts import PlatformFacts
 from worker.facts_cache import CachedStripe
 from worker.rate_budget import Unlimited
-from worker.stripe_gateway import (
-    IDEMPOTENCY_KEY_PREFIX,
-    DebitCharge,
-    StripeGateway,
-    classify,
-    idempotency_key,
-)
+from worker.stripe_gateway import StripeGateway, charge_params, classify
 
 from .fakes import ACCOUNT_ID, FakeClock, FakeMonotonic, FakeStripe, a_refund, an_account
 
@@ -294,7 +288,7 @@ def a_charge(**changes: Any) -> DebitCharge:
 
 def test_the_charge_names_the_account_as_source_and_its_request_in_metadata() -> None:
     # Given / When a recovery's parameters are built
-    params = a_charge().params()
+    params = charge_params(a_charge())
 
     # Then the account is the source, and metadata carries request, reason and refund
     assert params == {
@@ -312,7 +306,7 @@ def test_the_charge_names_the_account_as_source_and_its_request_in_metadata() ->
 
 def test_a_charge_without_description_or_refund_sends_neither() -> None:
     # Given / When a platform charge without description is built
-    params = a_charge(reason="platform_charge", refund=None, metadata={}).params()
+    params = charge_params(a_charge(reason="platform_charge", refund=None, metadata={}))
 
     # Then neither key is sent, not even as null
     assert "description" not in params
@@ -320,7 +314,7 @@ def test_a_charge_without_description_or_refund_sends_neither() -> None:
 
 
 def test_a_description_is_sent_when_given() -> None:
-    assert a_charge(description="November fees").params()["description"] == "November fees"
+    assert charge_params(a_charge(description="November fees"))["description"] == "November fees"
 
 
 # --- the gateway on a fake transport --------------------------------------------------------

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.unit.fakes import PLATFORM_ID, FakeStripe
+from worker.domain_types import PlatformFacts
 from worker.errors import DebitWorkerError, OperatorActionNeeded, TransientFailure
-from worker.facts import PlatformFacts
 from worker.facts_cache import CachedStripe
 from worker.warm_up import read_platform
 

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from worker.ledger.audit import AuditEntry, read_audit
 from worker.ledger.consents import ConsentStore
-from worker.ledger.outbox_store import OutboxEvent, OutboxStore, PendingEvent
+from worker.ledger.outbox_store import OutboxStore, PendingEvent
 from worker.ledger.producer_budgets import ProducerLimitExceeded
 from worker.ledger.requests import (
     Claim,
@@ -54,7 +54,6 @@ __all__ = [
     "ClaimKind",
     "ConsentStore",
     "Ledger",
-    "OutboxEvent",
     "OutboxStore",
     "PendingEvent",
     "ProducerLimitExceeded",

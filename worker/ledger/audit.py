@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, literal, select
 
+from worker.ledger.statements import Write, given
 from worker.ledger.tables import audit_log
 
 
@@ -19,6 +20,25 @@ class AuditEntry:
     action: str
     actor: str
     detail: dict[str, Any]
+
+
+def audit_entry(action: str | None = None, *, entity: str = "request") -> Write:
+    """A transition's audit row: at `now`, of `request_id`, by `owner`, with `detail` (JSON);
+    its action the one given, or the `status` parameter."""
+    a = audit_log.c
+    return Write(
+        audit_log,
+        {
+            "at": given("now", a.at),
+            "entity": literal(entity, a.entity.type),
+            "entity_id": given("request_id", a.entity_id),
+            "action": given("status", a.action)
+            if action is None
+            else literal(action, a.action.type),
+            "actor": given("owner", a.actor),
+            "detail": given("detail", a.detail),
+        },
+    )
 
 
 _INSERT = insert(audit_log)  # built once; the values come as parameters

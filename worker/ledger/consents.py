@@ -5,16 +5,15 @@ Stripe does not check consent; the platform must. Every grant and revocation is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, or_, select, update
+from sqlalchemy import insert, or_, select, update
 
-from worker.facts import ConsentRecord
+from worker.domain_types import ConsentRecord
 from worker.ledger.audit import write_audit
-from worker.ledger.database import single_statements
-from worker.ledger.pg_direct import applies_to, run_alone
+from worker.ledger.statements import given
+from worker.ledger.store import Store
 from worker.ledger.tables import consents
 
 
@@ -29,50 +28,30 @@ def _consent(row: Any) -> ConsentRecord:
     )
 
 
-def _consent_from_postgresql(row: tuple[Any, ...]) -> ConsentRecord:
-    account, agreement_ref, granted_at, granted_by, revoked_at, revoked_by = row
-    return ConsentRecord(
-        account_id=account,
-        agreement_ref=agreement_ref,
-        granted_at=granted_at.astimezone(UTC),
-        granted_by=granted_by,
-        revoked_at=None if revoked_at is None else revoked_at.astimezone(UTC),
-        revoked_by=revoked_by,
-    )
-
-
-# Read for every debit: built once, executed with parameters (see ledger/database.py).
+# Read for every debit. Its columns in ConsentRecord's order.
 _ACTIVE = (
-    select(consents)
+    select(
+        consents.c.account,
+        consents.c.agreement_ref,
+        consents.c.granted_at,
+        consents.c.granted_by,
+        consents.c.revoked_at,
+        consents.c.revoked_by,
+    )
     .where(
-        consents.c.account == bindparam("b_account"),
-        consents.c.granted_at <= bindparam("b_at", type_=consents.c.granted_at.type),
+        consents.c.account == given("account", consents.c.account),
+        consents.c.granted_at <= given("at", consents.c.granted_at),
         or_(
             consents.c.revoked_at.is_(None),
-            consents.c.revoked_at > bindparam("b_at", type_=consents.c.revoked_at.type),
+            consents.c.revoked_at > given("at", consents.c.revoked_at),
         ),
     )
     .order_by(consents.c.granted_at.desc())
     .limit(1)
 )
-# The same on PostgreSQL, run on psycopg directly (pg_direct.py).
-_ACTIVE_ON_POSTGRESQL = """
-    SELECT account, agreement_ref, granted_at, granted_by, revoked_at, revoked_by
-    FROM consents
-    WHERE account = %(account)s AND granted_at <= %(at)s
-      AND (revoked_at IS NULL OR revoked_at > %(at)s)
-    ORDER BY granted_at DESC
-    LIMIT 1
-"""
 
 
-class ConsentStore:
-    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
-        self._engine = engine
-        self._single = single_statements(engine)
-        self._direct = applies_to(engine)  # the hot path's statements on psycopg directly
-        self._clock = clock
-
+class ConsentStore(Store):
     def grant(self, account: str, agreement_ref: str, actor: str) -> ConsentRecord:
         now = self._clock()
         with self._engine.begin() as conn:
@@ -113,12 +92,8 @@ class ConsentStore:
         return int(count)
 
     def active(self, account: str, at: datetime) -> ConsentRecord | None:
-        if self._direct:
-            found = run_alone(self._engine, _ACTIVE_ON_POSTGRESQL, {"account": account, "at": at})
-            return None if found is None else _consent_from_postgresql(found)
-        with self._single.connect() as conn:
-            row = conn.execute(_ACTIVE, {"b_account": account, "b_at": at}).mappings().one_or_none()
-        return None if row is None else _consent(row)
+        found = self._run.one(_ACTIVE, {"account": account, "at": at})
+        return None if found is None else ConsentRecord(*found)
 
     def list(self, account: str | None = None) -> list[ConsentRecord]:
         query = select(consents).order_by(consents.c.account, consents.c.granted_at)

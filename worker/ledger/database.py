@@ -31,7 +31,7 @@ def make_engine(
     otherwise fail the command. The worker turns it off (see bootstrap).
 
     On PostgreSQL, `statement_timeout_ms` and `lock_timeout_ms` are set on each connection
-    as it is opened, so they cover the statements run on psycopg directly (pg_direct) too;
+    as it is opened, so they cover the statements run on psycopg directly (statements.py);
     None leaves the server's own. Errors never show a statement's parameters (the ledger's
     data: amounts, accounts, commands)."""
     most = max(pool_size, max_connections if max_connections is not None else 2 * pool_size)
@@ -108,32 +108,22 @@ def upsert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
 # Statements on the hot path are built once per (database, table) and executed with their
 # values as parameters: building a statement and computing its cache key on every call
 # cost more CPU than executing it.
-_OR_NOTHING: dict[tuple[str, str, bool], Insert] = {}
+_OR_NOTHING: dict[tuple[str, str], Insert] = {}
 
 
-def _insert_or_nothing(conn: Connection, table: Table, *, returning_id: bool) -> Insert:
-    key = (conn.dialect.name, table.name, returning_id)
+def _insert_or_nothing(conn: Connection, table: Table) -> Insert:
+    key = (conn.dialect.name, table.name)
     stmt = _OR_NOTHING.get(key)
     if stmt is None:
-        stmt = upsert(conn, table).on_conflict_do_nothing()
-        if returning_id:
-            stmt = stmt.returning(table.c.id)
-        else:
-            # SQLAlchemy keeps an INSERT's rowcount only when asked to: psycopg reports -1
-            # once the cursor is closed, so without this every insert looked like a duplicate.
-            stmt = stmt.execution_options(preserve_rowcount=True)
+        # SQLAlchemy keeps an INSERT's rowcount only when asked to: psycopg reports -1 once
+        # the cursor is closed, so without this every insert looked like a duplicate.
+        stmt = (
+            upsert(conn, table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
+        )
         _OR_NOTHING[key] = stmt  # a race builds it twice, harmlessly
     return stmt
 
 
 def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING on either database; True when a row was written."""
-    return conn.execute(_insert_or_nothing(conn, table, returning_id=False), values).rowcount == 1
-
-
-def insert_returning_id(conn: Connection, table: Table, values: dict[str, Any]) -> int | None:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING id, in one statement on either database
-    (SQLite ≥ 3.35); the new row's id, or None when a row with the same key was there."""
-    stmt = _insert_or_nothing(conn, table, returning_id=True)
-    row_id = conn.execute(stmt, values).scalar_one_or_none()
-    return None if row_id is None else int(row_id)
+    return conn.execute(_insert_or_nothing(conn, table), values).rowcount == 1

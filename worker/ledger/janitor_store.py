@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, or_, select, update
 
-from worker.ledger.requests import RequestRecord, _record
+from worker.ledger.records import RequestRecord, record_of
 from worker.ledger.tables import Status, debit_requests
 
 _OPEN = (Status.RECEIVED, Status.ATTEMPTING)
@@ -35,7 +35,7 @@ def abandoned_claims(
             .order_by(debit_requests.c.updated_at)
             .limit(limit)
         ).mappings()
-        return [_record(row) for row in rows]
+        return [record_of(row) for row in rows]
 
 
 def take_over(engine: Engine, request_id: str, *, now: datetime, stale_after: float) -> bool:
@@ -63,7 +63,7 @@ def expiring_attempts(
             .order_by(c.first_attempt_at)
             .limit(limit)
         ).mappings()
-        return [_record(row) for row in rows]
+        return [record_of(row) for row in rows]
 
 
 def needing_reconciliation(engine: Engine, *, limit: int) -> list[RequestRecord]:
@@ -75,4 +75,4 @@ def needing_reconciliation(engine: Engine, *, limit: int) -> list[RequestRecord]
             .order_by(c.updated_at)
             .limit(limit)
         ).mappings()
-        return [_record(row) for row in rows]
+        return [record_of(row) for row in rows]

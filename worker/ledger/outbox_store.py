@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, func, literal, select, update
 
-from schemas.events import CloudEvent
-from worker.ledger.database import (
-    insert_ignoring_duplicates,
-    insert_returning_id,
-    single_statements,
-)
-from worker.ledger.pg_direct import applies_to, run_alone
+from worker.domain_types import OutboxEvent
+from worker.ledger.database import insert_ignoring_duplicates
+from worker.ledger.statements import AnyOf, Write, given
+from worker.ledger.store import Store
 from worker.ledger.tables import outbox
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    event_id: str
-    request_id: str
-    event_type: str
-    routing_key: str
-    body: str
-
-    @classmethod
-    def of(cls, event: CloudEvent, routing_key: str) -> OutboxEvent:
-        return cls(
-            event_id=event.id,
-            request_id=event.subject,
-            event_type=event.type,
-            routing_key=routing_key,
-            body=event.model_dump_json(),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,32 +22,20 @@ class PendingEvent:
     sent: bool
 
 
-def event_values(event: OutboxEvent) -> dict[str, object]:
-    """The event's own columns of its outbox row."""
+def _row(event: OutboxEvent, now: datetime) -> dict[str, object]:
     return {
         "event_id": event.event_id,
         "request_id": event.request_id,
         "event_type": event.event_type,
         "routing_key": event.routing_key,
         "body": event.body,
+        "created_at": now,
+        "publish_attempts": 0,
     }
-
-
-def _row(event: OutboxEvent, now: datetime) -> dict[str, object]:
-    return {**event_values(event), "created_at": now, "publish_attempts": 0}
 
 
 def insert_event(conn: Connection, event: OutboxEvent, now: datetime) -> bool:
     return insert_ignoring_duplicates(conn, outbox, _row(event, now))
-
-
-def record_event(conn: Connection, event: OutboxEvent, now: datetime) -> int:
-    """Insert the event (once per event id) and return its outbox row id, so its writer can
-    publish it and mark it sent without reading the outbox back."""
-    row_id = insert_returning_id(conn, outbox, _row(event, now))
-    if row_id is not None:
-        return row_id
-    return event_row_id(conn, event.event_id)
 
 
 def event_row_id(conn: Connection, event_id: str) -> int:
@@ -93,31 +58,46 @@ def _pending(row: dict[str, object]) -> PendingEvent:
     )
 
 
-# Run after publishes: built once, executed with parameters (see ledger/database.py).
+# Run after publishes: one statement for a confirmed batch of any size.
 _MARK_SENT = (
     update(outbox)
-    .where(outbox.c.id.in_(bindparam("b_ids", expanding=True)), outbox.c.sent_at.is_(None))
-    .values(
-        sent_at=bindparam("b_now", type_=outbox.c.sent_at.type),
-        publish_attempts=outbox.c.publish_attempts + 1,
-    )
+    .where(AnyOf(outbox.c.id, "ids"), outbox.c.sent_at.is_(None))
+    .values(sent_at=given("now", outbox.c.sent_at), publish_attempts=outbox.c.publish_attempts + 1)
 )
 
 
-# The same on PostgreSQL, run on psycopg directly (pg_direct.py).
-_MARK_SENT_ON_POSTGRESQL = """
-    UPDATE outbox SET sent_at = %(now)s, publish_attempts = publish_attempts + 1
-    WHERE id = ANY(%(ids)s) AND sent_at IS NULL
-"""
+def outbox_entry() -> Write:
+    """A transition's event, written once per event id (`event_params`); gives its row id,
+    or None when the event was already there."""
+    o = outbox.c
+    return Write(
+        outbox,
+        {
+            "event_id": given("event_id", o.event_id),
+            "request_id": given("event_request_id", o.request_id),
+            "event_type": given("event_type", o.event_type),
+            "routing_key": given("routing_key", o.routing_key),
+            "body": given("body", o.body),
+            "created_at": given("now", o.created_at),
+            "publish_attempts": literal(0, o.publish_attempts.type),
+        },
+        returning="id",
+        ignore_duplicate=True,
+    )
 
 
-class OutboxStore:
-    def __init__(self, engine: Engine, clock: Callable[[], datetime]) -> None:
-        self._engine = engine
-        self._single = single_statements(engine)
-        self._direct = applies_to(engine)  # the hot path's statements on psycopg directly
-        self._clock = clock
+def event_params(event: OutboxEvent) -> dict[str, object]:
+    """The parameters of `outbox_entry` for `event`."""
+    return {
+        "event_id": event.event_id,
+        "event_request_id": event.request_id,
+        "event_type": event.event_type,
+        "routing_key": event.routing_key,
+        "body": event.body,
+    }
 
+
+class OutboxStore(Store):
     def add(self, event: OutboxEvent) -> bool:
         with self._engine.begin() as conn:
             return insert_event(conn, event, self._clock())
@@ -146,13 +126,7 @@ class OutboxStore:
 
     def mark_sent_many(self, row_ids: list[int]) -> None:
         """One statement for any number of rows (a confirmed batch of event_pump.py)."""
-        if self._direct:
-            run_alone(
-                self._engine, _MARK_SENT_ON_POSTGRESQL, {"ids": row_ids, "now": self._clock()}
-            )
-            return
-        with self._single.connect() as conn:
-            conn.execute(_MARK_SENT, {"b_ids": row_ids, "b_now": self._clock()})
+        self._run.one(_MARK_SENT, {"ids": row_ids, "now": self._clock()})
 
     def count_unsent(self) -> int:
         with self._engine.connect() as conn:

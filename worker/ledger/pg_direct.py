@@ -1,4 +1,4 @@
-"""The hot path's statements on PostgreSQL, run on psycopg directly.
+"""Statements on PostgreSQL run on psycopg directly (statements.OnPsycopg compiles them).
 
 For these statements SQLAlchemy's own work per execution (a Connection object, an
 execution context, parameter processing, a result proxy, event dispatch) cost more of the
@@ -9,8 +9,8 @@ connection back. Failures come out as SQLAlchemy's exceptions (DBAPIError and it
 subclasses), so callers treat them as any other ledger error, and a connection that broke is
 dropped from the pool instead of being handed out again.
 
-The SQL is PostgreSQL's own, with psycopg's `%(name)s` parameters: datetimes must be timezone
-aware (they are sent as timestamptz), and JSON values are passed as text cast with `::json`.
+The SQL is PostgreSQL's own, with psycopg's `%(name)s` parameters, already converted for
+psycopg (statements.py converts them with the columns' own types).
 """
 
 from __future__ import annotations
@@ -21,12 +21,6 @@ from typing import Any, cast
 import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
-
-
-def applies_to(engine: Engine) -> bool:
-    """Whether the engine's database takes these statements (PostgreSQL); decided once per
-    store, not per statement."""
-    return engine.dialect.name == "postgresql"
 
 
 def run_alone(engine: Engine, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:

@@ -15,9 +15,9 @@ from typing import Final
 
 from sqlalchemy import Connection, func, select, update
 
+from worker.domain_types import DailyLimit
 from worker.ledger.database import upsert
 from worker.ledger.tables import producer_budgets, producer_reservations
-from worker.producer_limits import DailyLimit
 
 WINDOW: Final = timedelta(days=1)
 

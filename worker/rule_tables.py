@@ -1,4 +1,7 @@
-"""The configurable tables behind the debit policy: regions, corridors and per-currency caps.
+"""The rule tables: the data behind the decision (decision.py): regions, corridors, caps.
+
+Named for what it holds, tables an operator can override from a file, as opposed to the
+decision that reads them and holds no data of its own.
 
 Stripe lets a platform debit a connected account only when both are in the same region or
 in a supported cross-border corridor, and never for more than 100,000 USD (or the

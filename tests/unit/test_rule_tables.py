@@ -1,7 +1,7 @@
 """The rule tables: Stripe's availability tables walked row by row, caps, and operator files.
 
-The expected tables are written out here independently of worker/rules.py, so a typo in
-the defaults fails a test instead of being copied into it.
+The expected tables are written out here independently of worker/rule_tables.py, so a typo
+in the defaults fails a test instead of being copied into it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from worker.money import minor_unit_exponent
-from worker.rules import DEFAULT_CAPS, Availability, RuleFileError, RuleTables
+from worker.rule_tables import DEFAULT_CAPS, Availability, RuleFileError, RuleTables
 
 EU = [
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
@@ -163,7 +163,7 @@ def test_each_required_currency_has_a_positive_default_cap(currency: str) -> Non
 
 
 # The reviewed rates (units per USD, the strong end of each currency's range) that the
-# default caps were derived from; kept in step with the comments in worker/rules.py.
+# default caps were derived from; kept in step with the comments in worker/rule_tables.py.
 REVIEWED_RATES = {
     "usd": "1", "eur": "0.84", "gbp": "0.73", "cad": "1.35", "aud": "1.45", "nzd": "1.60",
     "hkd": "7.75", "jpy": "140", "chf": "0.78", "nok": "9.50", "sek": "9.00", "dkk": "6.20",

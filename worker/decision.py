@@ -1,4 +1,7 @@
-"""The debit policy: whether one DebitRequested may go to Stripe, and if not, exactly why.
+"""The decision: whether one DebitRequested may go to Stripe, and if not, exactly why.
+
+Named for what it returns (a Decision: Allowed or the first Refusal), as opposed to the
+tables it reads, which are data an operator can override (rule_tables.py).
 
 Pure: every fact arrives as an argument (read earlier from Stripe, the ledger or settings),
 nothing here does I/O or reads the clock. The rules run in the order of `RULE_ORDER`, and
@@ -15,9 +18,9 @@ from typing import Final, TypeAlias
 
 from schemas.codes import FailureCode
 from schemas.commands import DebitReason, DebitRequested
-from worker.facts import AccountFacts, ConsentRecord, PlatformFacts, RefundFacts
+from worker.domain_types import AccountFacts, ConsentRecord, PlatformFacts, RefundFacts
 from worker.money import format_amount
-from worker.rules import Availability, RuleTables
+from worker.rule_tables import Availability, RuleTables
 
 # Legacy account types whose negative balances the platform carries.
 PLATFORM_LIABLE_TYPES: Final = frozenset({"express", "custom"})
