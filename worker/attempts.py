@@ -280,11 +280,11 @@ def _give_up(runtime: Runtime, request_id: str, owner: str, error: Exception) ->
     the ledger is not escalated: it goes back to its queue."""
     why = f"{type(error).__name__}: {error}"
     try:
-        requests = runtime.services().ledger.requests
-        record = requests.get(request_id)
+        ledger = runtime.services().ledger
+        record = ledger.requests.get(request_id)
         if record is None:
             raise Reject(f"request {request_id} is not in the ledger; requeued", requeue=True)
-        requests.mark_needs_reconciliation(request_id, owner, why)
+        ledger.requests.mark_needs_reconciliation(request_id, owner, why)
         runtime.dead_letters.send(
             DebitRequested.model_validate(record.command).model_dump_json(exclude_none=True),
             reason=f"attempts exhausted: {why}",
