@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
         class CountingCursor(psycopg.Cursor[Any]):
             # Counted where psycopg sends them: the hot path's statements bypass SQLAlchemy
-            # (worker/ledger/pg_direct.py), so SQLAlchemy's events would miss them.
+            # (worker/adapters/ledger/pg_direct.py), so SQLAlchemy's events would miss them.
             def execute(self, *args: Any, **kwargs: Any) -> Any:
                 statements["all"] += 1
                 return super().execute(*args, **kwargs)

@@ -29,11 +29,11 @@ from bench.services import (
     tree_rss_mb,
 )
 from schemas.topology import COMMAND_QUEUE
-from worker.ledger.database import make_engine
-from worker.ledger.tables import debit_requests
+from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.tables import debit_requests
 from worker.sandbox.admin_client import SandboxAdmin
 from worker.sandbox.faults import Faults
-from worker.topology import TASK_QUEUE, declare_all
+from worker.transport.topology import TASK_QUEUE, declare_all
 
 BUDGET_BURST_SECONDS = 0.9
 STRIPE_LIKE = Faults(latency_p50_ms=300, latency_p99_ms=1000, rate_limit_rps=100)

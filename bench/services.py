@@ -17,9 +17,9 @@ from pathlib import Path
 
 import psycopg
 
-from worker.ledger import Ledger
-from worker.ledger.database import make_engine
-from worker.ledger.migrate import upgrade
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.migrate import upgrade
 from worker.sandbox.admin_client import SandboxAdmin
 from worker.sandbox.seed import AccountSeed, Controller, Losses
 

@@ -41,10 +41,10 @@ from faults.services import (
     sandbox_process,
     worker_env,
 )
-from worker.ledger import Ledger
-from worker.ledger.database import make_engine
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.database import make_engine
 from worker.sandbox import Faults, SandboxAdmin
-from worker.topology import declare_all
+from worker.transport.topology import declare_all
 
 US = "acct_1ExpressUS00000001"
 LOW = "acct_1LowBalanceUS00001"

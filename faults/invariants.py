@@ -21,8 +21,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from worker.ledger import Ledger
-from worker.ledger.tables import debit_requests, outbox
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.tables import debit_requests, outbox
 from worker.sandbox import SandboxState
 
 SUCCEEDED = "io.debit-worker.debit.succeeded.v1"

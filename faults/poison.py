@@ -34,10 +34,10 @@ from faults.services import (
     sandbox_process,
     worker_env,
 )
-from worker.parsing import InvalidCommand, Undeliverable, parse_command
-from worker.plain_consumer import COMPRESSION_HEADER
 from worker.sandbox import SandboxAdmin
-from worker.topology import declare_all
+from worker.transport.parsing import InvalidCommand, Undeliverable, parse_command
+from worker.transport.plain_consumer import COMPRESSION_HEADER
+from worker.transport.topology import declare_all
 
 COLLECTOR = "poison.events"
 FAILED = "io.debit-worker.debit.failed.v1"
@@ -276,7 +276,7 @@ def run(count: int, workers: int, seed: int, timeout: float) -> int:
         env = worker_env(vhost, database_url, admin.url, log_level="ERROR")
         pool = WorkerPool(env, log_dir, workers, 16)
         pool.start_all()
-        # Each worker process reads the platform's account as it starts (worker/warm_up.py):
+        # Each worker process reads the platform's account as it starts (worker/ops/warm_up.py):
         # those reads come before any message, and are not counted against them.
         _wait_for_platform_reads(admin, workers, deadline=time.monotonic() + 60)
         stripe_before = admin.state().requests

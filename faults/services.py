@@ -22,10 +22,10 @@ from typing import Any
 import psycopg
 
 from schemas.signing import Signer
-from worker.crashpoints import EXIT_CODES
-from worker.ledger import Ledger
-from worker.ledger.database import make_engine
-from worker.ledger.migrate import upgrade
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.migrate import upgrade
+from worker.ops.crashpoints import EXIT_CODES
 from worker.sandbox import SandboxAdmin
 
 RABBIT_HOST = "127.0.0.1:5672"

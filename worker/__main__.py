@@ -1,5 +1,5 @@
 """`python -m worker …` is `debit-worker …` (the supervisor starts its processes this way)."""
 
-from worker.cli import main
+from worker.ops.cli import main
 
 main()

@@ -12,13 +12,13 @@ from celery import Celery
 from worker.bootstrap import Runtime, attach, build_services
 from worker.celery_app import create_app
 from worker.handlers import Services
-from worker.intake import CommandIntake
-from worker.janitor import JanitorStep
-from worker.relay import RelayStep
+from worker.ops.janitor import JanitorStep
+from worker.ops.warm_up import StripeWarmUp
 from worker.settings import Settings
-from worker.tasks import register_tasks
-from worker.topology import declare_all
-from worker.warm_up import StripeWarmUp
+from worker.transport.intake import CommandIntake
+from worker.transport.relay import RelayStep
+from worker.transport.tasks import register_tasks
+from worker.transport.topology import declare_all
 
 log = logging.getLogger(__name__)
 

@@ -13,21 +13,21 @@ from datetime import datetime
 import stripe
 from celery import Celery
 
-from worker.authentication import Authenticator
-from worker.event_pump import EventPump, connect_for_events
-from worker.facts_cache import CachedStripe
+from worker.adapters.facts_cache import CachedStripe
+from worker.adapters.ledger import Ledger, utc_now
+from worker.adapters.ledger.database import make_engine
+from worker.adapters.rate_budget import LocalTokenBucket, RateBudget
+from worker.adapters.redis_budget import RedisRateBudget, budget_key
+from worker.adapters.stripe_gateway import StripeGateway
+from worker.adapters.stripe_http import Urllib3Client
+from worker.domain.ports import EventPublisher, Outbound, StripePort
+from worker.domain.rule_tables import RuleTables
 from worker.handlers import HandlerConfig, Services
-from worker.ledger import Ledger, utc_now
-from worker.ledger.database import make_engine
-from worker.ports import EventPublisher, Outbound, StripePort
-from worker.publisher import DeadLetters, KombuEventPublisher, PublishingOutbound
-from worker.rate_budget import LocalTokenBucket, RateBudget
-from worker.redis_budget import RedisRateBudget, budget_key
-from worker.rule_tables import RuleTables
 from worker.settings import Settings
-from worker.stripe_gateway import StripeGateway
-from worker.stripe_http import Urllib3Client
-from worker.topology import is_embedded
+from worker.transport.authentication import Authenticator
+from worker.transport.event_pump import EventPump, connect_for_events
+from worker.transport.publisher import DeadLetters, KombuEventPublisher, PublishingOutbound
+from worker.transport.topology import is_embedded
 
 
 def stripe_client(settings: Settings) -> stripe.StripeClient:

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery
 
 from worker.settings import Settings
-from worker.topology import TASK_EXCHANGE, TASK_QUEUE, TASK_ROUTING_KEY, task_queue
+from worker.transport.topology import TASK_EXCHANGE, TASK_QUEUE, TASK_ROUTING_KEY, task_queue
 
 
 def create_app(settings: Settings) -> Celery:

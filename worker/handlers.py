@@ -30,33 +30,33 @@ from schemas.events import (
     succeeded_event,
 )
 from schemas.topology import FAILED_ROUTING_KEY, SUCCEEDED_ROUTING_KEY
-from worker.admission import Admission, Admitted, Invalid, Refused, admit
-from worker.authentication import Authenticator, Verified
-from worker.crashpoints import crash_point
-from worker.decision import Refusal, evaluate
-from worker.domain_types import DebitCharge, OutboxEvent, idempotency_key
-from worker.errors import (
-    PermanentFailure,
-    RefusalNotRecorded,
-    RequestBusy,
-    Unclaimed,
-    Unresolvable,
-)
-from worker.ledger import (
+from worker.adapters.ledger import (
     ClaimKind,
     Ledger,
     ProducerLimitExceeded,
     RecoveryBudgetExceeded,
     Status,
 )
-from worker.ledger.database import LEDGER_UNAVAILABLE
-from worker.ledger.requests import Success
-from worker.money import format_amount
-from worker.observability import report_unauthorized
-from worker.parsing import InvalidCommand
-from worker.ports import Outbound, StripePort
-from worker.producer_limits import ProducerPolicy, daily_limit, static_refusal
-from worker.rule_tables import RuleTables
+from worker.adapters.ledger.database import LEDGER_UNAVAILABLE
+from worker.adapters.ledger.requests import Success
+from worker.domain.decision import Refusal, evaluate
+from worker.domain.errors import (
+    PermanentFailure,
+    RefusalNotRecorded,
+    RequestBusy,
+    Unclaimed,
+    Unresolvable,
+)
+from worker.domain.money import format_amount
+from worker.domain.ports import Outbound, StripePort
+from worker.domain.producer_limits import ProducerPolicy, daily_limit, static_refusal
+from worker.domain.rule_tables import RuleTables
+from worker.domain.types import DebitCharge, OutboxEvent, idempotency_key
+from worker.ops.crashpoints import crash_point
+from worker.ops.observability import report_unauthorized
+from worker.transport.admission import Admission, Admitted, Invalid, Refused, admit
+from worker.transport.authentication import Authenticator, Verified
+from worker.transport.parsing import InvalidCommand
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class Result(StrEnum):
 def handle_debit_requested(
     body: bytes | str, svc: Services, owner: str, headers: Mapping[str, str] | None = None
 ) -> Result:
-    """A message's first attempt: admitted once (worker/admission.py), then handled.
+    """A message's first attempt: admitted once (worker/transport/admission.py), then handled.
     Raises Undeliverable (dead-letter it), TransientFailure (retry later), or returns."""
     raw = body.encode("utf-8") if isinstance(body, str) else body
     return handle_admission(admit(raw, headers or {}, svc.auth, svc.clock()), svc, owner)

@@ -13,7 +13,7 @@ from schemas.commands import DebitRequested
 from schemas.signing import Signer
 from schemas.topology import COMMAND_ROUTING_KEY, CONTENT_TYPE
 from worker.settings import Settings, SettingsError
-from worker.topology import command_exchange
+from worker.transport.topology import command_exchange
 
 
 def signer_from(settings: Settings) -> Signer:

@@ -18,7 +18,7 @@ from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.signing import valid_id
-from worker.producer_limits import ProducerPolicy
+from worker.domain.producer_limits import ProducerPolicy
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/debit_worker"

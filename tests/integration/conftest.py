@@ -25,10 +25,10 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.migrate import upgrade
 from worker.app import build_worker
-from worker.ledger import Ledger
-from worker.ledger.database import make_engine
-from worker.ledger.migrate import upgrade
 from worker.sandbox import RunningSandbox, running_sandbox
 from worker.settings import Settings, load_settings
 

@@ -34,10 +34,10 @@ from tests.integration.worker_process import (
     stop,
     wait_until_consuming,
 )
-from worker.demo import command_body
-from worker.ledger import Ledger
-from worker.plain_consumer import COMPRESSION_HEADER, ORIGINAL_COMPRESSION_HEADER
+from worker.adapters.ledger import Ledger
+from worker.ops.demo import command_body
 from worker.sandbox import RunningSandbox, running_sandbox
+from worker.transport.plain_consumer import COMPRESSION_HEADER, ORIGINAL_COMPRESSION_HEADER
 
 pytestmark = pytest.mark.integration
 
@@ -176,13 +176,23 @@ def test_bombs_on_celerys_own_queues_are_dropped_unopened(
 ) -> None:
     # Given bombs on the worker's task queue and on its remote-control broadcast, which
     # Celery's own consumers read (possible only with the worker's or Flower's credentials)
-    headers = {COMPRESSION_HEADER: GZIP}
-    for exchange, routing_key in (("debits.tasks", "debit.process"), ("celery.pidbox", "")):
+    log = tmp_path / "worker.log"
+
+    def publish(exchange: str, routing_key: str) -> None:
+        headers = {COMPRESSION_HEADER: GZIP}
         message = amqp.Message(bomb, content_type="application/json", application_headers=headers)
-        # When they are published
         client.channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+
+    # When they are published
+    publish("debits.tasks", "debit.process")
+    # (the broadcast reaches a remote-control queue only once the worker has bound it, a
+    # moment after it consumes commands: publish it until one has been received)
+    deadline = time.monotonic() + 30
+    while _refusals(log) < 2 and time.monotonic() < deadline:
+        publish("celery.pidbox", "")
+        time.sleep(1)
     # Then Celery logs each as undecodable (its bytes left compressed) and drops it
-    _wait_for_lines(tmp_path / "worker.log", "CompressionRefused", count=2)
+    _wait_for_lines(log, "CompressionRefused", count=2)
     # And the worker is still running, its memory never near one inflated bomb
     assert worker.poll() is None
     peak = _peak_kb(worker.pid)
@@ -191,6 +201,11 @@ def test_bombs_on_celerys_own_queues_are_dropped_unopened(
     request_id = new_id("after-task-bombs")
     client.publish_command(**command_body(request_id, ACCOUNT, 1235))
     assert client.event_for(request_id, timeout=60)["type"] == SUCCEEDED
+
+
+def _refusals(log: Path) -> int:
+    lines = log.read_text(errors="replace").splitlines()
+    return len([line for line in lines if "CRITICAL" in line and "CompressionRefused" in line])
 
 
 def _wait_for_lines(log: Path, text: str, count: int, timeout: float = 60.0) -> None:

@@ -22,12 +22,12 @@ from tests.integration.conftest import (
     payments_for,
     sign,
 )
-from worker.attempts import PROCESS_TASK
-from worker.cli import main
-from worker.demo import command_body
-from worker.ledger import Ledger
+from worker.adapters.ledger import Ledger
+from worker.ops.cli import main
+from worker.ops.demo import command_body
 from worker.sandbox import RunningSandbox
 from worker.settings import Settings
+from worker.transport.attempts import PROCESS_TASK
 
 pytestmark = pytest.mark.integration
 

@@ -18,14 +18,14 @@ from celery import Celery
 from kombu import Connection
 
 from tests.integration.conftest import RABBIT, connect, own_database, own_vhost
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.database import make_engine
 from worker.app import declare_topology
 from worker.celery_app import create_app
-from worker.domain_types import OutboxEvent
-from worker.event_pump import EventPump, connect_for_events
-from worker.ledger import Ledger
-from worker.ledger.database import make_engine
-from worker.publisher import KombuEventPublisher
+from worker.domain.types import OutboxEvent
 from worker.settings import load_settings
+from worker.transport.event_pump import EventPump, connect_for_events
+from worker.transport.publisher import KombuEventPublisher
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +196,7 @@ def test_events_the_broker_did_not_take_stay_unsent_for_the_relay_and_the_pump_p
 
     pump = EventPump(flaky_connect, place.ledger.outbox.mark_sent_many)
     # When an event is handed over while it is away, and another right after
-    with caplog.at_level(logging.WARNING, logger="worker.event_pump"):
+    with caplog.at_level(logging.WARNING, logger="worker.transport.event_pump"):
         [first] = place.recorded(1)
         pump.send(*first)
         assert wait_until(lambda: "not confirmed" in caplog.text)
@@ -236,7 +236,7 @@ def test_a_pump_that_cannot_keep_up_leaves_the_newest_events_to_the_relay(
     pump.send(*rows[0])
     assert stuck.wait(10)
     # When five more events are handed over
-    with caplog.at_level(logging.WARNING, logger="worker.event_pump"):
+    with caplog.at_level(logging.WARNING, logger="worker.transport.event_pump"):
         for row_id, event in rows[1:]:
             pump.send(row_id, event)
         release.set()

@@ -16,10 +16,10 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.integration.conftest import own_database
 from tests.unit.fakes import FakePublisher, FakeStripe
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.database import LEDGER_UNAVAILABLE
+from worker.adapters.ledger.pg_direct import run_alone
 from worker.bootstrap import build_services
-from worker.ledger import Ledger
-from worker.ledger.database import LEDGER_UNAVAILABLE
-from worker.ledger.pg_direct import run_alone
 from worker.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration

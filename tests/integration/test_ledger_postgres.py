@@ -23,10 +23,10 @@ from tests.unit.test_ledger_cost import (
     assert_fully_recorded,
     one_counted_debit,
 )
-from worker.domain_types import OutboxEvent
+from worker.adapters.ledger import ClaimKind, Ledger
+from worker.adapters.ledger.database import make_engine, single_statements
+from worker.domain.types import OutboxEvent
 from worker.handlers import Result
-from worker.ledger import ClaimKind, Ledger
-from worker.ledger.database import make_engine, single_statements
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
-"""Statements run on psycopg directly (worker/ledger/pg_direct.py), on a real PostgreSQL: they
-commit alone, hand a clean connection back to the pool, and fail the way every other ledger
-statement fails (SQLAlchemy's exceptions, a broken connection dropped)."""
+"""Statements run on psycopg directly (worker/adapters/ledger/pg_direct.py), on a real
+PostgreSQL: they commit alone, hand a clean connection back to the pool, and fail the way
+every other ledger statement fails (SQLAlchemy's exceptions, a broken connection dropped)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from tests.integration.conftest import own_database
-from worker.ledger.database import make_engine
-from worker.ledger.pg_direct import run_alone
+from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.pg_direct import run_alone
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from tests.integration.conftest import (
     payments_for,
     sign,
 )
-from worker.demo import command_body
-from worker.ledger import Ledger
+from worker.adapters.ledger import Ledger
+from worker.ops.demo import command_body
 from worker.sandbox import RunningSandbox
 
 pytestmark = pytest.mark.integration

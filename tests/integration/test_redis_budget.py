@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker.redis_budget import RedisRateBudget
+from worker.adapters.redis_budget import RedisRateBudget
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.conftest import PlainAmqp, new_id
-from worker.demo import command_body
+from worker.ops.demo import command_body
 from worker.sandbox import RunningSandbox
 
 pytestmark = pytest.mark.integration

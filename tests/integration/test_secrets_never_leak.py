@@ -22,9 +22,9 @@ from tests.integration.conftest import (
     sign,
 )
 from tests.unit.test_observability import CapturingTransport
-from worker.demo import command_body
-from worker.ledger import Ledger
-from worker.observability import (
+from worker.adapters.ledger import Ledger
+from worker.ops.demo import command_body
+from worker.ops.observability import (
     ScrubbingFilter,
     configure_logging,
     init_sentry,
@@ -94,7 +94,9 @@ def test_no_configured_secret_appears_anywhere_after_a_full_run(
     try:
         raise error
     except RuntimeError:
-        logging.getLogger("worker.tasks").exception("attempt 1 of %s failed unexpectedly", ok)
+        logging.getLogger("worker.transport.tasks").exception(
+            "attempt 1 of %s failed unexpectedly", ok
+        )
     sentry_sdk.flush()
     # Then no secret is in any of it
     seen: list[str] = [json.dumps(e) for e in events]

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.integration.conftest import PlainAmqp, new_id, payments_for
-from worker.demo import command_body
-from worker.ledger import Ledger, Status
-from worker.ledger.tables import audit_log
+from worker.adapters.ledger import Ledger, Status
+from worker.adapters.ledger.tables import audit_log
+from worker.ops.demo import command_body
 from worker.sandbox import RunningSandbox
 
 pytestmark = pytest.mark.integration

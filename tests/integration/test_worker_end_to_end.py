@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import PlainAmqp, new_id, payments_for
-from worker.demo import command_body
-from worker.ledger import Ledger, Status
+from worker.adapters.ledger import Ledger, Status
+from worker.ops.demo import command_body
 from worker.sandbox import RunningSandbox
-from worker.topology import TASK_EXCHANGE, TASK_QUEUE, TASK_ROUTING_KEY
+from worker.transport.topology import TASK_EXCHANGE, TASK_QUEUE, TASK_ROUTING_KEY
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ from tests.integration.worker_process import (
     wait,
     wait_until_consuming,
 )
-from worker.demo import command_body
-from worker.ledger import Ledger, Status
+from worker.adapters.ledger import Ledger, Status
+from worker.ops.demo import command_body
 from worker.sandbox import RunningSandbox, running_sandbox
 
 pytestmark = pytest.mark.integration

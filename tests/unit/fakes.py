@@ -29,7 +29,13 @@ from sqlalchemy import Connection, Engine, event
 
 from schemas.codes import FailureCode
 from schemas.events import StripeErrorInfo
-from worker.domain_types import (
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.migrate import upgrade
+from worker.domain.errors import DebitWorkerError, PermanentFailure
+from worker.domain.ports import PublishFailed
+from worker.domain.rule_tables import RuleTables
+from worker.domain.types import (
     AccountFacts,
     DebitCharge,
     OutboxEvent,
@@ -38,13 +44,7 @@ from worker.domain_types import (
     RefundFacts,
     idempotency_key,
 )
-from worker.errors import DebitWorkerError, PermanentFailure
 from worker.handlers import HandlerConfig, Services
-from worker.ledger import Ledger
-from worker.ledger.database import make_engine
-from worker.ledger.migrate import upgrade
-from worker.ports import PublishFailed
-from worker.rule_tables import RuleTables
 
 START = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 PLATFORM_ID = "acct_1Platform"

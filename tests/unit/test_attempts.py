@@ -15,7 +15,13 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
-from worker.attempts import (
+from worker.adapters.ledger import Ledger, Status
+from worker.adapters.ledger.database import make_engine
+from worker.bootstrap import Runtime
+from worker.domain.errors import OutcomeUnknown, RequestBusy, TransientFailure, Unresolvable
+from worker.handlers import resume
+from worker.settings import Settings, load_settings
+from worker.transport.attempts import (
     PROCESS_TASK,
     Delivery,
     NextStep,
@@ -24,12 +30,6 @@ from worker.attempts import (
     run_attempt,
     run_first_attempt,
 )
-from worker.bootstrap import Runtime
-from worker.errors import OutcomeUnknown, RequestBusy, TransientFailure, Unresolvable
-from worker.handlers import resume
-from worker.ledger import Ledger, Status
-from worker.ledger.database import make_engine
-from worker.settings import Settings, load_settings
 
 from .fakes import World, a_body, a_world
 

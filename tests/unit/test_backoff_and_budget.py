@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.adapters.rate_budget import LocalTokenBucket, Unlimited
 from worker.backoff import retry_delay
-from worker.rate_budget import LocalTokenBucket, Unlimited
 
 from .fakes import FakeMonotonic
 

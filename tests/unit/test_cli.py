@@ -13,7 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from worker.cli import main
+from worker.ops.cli import main
 
 
 @pytest.fixture

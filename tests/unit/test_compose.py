@@ -25,10 +25,10 @@ import click
 import pytest
 import yaml
 
-from worker.parsing import MAX_BODY_BYTES
 from worker.sandbox.core import DEFAULT_API_KEY
 from worker.settings import Settings, load_settings
-from worker.topology import event_exchange, unrouted_events_exchange
+from worker.transport.parsing import MAX_BODY_BYTES
+from worker.transport.topology import event_exchange, unrouted_events_exchange
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 COMPOSE_FILE: Final = ROOT / "docker-compose.yml"
@@ -147,8 +147,8 @@ def strings_in(value: object) -> Iterator[str]:
 
 def cli_main() -> click.Group:
     # Imported by name: the CLI is the contract the compose commands are checked against.
-    main = importlib.import_module("worker.cli").main
-    assert isinstance(main, click.Group), "worker.cli.main is not a click group"
+    main = importlib.import_module("worker.ops.cli").main
+    assert isinstance(main, click.Group), "worker.ops.cli.main is not a click group"
     return main
 
 
@@ -332,7 +332,7 @@ def test_every_url_in_a_service_names_a_compose_service_or_the_container_itself(
 
 
 def test_services_built_here_run_real_debit_worker_subcommands() -> None:
-    # Given the CLI the image runs (Dockerfile ENTRYPOINT debit-worker → worker.cli:main)
+    # Given the CLI the image runs (Dockerfile ENTRYPOINT debit-worker → worker.ops.cli:main)
     main = cli_main()
     built = {name: svc for name, svc in services().items() if built_here(svc)}
     assert {"worker", "migrate", "sandbox"} <= set(built)
@@ -362,7 +362,7 @@ def test_the_image_runs_the_debit_worker_cli_and_ships_what_the_build_needs() ->
     dockerfile = DOCKERFILE.read_text(encoding="utf-8")
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
     # Then the entrypoint is the console script, and `run` the default command
-    assert project["scripts"]["debit-worker"] == "worker.cli:main"
+    assert project["scripts"]["debit-worker"] == "worker.ops.cli:main"
     assert re.search(r'^ENTRYPOINT \["debit-worker"\]$', dockerfile, re.MULTILINE)
     assert re.search(r'^CMD \["run"\]$', dockerfile, re.MULTILINE)
     # And every file the wheel build reads is copied in (hatchling fails without the readme)

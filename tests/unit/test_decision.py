@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from schemas.codes import FailureCode
 from schemas.commands import DebitReason, DebitRequested
-from worker.decision import RULE_ORDER, Allowed, Decision, Refusal, evaluate
-from worker.domain_types import AccountFacts, ConsentRecord, PlatformFacts, RefundFacts
-from worker.money import ZERO_DECIMAL_CURRENCIES
-from worker.rule_tables import DEFAULT_CAPS, Availability, RuleTables
+from worker.domain.decision import RULE_ORDER, Allowed, Decision, Refusal, evaluate
+from worker.domain.money import ZERO_DECIMAL_CURRENCIES
+from worker.domain.rule_tables import DEFAULT_CAPS, Availability, RuleTables
+from worker.domain.types import AccountFacts, ConsentRecord, PlatformFacts, RefundFacts
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 ACCOUNT_ID = "acct_1Debtor"

@@ -14,15 +14,12 @@ import pytest
 
 WORKER: Final = Path(__file__).resolve().parents[2] / "worker"
 
-# The domain: the types the ports speak, the ports, the decision and the data it reads.
-DOMAIN: Final = (
-    "worker.domain_types",
-    "worker.ports",
-    "worker.decision",
-    "worker.rule_tables",
-    "worker.producer_limits",
-    "worker.money",
-    "worker.errors",
+# The domain (worker/domain): the types the ports speak, the ports, the decision and the
+# data it reads.
+DOMAIN: Final = tuple(
+    f"worker.domain.{path.stem}"
+    for path in sorted((WORKER / "domain").glob("*.py"))
+    if path.stem != "__init__"
 )
 # Libraries only an adapter may talk to.
 IO_LIBRARIES: Final = frozenset(
@@ -50,13 +47,22 @@ def _worker_imports(path: Path) -> set[str]:
     return {name for name in _imports(path) if name.split(".")[0] == "worker"}
 
 
+def test_every_domain_module_is_checked() -> None:
+    assert "worker.domain.decision" in DOMAIN
+    assert "worker.domain.types" in DOMAIN
+
+
 @pytest.mark.parametrize("module", DOMAIN)
 def test_the_domain_imports_only_the_domain_and_no_io_library(module: str) -> None:
     # Given a domain module's source
     imports = _imports(_source(module))
 
     # When its imports are read
-    outside = {name for name in imports if name.split(".")[0] == "worker"} - set(DOMAIN)
+    outside = {
+        name
+        for name in imports
+        if name.split(".")[0] == "worker" and name != "worker.domain" and name not in DOMAIN
+    }
     io = {name for name in imports if name.split(".")[0] in IO_LIBRARIES}
 
     # Then it imports no adapter (Stripe gateway, ledger, publisher…) and no I/O library
@@ -65,7 +71,7 @@ def test_the_domain_imports_only_the_domain_and_no_io_library(module: str) -> No
 
 def test_the_ledger_imports_from_the_worker_only_itself_and_the_domain_types() -> None:
     # Given every module of the ledger package
-    sources = sorted((WORKER / "ledger").rglob("*.py"))
+    sources = sorted((WORKER / "adapters" / "ledger").rglob("*.py"))
     assert sources
 
     # When their imports from the worker are read
@@ -73,8 +79,8 @@ def test_the_ledger_imports_from_the_worker_only_itself_and_the_domain_types() -
         f"{path.relative_to(WORKER.parent)}: {name}"
         for path in sources
         for name in _worker_imports(path)
-        if not name.startswith("worker.ledger")
-        and name not in {"worker.domain_types", "worker.errors"}
+        if not name.startswith("worker.adapters.ledger")
+        and name not in {"worker.domain.types", "worker.domain.errors"}
     }
 
     # Then none reaches into a policy module or an adapter: its types are the domain's
@@ -83,13 +89,20 @@ def test_the_ledger_imports_from_the_worker_only_itself_and_the_domain_types() -
 
 def test_the_stripe_adapter_takes_its_types_from_the_domain() -> None:
     # Given the Stripe adapter's source
-    imports = _worker_imports(WORKER / "stripe_gateway.py")
+    imports = _worker_imports(WORKER / "adapters" / "stripe_gateway.py")
 
     # Then it speaks the domain's types and knows nothing of the ledger, the ports or the
     # decision that use it
-    assert "worker.domain_types" in imports
+    assert "worker.domain.types" in imports
     assert {
         name
         for name in imports
-        if name.startswith(("worker.ledger", "worker.ports", "worker.handlers", "worker.decision"))
+        if name.startswith(
+            (
+                "worker.adapters.ledger",
+                "worker.domain.ports",
+                "worker.handlers",
+                "worker.domain.decision",
+            )
+        )
     } == set()

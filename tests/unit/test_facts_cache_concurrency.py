@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from worker.domain_types import AccountFacts, PlatformFacts
-from worker.facts_cache import CachedStripe
+from worker.adapters.facts_cache import CachedStripe
+from worker.domain.types import AccountFacts, PlatformFacts
 
 from .fakes import FakeStripe
 

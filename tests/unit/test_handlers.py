@@ -16,12 +16,12 @@ import pytest
 from schemas.codes import FailureCode
 from schemas.events import FAILED_TYPE, SUCCEEDED_TYPE
 from schemas.topology import SUCCEEDED_ROUTING_KEY
-from worker.domain_types import DebitCharge, OutboxEvent, Payment, idempotency_key
-from worker.errors import OutcomeUnknown, RequestBusy, TransientFailure
+from worker.adapters.ledger import Status, Success
+from worker.domain.errors import OutcomeUnknown, RequestBusy, TransientFailure
+from worker.domain.types import DebitCharge, OutboxEvent, Payment, idempotency_key
 from worker.handlers import HandlerConfig, Result, handle_debit_requested
-from worker.ledger import Status, Success
-from worker.parsing import Undeliverable
-from worker.relay import GRACE_SECONDS, relay_once
+from worker.transport.parsing import Undeliverable
+from worker.transport.relay import GRACE_SECONDS, relay_once
 
 from .fakes import (
     ACCOUNT_ID,

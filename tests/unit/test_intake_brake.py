@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from worker.intake_brake import LONGEST_PAUSE_SECONDS, IntakeBrake
+from worker.transport.intake_brake import LONGEST_PAUSE_SECONDS, IntakeBrake
 
 
 @dataclass

@@ -14,11 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import StatementError
 
 from schemas.commands import DebitRequested
-from worker.domain_types import DailyLimit, OutboxEvent, RefundFacts, idempotency_key
-from worker.ledger import ClaimKind, Ledger, RecoveryBudgetExceeded, Status, Success
-from worker.ledger.migrate import current_revision, head_revision, upgrade
-from worker.ledger.producer_budgets import ProducerLimitExceeded, reserve
-from worker.ledger.tables import outbox, producer_budgets, producer_reservations
+from worker.adapters.ledger import ClaimKind, Ledger, RecoveryBudgetExceeded, Status, Success
+from worker.adapters.ledger.migrate import current_revision, head_revision, upgrade
+from worker.adapters.ledger.producer_budgets import ProducerLimitExceeded, reserve
+from worker.adapters.ledger.tables import outbox, producer_budgets, producer_reservations
+from worker.domain.types import DailyLimit, OutboxEvent, RefundFacts, idempotency_key
 
 from .fakes import ACCOUNT_ID, REFUND_ID, FakeClock, a_refund, migrated_ledger
 

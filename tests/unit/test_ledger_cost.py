@@ -11,10 +11,10 @@ import pytest
 
 from schemas.events import SUCCEEDED_TYPE
 from schemas.signing import Signer
-from worker.authentication import Authenticator
+from worker.adapters.ledger import Status
+from worker.domain.producer_limits import ProducerPolicy
 from worker.handlers import Result, Services, handle_debit_requested
-from worker.ledger import Status
-from worker.producer_limits import ProducerPolicy
+from worker.transport.authentication import Authenticator
 
 from .fakes import SqlLog, World, a_body, a_world, sql_counted
 

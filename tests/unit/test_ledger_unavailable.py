@@ -10,12 +10,12 @@ import pytest
 from celery import Celery
 from sqlalchemy import create_engine
 
-from worker.attempts import run_attempt
+from worker.adapters.ledger import Ledger
+from worker.adapters.ledger.database import LEDGER_UNAVAILABLE
 from worker.bootstrap import Runtime
 from worker.handlers import resume
-from worker.ledger import Ledger
-from worker.ledger.database import LEDGER_UNAVAILABLE
 from worker.settings import load_settings
+from worker.transport.attempts import run_attempt
 
 from .fakes import a_world
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.money import (
+from worker.domain.money import (
     THREE_DECIMAL_CURRENCIES,
     ZERO_DECIMAL_CURRENCIES,
     format_amount,

@@ -13,7 +13,7 @@ import sentry_sdk
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
-from worker.observability import (
+from worker.ops.observability import (
     AlertThrottle,
     init_sentry,
     report_unauthorized,
@@ -114,7 +114,7 @@ def test_a_flood_of_refusals_is_one_alert_a_minute_with_the_rest_counted_in_the_
     assert len(refusal_alerts(transport)) == 1
     # And when the minute is over, the next refusal is alerted, and the log counts the rest
     clock.now += 60
-    with caplog.at_level(logging.WARNING, logger="worker.observability"):
+    with caplog.at_level(logging.WARNING, logger="worker.ops.observability"):
         report_unauthorized(
             "req-500", "the signature does not match", "billing", "k1", throttle=throttle
         )
@@ -212,7 +212,7 @@ def test_a_window_forgotten_to_make_room_still_has_what_it_held_back_logged(
     throttle.admit(("refunds", "forged"))
     # When, a minute later, a refusal of a third key arrives
     clock.now += 60
-    with caplog.at_level(logging.WARNING, logger="worker.observability"):
+    with caplog.at_level(logging.WARNING, logger="worker.ops.observability"):
         admitted = throttle.admit(("corrections", "forged"))
     # Then it has a key of its own, and the forgotten window's count is in the log
     assert admitted == 0

@@ -14,15 +14,15 @@ from celery import Celery
 from kombu import Connection, Queue
 from sqlalchemy.exc import OperationalError
 
+from worker.adapters.ledger import Ledger
 from worker.bootstrap import outbound
-from worker.domain_types import OutboxEvent
-from worker.event_pump import EventPump
+from worker.domain.types import OutboxEvent
 from worker.handlers import Result, handle_debit_requested
-from worker.ledger import Ledger
-from worker.publisher import PublishingOutbound
-from worker.relay import GRACE_SECONDS, relay_once
 from worker.settings import load_settings
-from worker.topology import EMBEDDED_BROKER_URL, event_exchange, is_embedded
+from worker.transport.event_pump import EventPump
+from worker.transport.publisher import PublishingOutbound
+from worker.transport.relay import GRACE_SECONDS, relay_once
+from worker.transport.topology import EMBEDDED_BROKER_URL, event_exchange, is_embedded
 
 from .fakes import FakeClock, FakePublisher, World, a_body, a_world, migrated_ledger
 

@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.commands import DebitRequested
-from worker.parsing import MAX_BODY_BYTES, InvalidCommand, Undeliverable, parse_command, screen
+from worker.transport.parsing import (
+    MAX_BODY_BYTES,
+    InvalidCommand,
+    Undeliverable,
+    parse_command,
+    screen,
+)
 
 from .fakes import ACCOUNT_ID, a_body
 

@@ -17,14 +17,14 @@ from celery import Celery
 from kombu import Connection, Message
 from kombu.transport import pyamqp
 
-from worker.plain_consumer import (
+from worker.transport.plain_consumer import (
     COMPRESSION_HEADER,
     ORIGINAL_COMPRESSION_HEADER,
     PlainConsumer,
     refusal,
 )
-from worker.publisher import DeadLetters
-from worker.topology import dead_letter_queue
+from worker.transport.publisher import DeadLetters
+from worker.transport.topology import dead_letter_queue
 
 GZIP = "application/x-gzip"  # kombu.compression's name for zlib
 # Small here: what matters is whether anything inflates it, not how far.
@@ -139,7 +139,7 @@ REFUSING_PROCESS = textwrap.dedent(
     """
     import zlib
     from kombu import Message, compression
-    from worker.plain_consumer import CompressionRefused, refuse_decompression
+    from worker.transport.plain_consumer import CompressionRefused, refuse_decompression
 
     refuse_decompression()
     packed = zlib.compress(b"0" * 100_000)

@@ -14,15 +14,15 @@ from celery import Celery
 from schemas.codes import FailureCode
 from schemas.commands import DebitRequested
 from schemas.signing import Signer
-from worker.attempts import Delivery, Settle, run_attempt, run_first_attempt
-from worker.authentication import Authenticator
+from worker.adapters.ledger import Ledger, Status
+from worker.adapters.ledger.database import make_engine
 from worker.bootstrap import Runtime
-from worker.errors import RefusalNotRecorded, TransientFailure
+from worker.domain.errors import RefusalNotRecorded, TransientFailure
+from worker.domain.producer_limits import ProducerPolicy
 from worker.handlers import Result, Services, handle_debit_requested, resume
-from worker.ledger import Ledger, Status
-from worker.ledger.database import make_engine
-from worker.producer_limits import ProducerPolicy
 from worker.settings import load_settings
+from worker.transport.attempts import Delivery, Settle, run_attempt, run_first_attempt
+from worker.transport.authentication import Authenticator
 
 from .fakes import World, a_body, a_world
 

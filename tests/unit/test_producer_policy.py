@@ -10,11 +10,11 @@ import pytest
 
 from schemas.codes import FailureCode
 from schemas.signing import Signer
-from worker.authentication import Authenticator
-from worker.errors import OutcomeUnknown
+from worker.adapters.ledger import Status
+from worker.domain.errors import OutcomeUnknown
+from worker.domain.producer_limits import ProducerPolicy
 from worker.handlers import Result, handle_debit_requested
-from worker.ledger import Status
-from worker.producer_limits import ProducerPolicy
+from worker.transport.authentication import Authenticator
 
 from .fakes import World, a_body, a_world, stripe_refusal
 

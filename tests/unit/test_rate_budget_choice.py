@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from worker.adapters.rate_budget import LocalTokenBucket
+from worker.adapters.redis_budget import RedisRateBudget, budget_key
 from worker.bootstrap import rate_budget
-from worker.rate_budget import LocalTokenBucket
-from worker.redis_budget import RedisRateBudget, budget_key
 from worker.settings import load_settings
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.domain_types import OutboxEvent
-from worker.ledger import Ledger
-from worker.ports import PublishFailed
-from worker.relay import GRACE_SECONDS, relay_once
+from worker.adapters.ledger import Ledger
+from worker.domain.ports import PublishFailed
+from worker.domain.types import OutboxEvent
+from worker.transport.relay import GRACE_SECONDS, relay_once
 
 from .fakes import FakeClock, FakePublisher, migrated_ledger
 

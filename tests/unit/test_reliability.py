@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from worker.adapters.ledger import Status
+from worker.adapters.rate_budget import Unlimited
+from worker.adapters.stripe_gateway import StripeGateway
 from worker.bootstrap import stripe_client
-from worker.crashpoints import EXIT_CODES
-from worker.domain_types import DebitCharge, idempotency_key
-from worker.errors import OutcomeUnknown, Unresolvable
+from worker.domain.errors import OutcomeUnknown, Unresolvable
+from worker.domain.types import DebitCharge, idempotency_key
 from worker.handlers import HandlerConfig, Result, handle_debit_requested, resume
-from worker.janitor import janitor_once
-from worker.ledger import Status
-from worker.rate_budget import Unlimited
+from worker.ops.crashpoints import EXIT_CODES
+from worker.ops.janitor import janitor_once
 from worker.sandbox import Faults, RunningSandbox, running_sandbox
 from worker.settings import Settings, load_settings
-from worker.stripe_gateway import StripeGateway
 
 from .fakes import World, a_body, a_world
 
@@ -198,7 +198,7 @@ def test_the_janitor_escalates_an_attempt_near_the_keys_expiry_and_leaves_finish
 def test_a_crash_point_set_to_always_ends_the_process_with_its_own_status(point: str) -> None:
     # Given the harness asks for a crash at this point every time
     env = {**os.environ, "DEBIT_WORKER_CRASH_POINTS": f"{point}:1"}
-    code = f"from worker.crashpoints import crash_point; crash_point({point!r}); print('alive')"
+    code = f"from worker.ops.crashpoints import crash_point; crash_point({point!r}); print('alive')"
     # When the process reaches it
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=False)
     # Then it ends at once, with the status that names the point
@@ -208,6 +208,8 @@ def test_a_crash_point_set_to_always_ends_the_process_with_its_own_status(point:
 
 def test_without_the_variable_crash_points_do_nothing() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DEBIT_WORKER_CRASH_POINTS"}
-    code = "from worker.crashpoints import crash_point; crash_point('after_stripe'); print('ok')"
+    code = (
+        "from worker.ops.crashpoints import crash_point; crash_point('after_stripe'); print('ok')"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
     assert done.stdout.strip() == b"ok"

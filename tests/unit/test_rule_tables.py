@@ -1,6 +1,6 @@
 """The rule tables: Stripe's availability tables walked row by row, caps, and operator files.
 
-The expected tables are written out here independently of worker/rule_tables.py, so a typo
+The expected tables are written out here independently of worker/domain/rule_tables.py, so a typo
 in the defaults fails a test instead of being copied into it.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from worker.money import minor_unit_exponent
-from worker.rule_tables import DEFAULT_CAPS, Availability, RuleFileError, RuleTables
+from worker.domain.money import minor_unit_exponent
+from worker.domain.rule_tables import DEFAULT_CAPS, Availability, RuleFileError, RuleTables
 
 EU = [
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
@@ -163,7 +163,7 @@ def test_each_required_currency_has_a_positive_default_cap(currency: str) -> Non
 
 
 # The reviewed rates (units per USD, the strong end of each currency's range) that the
-# default caps were derived from; kept in step with the comments in worker/rule_tables.py.
+# default caps were derived from; kept in step with the comments in worker/domain/rule_tables.py.
 REVIEWED_RATES = {
     "usd": "1", "eur": "0.84", "gbp": "0.73", "cad": "1.35", "aud": "1.45", "nzd": "1.60",
     "hkd": "7.75", "jpy": "140", "chf": "0.78", "nok": "9.50", "sek": "9.00", "dkk": "6.20",

@@ -15,7 +15,7 @@ import pytest
 import sentry_sdk
 
 from worker.bootstrap import authenticator, stripe_client
-from worker.observability import (
+from worker.ops.observability import (
     ScrubbingFilter,
     configure_logging,
     init_sentry,

@@ -16,14 +16,14 @@ from schemas.signing import (
     Signer,
     signature,
 )
-from worker.authentication import (
+from worker.domain.producer_limits import ProducerPolicy
+from worker.settings import SettingsError, load_settings
+from worker.transport.authentication import (
     RECEIVED_AT_HEADER,
     Authenticator,
     Unauthorized,
     carried_headers,
 )
-from worker.producer_limits import ProducerPolicy
-from worker.settings import SettingsError, load_settings
 
 CONTRACT = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text("utf-8")
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)

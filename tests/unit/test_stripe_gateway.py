@@ -19,8 +19,10 @@ from pydantic import TypeAdapter
 
 from schemas.codes import FailureCode
 from schemas.commands import RequestId
-from worker.domain_types import IDEMPOTENCY_KEY_PREFIX, DebitCharge, PlatformFacts, idempotency_key
-from worker.errors import (
+from worker.adapters.facts_cache import CachedStripe
+from worker.adapters.rate_budget import Unlimited
+from worker.adapters.stripe_gateway import StripeGateway, charge_params, classify
+from worker.domain.errors import (
     ChargePending,
     DebitWorkerError,
     OperatorActionNeeded,
@@ -29,9 +31,7 @@ from worker.errors import (
     TransientFailure,
     Unresolvable,
 )
-from worker.facts_cache import CachedStripe
-from worker.rate_budget import Unlimited
-from worker.stripe_gateway import StripeGateway, charge_params, classify
+from worker.domain.types import IDEMPOTENCY_KEY_PREFIX, DebitCharge, PlatformFacts, idempotency_key
 
 from .fakes import ACCOUNT_ID, FakeClock, FakeMonotonic, FakeStripe, a_refund, an_account
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import stripe
 
-from worker.stripe_http import Urllib3Client, environ_proxy
+from worker.adapters.stripe_http import Urllib3Client, environ_proxy
 
 
 class _Stripe(BaseHTTPRequestHandler):

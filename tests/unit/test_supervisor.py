@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from worker.settings import load_settings
-from worker.supervisor import (
+from worker.ops.supervisor import (
     MAX_QUICK_DEATHS,
     Supervisor,
     child_command,
     child_environment,
     restart_delay,
 )
+from worker.settings import load_settings
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 # Stops at once on SIGTERM with exit code 0, as a worker's warm shutdown does.
@@ -138,7 +138,7 @@ def test_giving_up_says_so_instead_of_blaming_a_signal(
     supervisor.start_all()
     time.sleep(0.5)  # let it install its handler
     # When the supervisor stops everything of its own accord
-    with caplog.at_level(logging.INFO, logger="worker.supervisor"):
+    with caplog.at_level(logging.INFO, logger="worker.ops.supervisor"):
         supervisor.stop_all()
     # Then its log says it gave up, and nobody sent it a signal
     stops = [r.getMessage() for r in caplog.records if "stopping" in r.getMessage()]
@@ -184,7 +184,7 @@ def test_each_child_is_a_single_worker_process_that_skips_migrations() -> None:
 def test_the_supervisor_command_refuses_to_start_without_a_process_count() -> None:
     # Given the supervisor started by hand, without --processes N
     result = subprocess.run(
-        [sys.executable, "-m", "worker.supervisor"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "worker.ops.supervisor"], capture_output=True, text=True, check=False
     )
     # Then it says how it is meant to be started, and exits 2
     assert result.returncode == 2
@@ -194,7 +194,7 @@ def test_the_supervisor_command_refuses_to_start_without_a_process_count() -> No
 def test_the_supervisor_is_a_small_process_that_imports_none_of_the_worker() -> None:
     # Given a fresh interpreter that imports the supervisor as `python -m` would
     probe = (
-        "import sys, worker.supervisor\n"
+        "import sys, worker.ops.supervisor\n"
         "heavy = [m for m in ('celery', 'sqlalchemy', 'stripe', 'pydantic') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )

@@ -1,4 +1,4 @@
-"""The platform read when a worker process starts (worker/warm_up.py)."""
+"""The platform read when a worker process starts (worker/ops/warm_up.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.unit.fakes import PLATFORM_ID, FakeStripe
-from worker.domain_types import PlatformFacts
-from worker.errors import DebitWorkerError, OperatorActionNeeded, TransientFailure
-from worker.facts_cache import CachedStripe
-from worker.warm_up import read_platform
+from worker.adapters.facts_cache import CachedStripe
+from worker.domain.errors import DebitWorkerError, OperatorActionNeeded, TransientFailure
+from worker.domain.types import PlatformFacts
+from worker.ops.warm_up import read_platform
 
 
 @dataclass
@@ -34,7 +34,7 @@ def test_the_platform_read_at_start_is_the_one_every_debit_then_uses(
     stripe = FakeStripe()
     cached = CachedStripe(stripe, ttl_seconds=300)
     # When the process starts, and then a debit asks for the platform
-    with caplog.at_level(logging.INFO, logger="worker.warm_up"):
+    with caplog.at_level(logging.INFO, logger="worker.ops.warm_up"):
         read_platform(cached)
     facts = cached.platform()
 
@@ -50,11 +50,11 @@ def test_a_refused_key_is_an_error_in_the_log_at_start_and_stops_nothing(
     # Given a Stripe that refuses the configured key
     stripe = FailingPlatformReads(failures=[OperatorActionNeeded("401: invalid API key")])
     # When the process starts
-    with caplog.at_level(logging.INFO, logger="worker.warm_up"):
+    with caplog.at_level(logging.INFO, logger="worker.ops.warm_up"):
         read_platform(CachedStripe(stripe, ttl_seconds=300))
 
     # Then the log says so as an error naming the key (no exception escapes the start)
-    [record] = [r for r in caplog.records if r.name == "worker.warm_up"]
+    [record] = [r for r in caplog.records if r.name == "worker.ops.warm_up"]
     assert record.levelno == logging.ERROR
     assert "refused the configured API key" in record.getMessage()
     assert "401: invalid API key" in record.getMessage()
@@ -67,12 +67,12 @@ def test_a_failed_read_at_start_is_a_warning_and_the_first_debit_reads_again(
     stripe = FailingPlatformReads(failures=[TransientFailure("connection refused")])
     cached = CachedStripe(stripe, ttl_seconds=300)
     # When the process starts, and then a debit asks for the platform
-    with caplog.at_level(logging.INFO, logger="worker.warm_up"):
+    with caplog.at_level(logging.INFO, logger="worker.ops.warm_up"):
         read_platform(cached)
     facts = cached.platform()
 
     # Then the start logged a warning, and the debit's read went to Stripe and succeeded
-    [record] = [r for r in caplog.records if r.name == "worker.warm_up"]
+    [record] = [r for r in caplog.records if r.name == "worker.ops.warm_up"]
     assert record.levelno == logging.WARNING
     assert "connection refused" in record.getMessage()
     assert stripe.reads == [("platform", "failed"), ("platform", PLATFORM_ID)]

@@ -1,0 +1,137 @@
+"""The outbox: events recorded with the outcome they announce, published after commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, func, literal, select, update
+
+from worker.adapters.ledger.database import insert_ignoring_duplicates
+from worker.adapters.ledger.statements import AnyOf, Write, given
+from worker.adapters.ledger.store import Store
+from worker.adapters.ledger.tables import outbox
+from worker.domain.types import OutboxEvent
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    row_id: int
+    event: OutboxEvent
+    created_at: datetime
+    sent: bool
+
+
+def _row(event: OutboxEvent, now: datetime) -> dict[str, object]:
+    return {
+        "event_id": event.event_id,
+        "request_id": event.request_id,
+        "event_type": event.event_type,
+        "routing_key": event.routing_key,
+        "body": event.body,
+        "created_at": now,
+        "publish_attempts": 0,
+    }
+
+
+def insert_event(conn: Connection, event: OutboxEvent, now: datetime) -> bool:
+    return insert_ignoring_duplicates(conn, outbox, _row(event, now))
+
+
+def event_row_id(conn: Connection, event_id: str) -> int:
+    """The outbox row that holds an event already there (event ids are deterministic)."""
+    return int(conn.execute(select(outbox.c.id).where(outbox.c.event_id == event_id)).scalar_one())
+
+
+def _pending(row: dict[str, object]) -> PendingEvent:
+    return PendingEvent(
+        row_id=int(str(row["id"])),
+        event=OutboxEvent(
+            event_id=str(row["event_id"]),
+            request_id=str(row["request_id"]),
+            event_type=str(row["event_type"]),
+            routing_key=str(row["routing_key"]),
+            body=str(row["body"]),
+        ),
+        created_at=row["created_at"],  # type: ignore[arg-type]
+        sent=row["sent_at"] is not None,
+    )
+
+
+# Run after publishes: one statement for a confirmed batch of any size.
+_MARK_SENT = (
+    update(outbox)
+    .where(AnyOf(outbox.c.id, "ids"), outbox.c.sent_at.is_(None))
+    .values(sent_at=given("now", outbox.c.sent_at), publish_attempts=outbox.c.publish_attempts + 1)
+)
+
+
+def outbox_entry() -> Write:
+    """A transition's event, written once per event id (`event_params`); gives its row id,
+    or None when the event was already there."""
+    o = outbox.c
+    return Write(
+        outbox,
+        {
+            "event_id": given("event_id", o.event_id),
+            "request_id": given("event_request_id", o.request_id),
+            "event_type": given("event_type", o.event_type),
+            "routing_key": given("routing_key", o.routing_key),
+            "body": given("body", o.body),
+            "created_at": given("now", o.created_at),
+            "publish_attempts": literal(0, o.publish_attempts.type),
+        },
+        returning="id",
+        ignore_duplicate=True,
+    )
+
+
+def event_params(event: OutboxEvent) -> dict[str, object]:
+    """The parameters of `outbox_entry` for `event`."""
+    return {
+        "event_id": event.event_id,
+        "event_request_id": event.request_id,
+        "event_type": event.event_type,
+        "routing_key": event.routing_key,
+        "body": event.body,
+    }
+
+
+class OutboxStore(Store):
+    def add(self, event: OutboxEvent) -> bool:
+        with self._engine.begin() as conn:
+            return insert_event(conn, event, self._clock())
+
+    def for_request(self, request_id: str) -> list[PendingEvent]:
+        with self._single.connect() as conn:
+            rows = conn.execute(
+                select(outbox).where(outbox.c.request_id == request_id).order_by(outbox.c.id)
+            ).mappings()
+            return [_pending(dict(row)) for row in rows]
+
+    def unsent(self, *, older_than_seconds: float, limit: int) -> list[PendingEvent]:
+        """Oldest first; rows younger than the threshold are left to their inline publish."""
+        cutoff = self._clock() - timedelta(seconds=older_than_seconds)
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox)
+                .where(outbox.c.sent_at.is_(None), outbox.c.created_at <= cutoff)
+                .order_by(outbox.c.id)
+                .limit(limit)
+            ).mappings()
+            return [_pending(dict(row)) for row in rows]
+
+    def mark_sent(self, row_id: int) -> None:
+        self.mark_sent_many([row_id])
+
+    def mark_sent_many(self, row_ids: list[int]) -> None:
+        """One statement for any number of rows (a confirmed batch of event_pump.py)."""
+        self._run.one(_MARK_SENT, {"ids": row_ids, "now": self._clock()})
+
+    def count_unsent(self) -> int:
+        with self._engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
+                ).scalar_one()
+            )

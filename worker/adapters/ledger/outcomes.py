@@ -1,0 +1,139 @@
+"""Outcomes: a request succeeded or failed (with its event in the outbox and its entry), or
+is handed to an operator. Nothing is ever recorded over a finished request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, or_, select, update
+
+from worker.adapters.ledger.audit import audit_entry
+from worker.adapters.ledger.outbox_store import event_params, event_row_id, outbox_entry
+from worker.adapters.ledger.producer_budgets import release
+from worker.adapters.ledger.records import Success
+from worker.adapters.ledger.refund_budgets import give_back_recovery
+from worker.adapters.ledger.statements import Transition, given
+from worker.adapters.ledger.store import Store
+from worker.adapters.ledger.tables import TERMINAL, Status, debit_requests
+from worker.domain.types import OutboxEvent
+
+_c = debit_requests.c
+_request = _c.request_id == given("request_id", _c.request_id)
+_now = given("now", _c.updated_at)
+_OUTCOME_COLUMNS = {
+    Status.SUCCEEDED: ("payment_id", "transfer_id", "balance_transaction"),
+    Status.FAILED: ("failure_code", "failure_message", "stripe_error"),
+}
+# RETURNING only columns the UPDATE leaves alone (what the row held: whether a reservation
+# was made, and of what), then the event's outbox row id.
+_FINISH = {
+    status: Transition(
+        update(debit_requests)
+        .where(_request, and_(*(_c.status != str(s) for s in TERMINAL)))
+        .values(
+            status=str(status),
+            finished_at=_now,
+            updated_at=_now,
+            lease_owner=None,
+            lease_until=None,
+            **{name: given(name, _c[name]) for name in columns},
+        )
+        .returning(_c.idempotency_key, _c.refund, _c.amount),
+        (outbox_entry(), audit_entry(str(status))),
+    )
+    for status, columns in _OUTCOME_COLUMNS.items()
+}
+_ESCALATE = Transition(
+    update(debit_requests)
+    .where(
+        _request,
+        or_(_c.status == str(Status.RECEIVED), _c.status == str(Status.ATTEMPTING)),
+    )
+    .values(
+        status=str(Status.NEEDS_RECONCILIATION),
+        updated_at=_now,
+        lease_owner=None,
+        lease_until=None,
+    )
+    .returning(_c.request_id),
+    (audit_entry(str(Status.NEEDS_RECONCILIATION)),),
+)
+
+
+class Outcomes(Store):
+    def record_succeeded(
+        self, request_id: str, owner: str, success: Success, event: OutboxEvent
+    ) -> int | None:
+        """The outbox row id of the recorded event; None if the request was already finished.
+        A success gives nothing back, so its transition runs alone."""
+        values = {
+            "payment_id": success.payment_id,
+            "transfer_id": success.transfer_id,
+            "balance_transaction": success.balance_transaction,
+        }
+        params = self._outcome(request_id, owner, event, values)
+        moved = self._run.one(_FINISH[Status.SUCCEEDED], params)
+        if moved is None:
+            return None
+        if moved[3] is None:  # the event was already in the outbox: the row holding it
+            with self._single.connect() as conn:
+                return event_row_id(conn, event.event_id)
+        return int(moved[3])
+
+    def record_failed(
+        self,
+        request_id: str,
+        owner: str,
+        *,
+        code: str,
+        message: str,
+        stripe_error: dict[str, Any] | None,
+        event: OutboxEvent,
+    ) -> int | None:
+        """The outbox row id of the recorded event; None if the request was already finished.
+        What the attempt reserved is given back in the same transaction."""
+        values = {"failure_code": code, "failure_message": message, "stripe_error": stripe_error}
+        params = self._outcome(request_id, owner, event, values)
+        now = params["now"]
+        with self._engine.begin() as conn:
+
+            def given_back(row: Row[Any]) -> None:
+                # Reservations exist exactly when begin_attempt set the key; a request
+                # escalated before any attempt has none to give back.
+                if row.idempotency_key is None:
+                    return
+                if row.refund:
+                    give_back_recovery(conn, row.refund, int(row.amount), now)
+                release(conn, request_id, now)  # the producer's daily room
+
+            moved = _FINISH[Status.FAILED].in_transaction(conn, params, given_back)
+            if moved is None:
+                return None
+            return int(moved[3]) if moved[3] is not None else event_row_id(conn, event.event_id)
+
+    def _outcome(
+        self, request_id: str, owner: str, event: OutboxEvent, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "request_id": request_id,
+            "owner": owner,
+            "now": self._clock(),
+            **values,
+            **event_params(event),
+            "detail": {k: v for k, v in values.items() if v is not None},
+        }
+
+    def mark_needs_reconciliation(self, request_id: str, owner: str, why: str) -> bool:
+        """Hand an unfinished request to an operator. A `received` one never reached Stripe
+        (the audit entry says so); an `attempting` one may have moved money."""
+        with self._engine.begin() as conn:
+            before = _status(conn, request_id)
+            detail = {"why": why, "stripe_called": before == Status.ATTEMPTING}
+            params = {"request_id": request_id, "owner": owner, "now": self._clock()}
+            moved = _ESCALATE.in_transaction(conn, {**params, "detail": detail})
+        return moved is not None
+
+
+def _status(conn: Connection, request_id: str) -> str | None:
+    found = conn.execute(select(_c.status).where(_c.request_id == request_id)).scalar_one_or_none()
+    return None if found is None else str(found)

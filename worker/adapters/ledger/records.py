@@ -1,0 +1,96 @@
+"""What the ledger hands back about a debit request: its record, and what a claim found."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from worker.adapters.ledger.tables import Status
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    request_id: str
+    fingerprint: str
+    command: dict[str, Any]
+    status: Status
+    attempts: int
+    idempotency_key: str | None
+    payment_id: str | None
+    failure_code: str | None
+    failure_message: str | None
+    received_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+    first_attempt_at: datetime | None = None
+    producer: str | None = None  # verified when claimed; None: claimed unsigned
+
+
+def record_of(row: Any) -> RequestRecord:
+    """A debit_requests row (a mapping) as a record."""
+    return RequestRecord(
+        request_id=row["request_id"],
+        fingerprint=row["fingerprint"],
+        command=dict(row["command"]),
+        status=Status(row["status"]),
+        attempts=row["attempts"],
+        idempotency_key=row["idempotency_key"],
+        payment_id=row["payment_id"],
+        failure_code=row["failure_code"],
+        failure_message=row["failure_message"],
+        received_at=row["received_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        lease_owner=row["lease_owner"],
+        lease_until=row["lease_until"],
+        first_attempt_at=row["first_attempt_at"],
+        producer=row["producer"],
+    )
+
+
+def fresh_record(row: dict[str, Any]) -> RequestRecord:
+    """The row a first claim wrote, as reading it back would return it (in UTC)."""
+    received_at = row["received_at"].astimezone(UTC)
+    return RequestRecord(
+        request_id=row["request_id"],
+        fingerprint=row["fingerprint"],
+        command=dict(row["command"]),
+        status=Status.RECEIVED,
+        attempts=0,
+        idempotency_key=None,
+        payment_id=None,
+        failure_code=None,
+        failure_message=None,
+        received_at=received_at,
+        updated_at=received_at,
+        finished_at=None,
+        lease_owner=row["lease_owner"],
+        lease_until=row["lease_until"].astimezone(UTC),
+        first_attempt_at=None,
+        producer=row["producer"],
+    )
+
+
+class ClaimKind(StrEnum):
+    NEW = "new"  # first sight: decide the policy
+    RESUMED = "resumed"  # seen before, not finished: carry on from its status
+    FINISHED = "finished"  # already has an outcome: re-emit it
+    CONFLICT = "conflict"  # same request_id, other content
+    BUSY = "busy"  # another worker holds the lease
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    kind: ClaimKind
+    record: RequestRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    payment_id: str
+    transfer_id: str | None
+    balance_transaction: str | None

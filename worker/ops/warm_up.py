@@ -1,0 +1,64 @@
+"""Reads the platform's own Stripe account when a worker process starts.
+
+Every debit's rules need the platform's country. Read lazily, that read stood in front of the
+first debits of every process after a start or a deploy: all its threads waited for it, then
+for their account reads, then for Stripe's answer to the charge (three Stripe round trips in
+a row; issue 7). Read here, in the background as the process starts consuming, it is usually
+done before the first command arrives; a debit that comes sooner waits for this same read
+instead of sending its own (the cache lets one read through at a time).
+
+It also says at once, in the log, whether Stripe accepts the configured key. It never stops
+the worker: when the read fails, the first debit reads the platform again, and fails or
+retries as any debit would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import bootsteps
+
+from worker.bootstrap import runtime_of
+from worker.domain.errors import DebitWorkerError, OperatorActionNeeded
+from worker.domain.ports import StripePort
+
+log = logging.getLogger(__name__)
+
+
+class StripeWarmUp(bootsteps.StartStopStep):
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._app = parent.app
+
+    def start(self, parent: Any) -> None:  # noqa: ARG002 - bootstep signature
+        stripe = runtime_of(self._app).services().stripe
+        threading.Thread(
+            target=read_platform, args=(stripe,), name="stripe-warm-up", daemon=True
+        ).start()
+
+
+def read_platform(stripe: StripePort) -> None:
+    """Read (and so cache) the platform's facts, saying in the log how that went."""
+    try:
+        platform = stripe.platform()
+    except OperatorActionNeeded as refused:
+        _refused(refused)
+    except DebitWorkerError as failed:
+        log.warning(
+            "could not read the platform's Stripe account at start (%s); the first debit "
+            "reads it again",
+            failed,
+        )
+    else:
+        log.info("Stripe platform %s, country %s", platform.account_id, platform.country)
+
+
+def _refused(refused: OperatorActionNeeded) -> None:
+    # An error without a traceback: the cause is the key, not this code.
+    log.error(
+        "Stripe refused the configured API key at start (%s): every debit will be retried "
+        "and then escalated until the key or its permissions are fixed",
+        refused,
+    )
