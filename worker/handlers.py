@@ -36,9 +36,9 @@ from worker.adapters.ledger import (
     ProducerLimitExceeded,
     RecoveryBudgetExceeded,
     Status,
+    Success,
 )
 from worker.adapters.ledger.database import LEDGER_UNAVAILABLE
-from worker.adapters.ledger.requests import Success
 from worker.domain.decision import Refusal, evaluate
 from worker.domain.errors import (
     PermanentFailure,

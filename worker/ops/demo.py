@@ -24,6 +24,7 @@ from celery.contrib.testing.worker import start_worker
 from kombu import Connection, Queue
 
 from schemas.signing import Signer
+from schemas.topology import DEAD_LETTER_QUEUE
 from worker.adapters.ledger import Ledger
 from worker.adapters.ledger.database import make_engine
 from worker.adapters.ledger.migrate import upgrade
@@ -33,7 +34,6 @@ from worker.producer import DebitProducer
 from worker.sandbox.runner import running_sandbox
 from worker.settings import load_settings
 from worker.transport.topology import (
-    DEAD_LETTER_QUEUE,
     EMBEDDED_BROKER_URL,
     dead_letter_queue,
     event_exchange,

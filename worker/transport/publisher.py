@@ -10,12 +10,12 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
+from schemas.topology import COMMAND_ROUTING_KEY
 from worker.domain.ports import EventPublisher, PublishFailed
 from worker.domain.types import OutboxEvent
 from worker.transport.plain_consumer import defused
 from worker.transport.topology import (
     BROKER_ERRORS,
-    COMMAND_ROUTING_KEY,
     PERSISTENT,
     dead_letter_exchange,
     event_exchange,

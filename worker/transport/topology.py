@@ -2,9 +2,9 @@
 its producers rely on, the one shape of an event message, the errors that mean "the broker
 is in trouble", and whether the broker is embedded.
 
-Public names come from schemas.topology (the producers' contract); the worker imports them
-from here. Everything is durable; queues are quorum queues (replicated, with a delivery
-limit so a message that keeps killing workers is dead-lettered instead of looping forever).
+Public names come from schemas.topology (the producers' contract). Everything is durable;
+queues are quorum queues (replicated, with a delivery limit so a message that keeps killing
+workers is dead-lettered instead of looping forever).
 """
 
 from __future__ import annotations
@@ -19,30 +19,14 @@ from schemas.topology import (
     COMMAND_EXCHANGE,
     COMMAND_QUEUE,
     COMMAND_ROUTING_KEY,
-    CONTENT_TYPE,
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
     EVENT_CONTENT_TYPE,
     EVENT_EXCHANGE,
-    FAILED_ROUTING_KEY,
-    SUCCEEDED_ROUTING_KEY,
 )
 
 if TYPE_CHECKING:
     from worker.domain.types import OutboxEvent
-
-__all__ = [
-    "COMMAND_EXCHANGE",
-    "COMMAND_QUEUE",
-    "COMMAND_ROUTING_KEY",
-    "CONTENT_TYPE",
-    "DEAD_LETTER_EXCHANGE",
-    "DEAD_LETTER_QUEUE",
-    "EVENT_CONTENT_TYPE",
-    "EVENT_EXCHANGE",
-    "FAILED_ROUTING_KEY",
-    "SUCCEEDED_ROUTING_KEY",
-]
 
 # What a publish, a connection or a channel raises when the broker is away or refuses.
 BROKER_ERRORS: Final = (KombuError, AMQPError, OSError)

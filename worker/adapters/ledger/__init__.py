@@ -10,16 +10,11 @@ from sqlalchemy import Engine
 
 from worker.adapters.ledger.audit import AuditEntry, read_audit
 from worker.adapters.ledger.consents import ConsentStore
-from worker.adapters.ledger.outbox_store import OutboxStore, PendingEvent
+from worker.adapters.ledger.outbox_store import OutboxStore
 from worker.adapters.ledger.producer_budgets import ProducerLimitExceeded
-from worker.adapters.ledger.requests import (
-    Claim,
-    ClaimKind,
-    RecoveryBudgetExceeded,
-    RequestLedger,
-    RequestRecord,
-    Success,
-)
+from worker.adapters.ledger.records import ClaimKind, Success
+from worker.adapters.ledger.refund_budgets import RecoveryBudgetExceeded
+from worker.adapters.ledger.requests import RequestLedger
 from worker.adapters.ledger.tables import Status
 
 
@@ -49,17 +44,10 @@ class Ledger:
 
 
 __all__ = [
-    "AuditEntry",
-    "Claim",
     "ClaimKind",
-    "ConsentStore",
     "Ledger",
-    "OutboxStore",
-    "PendingEvent",
     "ProducerLimitExceeded",
     "RecoveryBudgetExceeded",
-    "RequestLedger",
-    "RequestRecord",
     "Status",
     "Success",
     "utc_now",

@@ -6,7 +6,6 @@ Stripe does not check consent; the platform must. Every grant and revocation is 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import insert, or_, select, update
 
@@ -16,37 +15,24 @@ from worker.adapters.ledger.store import Store
 from worker.adapters.ledger.tables import consents
 from worker.domain.types import ConsentRecord
 
-
-def _consent(row: Any) -> ConsentRecord:
-    return ConsentRecord(
-        account_id=row["account"],
-        agreement_ref=row["agreement_ref"],
-        granted_at=row["granted_at"],
-        granted_by=row["granted_by"],
-        revoked_at=row["revoked_at"],
-        revoked_by=row["revoked_by"],
-    )
-
-
+_c = consents.c
+_COLUMNS = (
+    _c.account,
+    _c.agreement_ref,
+    _c.granted_at,
+    _c.granted_by,
+    _c.revoked_at,
+    _c.revoked_by,
+)
 # Read for every debit. Its columns in ConsentRecord's order.
 _ACTIVE = (
-    select(
-        consents.c.account,
-        consents.c.agreement_ref,
-        consents.c.granted_at,
-        consents.c.granted_by,
-        consents.c.revoked_at,
-        consents.c.revoked_by,
-    )
+    select(*_COLUMNS)
     .where(
-        consents.c.account == given("account", consents.c.account),
-        consents.c.granted_at <= given("at", consents.c.granted_at),
-        or_(
-            consents.c.revoked_at.is_(None),
-            consents.c.revoked_at > given("at", consents.c.revoked_at),
-        ),
+        _c.account == given("account", _c.account),
+        _c.granted_at <= given("at", _c.granted_at),
+        or_(_c.revoked_at.is_(None), _c.revoked_at > given("at", _c.revoked_at)),
     )
-    .order_by(consents.c.granted_at.desc())
+    .order_by(_c.granted_at.desc())
     .limit(1)
 )
 
@@ -77,7 +63,7 @@ class ConsentStore(Store):
         with self._engine.begin() as conn:
             count = conn.execute(
                 update(consents)
-                .where(consents.c.account == account, consents.c.revoked_at.is_(None))
+                .where(_c.account == account, _c.revoked_at.is_(None))
                 .values(revoked_at=now, revoked_by=actor)
             ).rowcount
             write_audit(
@@ -96,8 +82,8 @@ class ConsentStore(Store):
         return None if found is None else ConsentRecord(*found)
 
     def list(self, account: str | None = None) -> list[ConsentRecord]:
-        query = select(consents).order_by(consents.c.account, consents.c.granted_at)
+        query = select(*_COLUMNS).order_by(_c.account, _c.granted_at)
         if account is not None:
-            query = query.where(consents.c.account == account)
+            query = query.where(_c.account == account)
         with self._engine.connect() as conn:
-            return [_consent(row) for row in conn.execute(query).mappings()]
+            return [ConsentRecord(*row) for row in conn.execute(query)]

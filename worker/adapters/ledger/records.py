@@ -55,23 +55,13 @@ def record_of(row: Any) -> RequestRecord:
 def fresh_record(row: dict[str, Any]) -> RequestRecord:
     """The row a first claim wrote, as reading it back would return it (in UTC)."""
     received_at = row["received_at"].astimezone(UTC)
-    return RequestRecord(
-        request_id=row["request_id"],
-        fingerprint=row["fingerprint"],
-        command=dict(row["command"]),
-        status=Status.RECEIVED,
-        attempts=0,
-        idempotency_key=None,
-        payment_id=None,
-        failure_code=None,
-        failure_message=None,
-        received_at=received_at,
-        updated_at=received_at,
-        finished_at=None,
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"].astimezone(UTC),
-        first_attempt_at=None,
-        producer=row["producer"],
+    lease_until = row["lease_until"].astimezone(UTC)
+    not_yet = ("idempotency_key", "payment_id", "failure_code", "failure_message")
+    return record_of(
+        row
+        | dict.fromkeys((*not_yet, "finished_at", "first_attempt_at"))
+        | {"attempts": 0, "received_at": received_at, "updated_at": received_at}
+        | {"lease_until": lease_until}
     )
 
 

@@ -8,23 +8,31 @@ backwards or record two outcomes; each is one statement on PostgreSQL, or one tr
 
 from __future__ import annotations
 
+from sqlalchemy import func, select
+
 from worker.adapters.ledger.attempts import Attempts
 from worker.adapters.ledger.claims import Claims
 from worker.adapters.ledger.outcomes import Outcomes
-from worker.adapters.ledger.records import Claim, ClaimKind, RequestRecord, Success
-from worker.adapters.ledger.refund_budgets import RecoveryBudgetExceeded, RefundBudgets
-from worker.adapters.ledger.request_reads import RequestReads
+from worker.adapters.ledger.records import RequestRecord, record_of
+from worker.adapters.ledger.refund_budgets import RefundBudgets
+from worker.adapters.ledger.tables import debit_requests
+
+_c = debit_requests.c
 
 
-class RequestLedger(Claims, Attempts, Outcomes, RefundBudgets, RequestReads):
+class RequestLedger(Claims, Attempts, Outcomes, RefundBudgets):
     """Every store of a debit request's life, on one engine."""
 
+    def get(self, request_id: str) -> RequestRecord | None:
+        with self._single.connect() as conn:
+            row = (
+                conn.execute(select(debit_requests).where(_c.request_id == request_id))
+                .mappings()
+                .one_or_none()
+            )
+        return None if row is None else record_of(row)
 
-__all__ = [
-    "Claim",
-    "ClaimKind",
-    "RecoveryBudgetExceeded",
-    "RequestLedger",
-    "RequestRecord",
-    "Success",
-]
+    def count_by_status(self) -> dict[str, int]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(_c.status, func.count()).group_by(_c.status)).all()
+        return {str(status): int(count) for status, count in rows}
