@@ -10,6 +10,8 @@ was asked of them, so tests assert on outcomes instead of on calls to mocks.
   production: it takes each event without raising, and marks its outbox row sent only once
   the broker took it (at once, or when the test confirms).
 - :class:`FakeClock` / :class:`FakeMonotonic` are clocks the test moves by hand.
+- :class:`World` is one handler's world, signatures on as in production: `World.handle` and
+  `World.delivery` sign each command as the producer :data:`PRODUCER` does.
 - :func:`sql_counted` counts the SQL statements and transactions an engine runs.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -29,11 +31,13 @@ from sqlalchemy import Connection, Engine, event
 
 from schemas.codes import FailureCode
 from schemas.events import StripeErrorInfo
+from schemas.signing import Signer
 from worker.adapters.ledger import Ledger
 from worker.adapters.ledger.database import make_engine
 from worker.adapters.ledger.migrate import upgrade
 from worker.domain.errors import DebitWorkerError, PermanentFailure
 from worker.domain.ports import PublishFailed
+from worker.domain.producer_limits import ProducerPolicy
 from worker.domain.rule_tables import RuleTables
 from worker.domain.types import (
     AccountFacts,
@@ -44,12 +48,16 @@ from worker.domain.types import (
     RefundFacts,
     idempotency_key,
 )
-from worker.handlers import HandlerConfig, Services
+from worker.handlers import HandlerConfig, Result, Services, handle_debit_requested
+from worker.transport.attempts import Delivery
+from worker.transport.authentication import RECEIVED_AT_HEADER, Authenticator
 
 START = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 PLATFORM_ID = "acct_1Platform"
 ACCOUNT_ID = "acct_1Debtor"
 REFUND_ID = "re_1Refunded"
+# The producer whose key signs the World's commands.
+PRODUCER = Signer("billing", "k1", "billing-secret")
 
 
 # --- clocks ---------------------------------------------------------------------------------
@@ -394,16 +402,32 @@ def migrated_ledger(tmp_path: Path, clock: Callable[[], datetime], name: str = "
     return Ledger.on(engine, clock)
 
 
+def an_authenticator(policy: ProducerPolicy | None = None) -> Authenticator:
+    """An Authenticator as production builds one: signatures required, :data:`PRODUCER`'s
+    key known, and `policy` (no limits unless given) as its producer's."""
+    return Authenticator(
+        keys={PRODUCER.producer: {PRODUCER.key_id: PRODUCER.secret}},
+        policies={PRODUCER.producer: policy or ProducerPolicy()},
+        require_signatures=True,
+    )
+
+
+def _raw(body: str | bytes) -> bytes:
+    return body.encode("utf-8") if isinstance(body, str) else body
+
+
 @dataclass
 class World:
     """Everything one handler call touches, built from fakes and a real SQLite ledger.
-    Events leave through `outbound` (pump-like) to the broker `publisher`."""
+    Commands are admitted by `auth` with signatures required, as in production; events leave
+    through `outbound` (pump-like) to the broker `publisher`."""
 
     clock: FakeClock
     ledger: Ledger
     stripe: FakeStripe
     publisher: FakePublisher
     config: HandlerConfig = field(default_factory=HandlerConfig)
+    auth: Authenticator = field(default_factory=an_authenticator)
     outbound: FakeOutbound = field(init=False)
 
     def __post_init__(self) -> None:
@@ -417,7 +441,35 @@ class World:
             rules=RuleTables(),
             config=self.config,
             clock=self.clock,
+            auth=self.auth,
         )
+
+    def signed(self, body: str | bytes, signer: Signer = PRODUCER) -> dict[str, str]:
+        """The headers `signer` publishes `body` with, timestamped by the World's clock."""
+        return signer.headers_for(_raw(body), int(self.clock().timestamp()))
+
+    def handle(
+        self,
+        body: str | bytes,
+        owner: str = "worker-1",
+        headers: Mapping[str, str] | None = None,
+        services: Services | None = None,
+    ) -> Result:
+        """A command's first attempt, admitted as production admits it: with the headers
+        given, else signed now by :data:`PRODUCER`."""
+        return handle_debit_requested(
+            body,
+            services or self.services(),
+            owner,
+            self.signed(body) if headers is None else headers,
+        )
+
+    def delivery(self, body: str | bytes, headers: Mapping[str, str] | None = None) -> Delivery:
+        """The command as the intake hands it to its first attempt: with the headers given
+        (else signed by :data:`PRODUCER`), stamped with its receipt by the World's clock."""
+        carried = dict(self.signed(body) if headers is None else headers)
+        carried[RECEIVED_AT_HEADER] = f"{self.clock().timestamp():.3f}"
+        return Delivery(_raw(body), carried, dict(carried), "application/json")
 
 
 def a_world(tmp_path: Path) -> World:

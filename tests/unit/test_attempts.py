@@ -23,7 +23,6 @@ from worker.handlers import resume
 from worker.settings import Settings, load_settings
 from worker.transport.attempts import (
     PROCESS_TASK,
-    Delivery,
     NextStep,
     Settle,
     next_step,
@@ -32,12 +31,6 @@ from worker.transport.attempts import (
 )
 
 from .fakes import World, a_body, a_world
-
-HEADERS = {"x-debit-received-at": "1700000000.000"}
-
-
-def delivery(body: str | None = None) -> Delivery:
-    return Delivery((body or a_body()).encode(), HEADERS, {}, "application/json")
 
 
 class RecordingCelery(Celery):
@@ -72,7 +65,7 @@ def test_a_command_that_ends_in_its_first_attempt_is_acked_and_never_becomes_a_t
     # Given a command Stripe accepts
     app = RecordingCelery()
     # When its first attempt runs
-    settle = run_first_attempt(app, a_runtime(world, app), delivery())
+    settle = run_first_attempt(app, a_runtime(world, app), world.delivery(a_body()))
     # Then the debit is recorded, its event published, the command acked, and no task sent
     assert settle is Settle.ACK
     record = world.ledger.requests.get("req-1")
@@ -89,7 +82,7 @@ def test_a_transient_failure_schedules_attempt_two_as_a_task_with_the_same_id_th
     world.stripe.fail_next(TransientFailure("Stripe rate limit", retry_after=7))
     app = RecordingCelery()
     # When the first attempt runs
-    settle = run_first_attempt(app, a_runtime(world, app), delivery())
+    settle = run_first_attempt(app, a_runtime(world, app), world.delivery(a_body()))
     # Then attempt 2 is a process_debit task naming the request only, with the lease owner's
     # task id, delayed at least as long as Stripe asked
     assert settle is Settle.ACK
@@ -115,7 +108,7 @@ def test_a_command_whose_next_attempt_cannot_be_scheduled_goes_back_to_its_queue
     app = RecordingCelery()
     app.refuse = OperationalError("connection reset")
     # When the first attempt runs
-    settle = run_first_attempt(app, a_runtime(world, app), delivery())
+    settle = run_first_attempt(app, a_runtime(world, app), world.delivery(a_body()))
     # Then the command is requeued rather than acked and forgotten
     assert settle is Settle.REQUEUE
     assert app.sent == []
@@ -129,7 +122,7 @@ def test_a_first_attempt_out_of_attempts_escalates_and_acks_without_another_task
     app = RecordingCelery()
     runtime = a_runtime(world, app, max_attempts=1)
     # When the first attempt runs (its dead-letter copy has nowhere to go: memory broker)
-    settle = run_first_attempt(app, runtime, delivery())
+    settle = run_first_attempt(app, runtime, world.delivery(a_body()))
     # Then the request needs reconciliation and no further attempt is scheduled
     record = world.ledger.requests.get("req-1")
     assert record is not None
@@ -196,7 +189,7 @@ def test_a_later_attempt_resumes_the_request_from_the_ledger_by_its_id(world: Wo
     world.stripe.fail_next(TransientFailure("timeout"))
     app = RecordingCelery()
     runtime = a_runtime(world, app)
-    assert run_first_attempt(app, runtime, delivery()) is Settle.ACK
+    assert run_first_attempt(app, runtime, world.delivery(a_body())) is Settle.ACK
     [task] = app.sent
     # When attempt 2 runs with nothing but the request id
     outcome = run_attempt(
@@ -235,7 +228,7 @@ def test_a_command_that_could_not_be_claimed_goes_back_to_its_queue_not_to_a_tas
     )
     # When its first attempt runs / Then the command is given back: a later attempt could
     # not read it from the ledger, so none is scheduled
-    assert run_first_attempt(app, runtime, delivery()) is Settle.REQUEUE
+    assert run_first_attempt(app, runtime, world.delivery(a_body())) is Settle.REQUEUE
     assert app.sent == []
     assert world.stripe.debit_calls == []
 
@@ -244,7 +237,7 @@ def test_a_body_naming_no_request_is_dead_lettered_by_the_first_attempt(world: W
     # Given a message that is not JSON, whose dead letter the (memory) broker takes
     app = RecordingCelery()
     # When its first attempt runs / Then it is settled without any attempt at a debit
-    settle = run_first_attempt(app, a_runtime(world, app), delivery("not json"))
+    settle = run_first_attempt(app, a_runtime(world, app), world.delivery("not json"))
     assert settle is Settle.ACK
     assert world.stripe.debit_calls == []
     assert app.sent == []

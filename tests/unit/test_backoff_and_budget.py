@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.adapters.rate_budget import LocalTokenBucket, Unlimited
+from worker.adapters.rate_budget import LocalTokenBucket, RateBudget, Unlimited
 from worker.backoff import retry_delay
 
 from .fakes import FakeMonotonic
@@ -165,5 +166,20 @@ def test_the_default_burst_is_a_tenth_of_the_rate_but_at_least_one() -> None:
         assert [wait for wait in clock.slept if wait > 1e-9] == [pytest.approx(1 / rate)]
 
 
-def test_unlimited_never_waits() -> None:
-    Unlimited().acquire()
+def test_without_a_budget_every_call_is_let_through_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given no request budget, in a process where any sleep is recorded instead of waited
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    budget: RateBudget = Unlimited()
+
+    # When far more calls ask for a token than any bucket would let through at once
+    granted = 0
+    for _ in range(10_000):
+        budget.acquire()
+        granted += 1
+
+    # Then every one of them was let through, and none waited
+    assert granted == 10_000
+    assert slept == []

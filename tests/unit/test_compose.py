@@ -24,11 +24,13 @@ from urllib.parse import urlsplit
 import click
 import pytest
 import yaml
+from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 
+from schemas.topology import COMMAND_EXCHANGE, COMMAND_QUEUE, EVENT_EXCHANGE
 from worker.sandbox.core import DEFAULT_API_KEY
 from worker.settings import Settings, load_settings
 from worker.transport.parsing import MAX_BODY_BYTES
-from worker.transport.topology import event_exchange, unrouted_events_exchange
+from worker.transport.topology import declare_all, event_exchange, unrouted_events_exchange
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 COMPOSE_FILE: Final = ROOT / "docker-compose.yml"
@@ -378,17 +380,43 @@ def test_the_image_runs_the_debit_worker_cli_and_ships_what_the_build_needs() ->
 # --- broker users and permissions (rabbitmq/definitions.json) --------------------------------
 
 DEFINITIONS: Final = ROOT / "rabbitmq" / "definitions.json"
+
+
+class DeclarationRecorder:
+    """A channel that only remembers the names declared on it (kombu calls these)."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def exchange_declare(self, exchange: str, **_: Any) -> None:
+        self.names.add(exchange)
+
+    def prepare_queue_arguments(self, arguments: Any, **_: Any) -> Any:
+        return arguments
+
+    def queue_declare(self, queue: str, **_: Any) -> tuple[str, int, int]:
+        self.names.add(queue)
+        return queue, 0, 0
+
+    def queue_bind(self, **_: Any) -> None:
+        pass
+
+
+def declared_by_the_worker() -> set[str]:
+    """Every exchange and queue the worker declares at start (topology.declare_all)."""
+    channel = DeclarationRecorder()
+    declare_all(channel)
+    assert {COMMAND_EXCHANGE, COMMAND_QUEUE} <= channel.names, channel.names
+    return channel.names
+
+
 # Names no producer or consumer may touch beyond its own: every exchange and queue the worker
-# declares, and Celery's.
+# declares but the command exchange (producers write to it), Celery's default queue, and the
+# default exchange "" as RabbitMQ names it in permission checks.
 OTHER_NAMES: Final = (
-    "debits.events",
-    "debits.tasks",
-    "debits.dlx",
-    "debits.dead-letter",
-    "debits.commands.worker",
-    "debits.events.unrouted",
-    "celery",
-    "amq.default",  # how RabbitMQ names the default exchange ("") in permission checks
+    *sorted(declared_by_the_worker() - {COMMAND_EXCHANGE}),
+    str(CELERY_DEFAULTS["task_default_queue"]),
+    "amq.default",
 )
 
 
@@ -446,11 +474,11 @@ def test_there_is_no_guest_user() -> None:
 def test_each_producer_may_only_publish_to_the_command_exchange(user: str) -> None:
     # Given a producer's permissions
     perms = permissions_of(user)
-    # Then it may write debits.commands and nothing else, and configure and read nothing
-    assert allows(perms["write"], "debits.commands")
+    # Then it may write the command exchange and nothing else, and configure and read nothing
+    assert allows(perms["write"], COMMAND_EXCHANGE)
     for name in OTHER_NAMES:
         assert not allows(perms["write"], name), f"{user} may write {name!r}"
-    for name in ("debits.commands", *OTHER_NAMES):
+    for name in (COMMAND_EXCHANGE, *OTHER_NAMES):
         assert not allows(perms["configure"], name), f"{user} may configure {name!r}"
         assert not allows(perms["read"], name), f"{user} may read {name!r}"
 
@@ -461,14 +489,14 @@ def test_each_consumer_may_only_read_its_own_bound_queue() -> None:
     queue = "events.ledger-sync"
     # Then it reads that queue only, and configures and writes nothing
     assert allows(perms["read"], queue)
-    for name in ("debits.commands", *OTHER_NAMES):
+    for name in (COMMAND_EXCHANGE, *OTHER_NAMES):
         assert not allows(perms["read"], name)
         assert not allows(perms["configure"], name)
         assert not allows(perms["write"], name)
     # And the queue exists, bound to the events, so the consumer need not declare anything
     assert queue in {q["name"] for q in definitions()["queues"]}
     assert {(b["source"], b["destination"]) for b in definitions()["bindings"]} >= {
-        ("debits.events", queue)
+        (EVENT_EXCHANGE, queue)
     }
 
 

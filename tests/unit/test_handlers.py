@@ -1,4 +1,5 @@
-"""handle_debit_requested end to end, with a fake Stripe and publisher and a real SQLite ledger.
+"""handle_debit_requested end to end, signed as production requires, with a fake Stripe and
+publisher and a real SQLite ledger.
 
 Each test tells one story of a DebitRequested: what the producer hears (the published
 events), what Stripe was asked (the fake's records), and what the ledger remembers.
@@ -19,7 +20,7 @@ from schemas.topology import SUCCEEDED_ROUTING_KEY
 from worker.adapters.ledger import Status, Success
 from worker.domain.errors import OutcomeUnknown, RequestBusy, TransientFailure
 from worker.domain.types import DebitCharge, OutboxEvent, Payment, idempotency_key
-from worker.handlers import HandlerConfig, Result, handle_debit_requested
+from worker.handlers import HandlerConfig, Result
 from worker.transport.parsing import Undeliverable
 from worker.transport.relay import GRACE_SECONDS, relay_once
 
@@ -42,7 +43,7 @@ def world(tmp_path: Path) -> World:
 
 
 def handle(world: World, body: str | bytes, owner: str = "worker-1") -> Result:
-    return handle_debit_requested(body, world.services(), owner)
+    return world.handle(body, owner)
 
 
 def status_of(world: World, request_id: str = "req-1") -> Status:
@@ -409,12 +410,9 @@ def test_a_recovery_that_races_past_the_policy_is_stopped_by_the_budget_reservat
     # Given rec-2's policy has read the budget (nothing reserved yet), and rec-1 slips in
     # and recovers 30.00 of the 50.00 before rec-2 reserves its own 30.00
     world.config = HandlerConfig(balance_precheck=True)  # the balance is read last
-    services = world.services()
     first: list[Result] = []
     world.stripe.on_balance_read = lambda: first.append(
-        handle_debit_requested(
-            a_recovery_body(request_id="rec-1", amount=3000), services, "worker-1"
-        )
+        handle(world, a_recovery_body(request_id="rec-1", amount=3000), "worker-1")
     )
 
     # When rec-2 goes on to begin its attempt

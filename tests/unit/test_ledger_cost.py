@@ -4,19 +4,16 @@ guarded transaction, but nothing is read back that the transaction already knows
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from schemas.events import SUCCEEDED_TYPE
-from schemas.signing import Signer
 from worker.adapters.ledger import Status
 from worker.domain.producer_limits import ProducerPolicy
-from worker.handlers import Result, Services, handle_debit_requested
-from worker.transport.authentication import Authenticator
+from worker.handlers import Result
 
-from .fakes import SqlLog, World, a_body, a_world, sql_counted
+from .fakes import SqlLog, World, a_body, a_world, an_authenticator, sql_counted
 
 # claim: INSERT request + audit; consent read; begin attempt (counts attempt 1): UPDATE …
 # RETURNING + audit; outcome: UPDATE … RETURNING + outbox INSERT … RETURNING + audit;
@@ -30,8 +27,6 @@ SINGLE_STATEMENTS = 2
 # A signed command also reserves the producer's daily room while the attempt begins: lock
 # upsert, one read of what is already reserved, the reservation. (Before: 20 statements.)
 SIGNED_STATEMENTS = STATEMENTS + 3
-
-BILLING = Signer("billing", "k1", "billing-secret")
 
 
 @pytest.fixture
@@ -61,7 +56,7 @@ def assert_fully_recorded(world: World) -> None:
 def one_counted_debit(world: World) -> tuple[Result, SqlLog]:
     """Handle one permitted debit, counting the SQL its ledger is asked."""
     with sql_counted(world.ledger.engine) as sql:
-        result = handle_debit_requested(a_body(), world.services(), "worker-1")
+        result = world.handle(a_body())
     return result, sql
 
 
@@ -86,17 +81,10 @@ def test_one_permitted_debit_costs_at_most_nine_statements_in_three_write_transa
 
 def test_a_signed_debit_adds_only_its_daily_reservation_to_the_cost(world: World) -> None:
     # Given a producer with a daily maximum, whose signed command is being counted
-    policy = ProducerPolicy(max_per_day={"usd": 10_000})
-    auth = Authenticator(
-        keys={BILLING.producer: {BILLING.key_id: BILLING.secret}},
-        policies={BILLING.producer: policy},
-    )
-    services: Services = dataclasses.replace(world.services(), auth=auth)
-    body = a_body()
-    headers = BILLING.headers_for(body.encode(), int(world.clock().timestamp()))
+    world.auth = an_authenticator(ProducerPolicy(max_per_day={"usd": 10_000}))
     with sql_counted(world.ledger.engine) as sql:
         # When it is handled and succeeds
-        result = handle_debit_requested(body, services, "worker-1", headers)
+        result = world.handle(a_body())
 
     # Then the reservation costs three statements inside the attempt's own transaction
     assert result is Result.SUCCEEDED

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -15,6 +17,7 @@ from worker.domain.money import (
     minor_unit_exponent,
 )
 
+RULES_DOC = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
 ZERO_DECIMAL = sorted(ZERO_DECIMAL_CURRENCIES)
 THREE_DECIMAL = sorted(THREE_DECIMAL_CURRENCIES)
 TWO_DECIMAL_SAMPLE = ["usd", "eur", "gbp", "cad", "aud", "chf", "nok", "huf", "pln", "sek"]
@@ -49,14 +52,26 @@ def test_other_currencies_have_two_decimals(currency: str) -> None:
     assert minor_unit_exponent(currency) == 2
 
 
-def test_the_sixteen_zero_and_five_three_decimal_currencies_are_listed() -> None:
-    # Given Stripe's published lists, Then ours hold exactly those codes
-    stripe_zero_decimal = {
-        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
-        "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
-    }  # fmt: skip
-    assert stripe_zero_decimal == ZERO_DECIMAL_CURRENCIES
-    assert {"bhd", "jod", "kwd", "omr", "tnd"} == THREE_DECIMAL_CURRENCIES
+def documented_exponents() -> dict[str, int]:
+    """Currency → exponent, as docs/rules.md tells operators: "the worker treats BIF CLP …
+    as zero-decimal, BHD JOD … as three-decimal"."""
+    text = " ".join(RULES_DOC.read_text(encoding="utf-8").split())
+    found = re.search(r"treats ([A-Z ]+) as zero-decimal, ([A-Z ]+) as three-decimal", text)
+    assert found, "docs/rules.md no longer says which currencies are zero- or three-decimal"
+    zero, three = (group.split() for group in found.groups())
+    return {code.lower(): 0 for code in zero} | {code.lower(): 3 for code in three}
+
+
+def test_the_currencies_the_rules_doc_names_are_exactly_those_with_other_exponents() -> None:
+    # Given the zero- and three-decimal currencies docs/rules.md lists (Stripe's lists:
+    # sixteen and five)
+    documented = documented_exponents()
+    assert Counter(documented.values()) == {0: 16, 3: 5}
+    # When the worker is asked the exponent of those and of every currency it treats apart
+    asked = set(documented) | ZERO_DECIMAL_CURRENCIES | THREE_DECIMAL_CURRENCIES
+    exponents = {code: minor_unit_exponent(code) for code in asked}
+    # Then it answers what the doc says, and treats no other currency apart from two decimals
+    assert exponents == documented
 
 
 @pytest.mark.parametrize("currency", ["JPY", "Usd", "KWD"], ids=["JPY", "Usd", "KWD"])

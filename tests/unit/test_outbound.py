@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from worker.adapters.ledger import Ledger
 from worker.bootstrap import outbound
 from worker.domain.types import OutboxEvent
-from worker.handlers import Result, handle_debit_requested
+from worker.handlers import Result
 from worker.settings import load_settings
 from worker.transport.event_pump import EventPump
 from worker.transport.publisher import PublishingOutbound
@@ -60,7 +60,7 @@ def test_the_handler_hands_its_outcome_over_and_the_row_stays_unsent_until_confi
     world.outbound.confirm_at_once = False
 
     # When a debit succeeds
-    assert handle_debit_requested(a_body(), world.services(), "worker-1") is Result.SUCCEEDED
+    assert world.handle(a_body()) is Result.SUCCEEDED
 
     # Then its event was handed over with its own outbox row, which the handler did not
     # mark sent itself
@@ -75,7 +75,7 @@ def test_the_handler_hands_its_outcome_over_and_the_row_stays_unsent_until_confi
 def test_an_event_never_confirmed_is_published_by_the_relay(world: World) -> None:
     # Given an outcome whose event the broker took but never confirmed (a lost channel)
     world.outbound.confirm_at_once = False
-    handle_debit_requested(a_body(), world.services(), "worker-1")
+    world.handle(a_body())
     world.outbound.unconfirmed.clear()
 
     # When the relay runs after its grace period

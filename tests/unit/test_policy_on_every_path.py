@@ -13,20 +13,17 @@ from celery import Celery
 
 from schemas.codes import FailureCode
 from schemas.commands import DebitRequested
-from schemas.signing import Signer
 from worker.adapters.ledger import Ledger, Status
 from worker.adapters.ledger.database import make_engine
 from worker.bootstrap import Runtime
 from worker.domain.errors import RefusalNotRecorded, TransientFailure
 from worker.domain.producer_limits import ProducerPolicy
-from worker.handlers import Result, Services, handle_debit_requested, resume
+from worker.handlers import Result, Services, resume
 from worker.settings import load_settings
-from worker.transport.attempts import Delivery, Settle, run_attempt, run_first_attempt
-from worker.transport.authentication import Authenticator
+from worker.transport.attempts import Settle, run_attempt, run_first_attempt
 
-from .fakes import World, a_body, a_world
+from .fakes import PRODUCER, World, a_body, a_world, an_authenticator
 
-BILLING = Signer("billing", "k1", "billing-secret")
 DAILY_100_USD = ProducerPolicy(max_per_day={"usd": 10_000})
 
 
@@ -36,17 +33,14 @@ def world(tmp_path: Path) -> World:
 
 
 def signed_services(world: World, ledger: Ledger | None = None) -> Services:
-    auth = Authenticator(
-        keys={BILLING.producer: {BILLING.key_id: BILLING.secret}},
-        policies={BILLING.producer: DAILY_100_USD},
-    )
-    services = dataclasses.replace(world.services(), auth=auth)
+    world.auth = an_authenticator(DAILY_100_USD)
+    services = world.services()
     return dataclasses.replace(services, ledger=ledger) if ledger else services
 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"x-debit-producer": "billing", "x-debit-signature": "v1=forged"}],
+    [{}, {"x-debit-producer": PRODUCER.producer, "x-debit-signature": "v1=forged"}],
     ids=["janitor-re-enqueue-without-headers", "copy-with-a-bad-signature"],
 )
 def test_a_request_resumed_without_its_signature_is_decided_under_its_producers_limit(
@@ -56,11 +50,11 @@ def test_a_request_resumed_without_its_signature_is_decided_under_its_producers_
     # before the rules were asked
     body = a_body(request_id="big-1", amount=20_000)
     world.ledger.requests.claim(
-        DebitRequested.model_validate_json(body), "dead-worker", 0.0, producer="billing"
+        DebitRequested.model_validate_json(body), "dead-worker", 0.0, producer=PRODUCER.producer
     )
     world.clock.advance(1)  # its lease has run out
     # When it comes back without billing's valid signature
-    result = handle_debit_requested(body, signed_services(world), "worker-2", headers)
+    result = world.handle(body, "worker-2", headers, signed_services(world))
     # Then billing's daily maximum still decides it: refused, and Stripe never charged
     assert result is Result.FAILED
     assert world.publisher.data()["code"] == FailureCode.PRODUCER_LIMIT_EXCEEDED
@@ -70,12 +64,11 @@ def test_a_request_resumed_without_its_signature_is_decided_under_its_producers_
 def test_the_verified_producer_is_stored_with_the_claim(world: World) -> None:
     # Given / When billing's signed debit is handled
     body = a_body(request_id="who-1")
-    headers = BILLING.headers_for(body.encode(), int(world.clock().timestamp()))
-    assert handle_debit_requested(body, signed_services(world), "w", headers) is Result.SUCCEEDED
+    assert world.handle(body, "w", services=signed_services(world)) is Result.SUCCEEDED
     # Then the ledger says who asked
     record = world.ledger.requests.get("who-1")
     assert record is not None
-    assert record.producer == "billing"
+    assert record.producer == PRODUCER.producer
 
 
 def an_unreachable_ledger(tmp_path: Path) -> Ledger:
@@ -87,7 +80,7 @@ def test_a_refusal_that_cannot_be_recorded_is_retried_as_such(world: World, tmp_
     services = signed_services(world, an_unreachable_ledger(tmp_path))
     # Then the refusal is to be retried (nothing recorded), and Stripe was never asked
     with pytest.raises(RefusalNotRecorded, match="unauthorized"):
-        handle_debit_requested(a_body(), services, "worker-1", {})
+        world.handle(a_body(), headers={}, services=services)
     assert world.stripe.debit_calls == []
     assert world.stripe.reads == []
 
@@ -145,7 +138,7 @@ def test_a_refusal_that_cannot_be_recorded_goes_back_to_its_queue_never_to_a_dea
 ) -> None:
     # Given the ledger is away when an unsigned command arrives
     runtime = a_runtime(signed_services(world, an_unreachable_ledger(tmp_path)))
-    delivery = Delivery(a_body().encode(), {"x-debit-worker-received-at": "1.0"}, {}, None)
+    delivery = world.delivery(a_body(), headers={})
     # When its first attempt runs
     settle = run_first_attempt(runtime.app, runtime, delivery)
     # Then the command is given back to its queue, as it came: no task, no dead letter
@@ -160,11 +153,10 @@ def test_a_request_out_of_attempts_is_dead_lettered_as_the_ledger_holds_it(
 ) -> None:
     # Given billing's signed debit, claimed, that Stripe answers with a timeout
     body = a_body()
-    headers = BILLING.headers_for(body.encode(), int(world.clock().timestamp()))
     services = signed_services(world)
     world.stripe.fail_next(TransientFailure("timeout"), times=2)
     with pytest.raises(TransientFailure):
-        handle_debit_requested(body, services, "first", headers)
+        world.handle(body, "first", services=services)
     world.clock.advance(200)  # the lease ran out
     runtime = a_runtime(services)
     # When its last attempt fails too
@@ -184,4 +176,4 @@ def test_a_request_out_of_attempts_is_dead_lettered_as_the_ledger_holds_it(
     record = world.ledger.requests.get("req-1")
     assert record is not None
     assert record.status is Status.NEEDS_RECONCILIATION
-    assert record.producer == "billing"
+    assert record.producer == PRODUCER.producer

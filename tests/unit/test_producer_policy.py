@@ -13,12 +13,10 @@ from schemas.signing import Signer
 from worker.adapters.ledger import Status
 from worker.domain.errors import OutcomeUnknown
 from worker.domain.producer_limits import ProducerPolicy
-from worker.handlers import Result, handle_debit_requested
-from worker.transport.authentication import Authenticator
+from worker.handlers import Result
 
-from .fakes import World, a_body, a_world, stripe_refusal
+from .fakes import PRODUCER, World, a_body, a_world, an_authenticator, stripe_refusal
 
-BILLING = Signer("billing", "k1", "billing-secret")
 POLICY = ProducerPolicy(
     allowed_reasons=frozenset({"platform_charge"}),  # type: ignore[arg-type]
     max_per_debit={"usd": 5000},
@@ -32,16 +30,12 @@ def world(tmp_path: Path) -> World:
 
 
 def handle(
-    world: World, body: str, signer: Signer | None = BILLING, *, key_known: bool = True
+    world: World, body: str, signer: Signer | None = PRODUCER, *, key_known: bool = True
 ) -> Result:
-    auth = Authenticator(
-        keys={BILLING.producer: {BILLING.key_id: BILLING.secret}} if key_known else {},
-        policies={BILLING.producer: POLICY},
-    )
-    services = dataclasses.replace(world.services(), auth=auth)
-    raw = body.encode()
-    headers = signer.headers_for(raw, int(world.clock().timestamp())) if signer else {}
-    return handle_debit_requested(body, services, "worker-1", headers)
+    world.auth = an_authenticator(POLICY)
+    if not key_known:  # the producer's key removed from DEBIT_WORKER_PRODUCER_KEYS
+        world.auth = dataclasses.replace(world.auth, keys={})
+    return world.handle(body, headers=world.signed(body, signer) if signer else {})
 
 
 def code(world: World) -> str:

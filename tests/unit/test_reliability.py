@@ -21,7 +21,7 @@ from worker.adapters.stripe_gateway import StripeGateway
 from worker.bootstrap import stripe_client
 from worker.domain.errors import OutcomeUnknown, Unresolvable
 from worker.domain.types import DebitCharge, idempotency_key
-from worker.handlers import HandlerConfig, Result, handle_debit_requested, resume
+from worker.handlers import HandlerConfig, Result, resume
 from worker.ops.crashpoints import EXIT_CODES
 from worker.ops.janitor import janitor_once
 from worker.sandbox import Faults, RunningSandbox, running_sandbox
@@ -38,7 +38,7 @@ def world(tmp_path: Path) -> World:
 
 
 def handle(world: World, owner: str, **changes: object) -> Result:
-    return handle_debit_requested(a_body(**changes), world.services(), owner)
+    return world.handle(a_body(**changes), owner)
 
 
 def settings(**overrides: object) -> Settings:
