@@ -31,10 +31,6 @@ class FailureCode(StrEnum):
     PRODUCER_LIMIT_EXCEEDED = "producer_limit_exceeded"
 
     @property
-    def info(self) -> CodeInfo:
-        return CATALOGUE[self]
-
-    @property
     def retry_may_succeed(self) -> bool:
         """Whether a *new* request (new request_id) for the same debit could succeed later."""
         return CATALOGUE[self].retry_may_succeed

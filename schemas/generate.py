@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel
 
@@ -53,25 +53,19 @@ SCHEMA_FILES: Final = (
 )
 
 
-def build_schema(spec: SchemaFile) -> dict[str, Any]:
-    """The JSON Schema of one model, with its dialect and stable $id."""
-    schema = spec.model.model_json_schema(mode=spec.mode)
-    return {"$schema": DIALECT, "$id": spec.schema_id, **schema}
-
-
 def render(spec: SchemaFile) -> str:
-    """The exact bytes committed for one model: sorted keys, two-space indent, final newline."""
-    return json.dumps(build_schema(spec), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """The exact bytes committed for one model, with its dialect and stable $id: sorted keys,
+    two-space indent, final newline."""
+    schema = spec.model.model_json_schema(mode=spec.mode)
+    document = {"$schema": DIALECT, "$id": spec.schema_id, **schema}
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def write(directory: Path = JSON_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
     for spec in SCHEMA_FILES:
-        path = directory / spec.filename
-        path.write_text(render(spec), encoding="utf-8")
-        written.append(path)
-    return written
+        (directory / spec.filename).write_text(render(spec), encoding="utf-8")
+    return [directory / spec.filename for spec in SCHEMA_FILES]
 
 
 def check(directory: Path = JSON_DIR) -> list[str]:

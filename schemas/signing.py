@@ -89,22 +89,7 @@ def canonical_form(producer: str, key_id: str, timestamp: int, body: bytes) -> b
 
 def signature(secret: str, producer: str, key_id: str, timestamp: int, body: bytes) -> str:
     """The value of the x-debit-signature header: ``v1=`` and the HMAC in lower-case hex."""
-    mac = hmac.new(
-        secret.encode("utf-8"), canonical_form(producer, key_id, timestamp, body), hashlib.sha256
-    )
-    return f"{SIGNATURE_VERSION}={mac.hexdigest()}"
-
-
-def signed_headers(
-    body: bytes, *, producer: str, key_id: str, secret: str, timestamp: int
-) -> dict[str, str]:
-    """The four headers to publish `body` with. Every value is an AMQP long string."""
-    return {
-        PRODUCER_HEADER: producer,
-        KEY_ID_HEADER: key_id,
-        TIMESTAMP_HEADER: str(int(timestamp)),
-        SIGNATURE_HEADER: signature(secret, producer, key_id, timestamp, body),
-    }
+    return replay_signature(secret, canonical_form(producer, key_id, timestamp, body))
 
 
 def replay_form(
@@ -131,6 +116,7 @@ def replay_form(
 
 
 def replay_signature(secret: str, form: bytes) -> str:
+    """``v1=`` and the HMAC of a signed text (either form) under `secret`, in lower-case hex."""
     mac = hmac.new(secret.encode("utf-8"), form, hashlib.sha256)
     return f"{SIGNATURE_VERSION}={mac.hexdigest()}"
 
@@ -144,10 +130,14 @@ class Signer:
     secret: str = field(repr=False)
 
     def headers_for(self, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-        when = int(time.time()) if timestamp is None else timestamp
-        return signed_headers(
-            body, producer=self.producer, key_id=self.key_id, secret=self.secret, timestamp=when
-        )
+        """The four headers to publish `body` with. Every value is an AMQP long string."""
+        when = int(time.time()) if timestamp is None else int(timestamp)
+        return {
+            PRODUCER_HEADER: self.producer,
+            KEY_ID_HEADER: self.key_id,
+            TIMESTAMP_HEADER: str(when),
+            SIGNATURE_HEADER: signature(self.secret, self.producer, self.key_id, when, body),
+        }
 
     def replay_headers_for(
         self,

@@ -60,25 +60,6 @@ def rate_budget(settings: Settings) -> RateBudget:
     )
 
 
-def real_stripe(settings: Settings, budget: RateBudget | None = None) -> StripePort:
-    gateway = StripeGateway(stripe_client(settings), budget or rate_budget(settings))
-    return CachedStripe(
-        gateway,
-        ttl_seconds=settings.account_cache_ttl_seconds,
-        platform_country=settings.platform_country,
-    )
-
-
-def handler_config(settings: Settings) -> HandlerConfig:
-    return HandlerConfig(
-        consent_required=settings.consent_required,
-        balance_precheck=settings.balance_precheck,
-        lease_seconds=settings.claim_lease_seconds,
-        key_escalation_after_seconds=settings.key_escalation_after_seconds,
-        event_source=settings.event_source,
-    )
-
-
 def authenticator(settings: Settings) -> Authenticator:
     return Authenticator(
         keys={
@@ -91,20 +72,10 @@ def authenticator(settings: Settings) -> Authenticator:
     )
 
 
-def rule_tables(settings: Settings) -> RuleTables:
-    return RuleTables.from_file(settings.rules_file) if settings.rules_file else RuleTables()
-
-
 # A worker process's threads besides its `concurrency` worker threads: the outbox relay,
-# the janitor and the event pump use the ledger; the Stripe warm-up reads Stripe only today,
-# and is counted anyway so that giving it a ledger read could not starve a worker thread.
+# the janitor and the event pump use the ledger; the Stripe warm-up reads Stripe only, and is
+# counted anyway so that giving it a ledger read could not starve a worker thread.
 BACKGROUND_THREADS = 4
-
-
-def ledger_connections(settings: Settings) -> int:
-    """Connections a worker process may open: one for every thread that may use the ledger
-    (each holds at most one at a time), so none waits for a free one."""
-    return settings.concurrency + BACKGROUND_THREADS
 
 
 def build_services(
@@ -115,12 +86,11 @@ def build_services(
     publisher: EventPublisher | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Services:
-    # No pre-ping: it cost a round trip on every checkout, several per debit. A connection
-    # that died with its server fails its first statement instead; SQLAlchemy then discards
-    # every pooled connection made before it, and the task retries like any ledger outage.
-    # All of them stay open: a connection closed on return and opened again later costs
-    # PostgreSQL a new backend each time, which under load was measurable churn.
-    connections = ledger_connections(settings)
+    # One connection for every thread that may use the ledger (each holds at most one), all
+    # kept open: one closed on return and opened again costs PostgreSQL a new backend. No
+    # pre-ping (a round trip per checkout): a connection that died with its server fails its
+    # first statement, SQLAlchemy discards the pool, and the task retries as on any outage.
+    connections = settings.concurrency + BACKGROUND_THREADS
     engine = make_engine(
         settings.database_url,
         pool_size=connections,
@@ -132,10 +102,21 @@ def build_services(
     ledger = Ledger.on(engine, clock)
     return Services(
         ledger=ledger,
-        stripe=stripe_port or real_stripe(settings),
+        stripe=stripe_port
+        or CachedStripe(
+            StripeGateway(stripe_client(settings), rate_budget(settings)),
+            ttl_seconds=settings.account_cache_ttl_seconds,
+            platform_country=settings.platform_country,
+        ),
         outbound=outbound(settings, app, ledger, publisher),
-        rules=rule_tables(settings),
-        config=handler_config(settings),
+        rules=RuleTables.from_file(settings.rules_file) if settings.rules_file else RuleTables(),
+        config=HandlerConfig(
+            consent_required=settings.consent_required,
+            balance_precheck=settings.balance_precheck,
+            lease_seconds=settings.claim_lease_seconds,
+            key_escalation_after_seconds=settings.key_escalation_after_seconds,
+            event_source=settings.event_source,
+        ),
         clock=clock,
         auth=authenticator(settings),
     )

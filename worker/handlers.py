@@ -2,11 +2,10 @@
 
 Every step is idempotent, so a redelivered or retried command carries on from what the
 ledger says happened, and never moves money twice:
-
 - a request already finished re-emits its recorded event, with no Stripe call;
 - once the ledger says ``attempting``, the policy is never asked again: the next attempt
   repeats the same Stripe call with the same idempotency key;
-- transient and unknown outcomes propagate to the caller (the task), which retries later.
+- transient and unknown outcomes propagate to the attempt engine, which retries later.
 """
 
 from __future__ import annotations
@@ -384,14 +383,9 @@ class _Debit:
 
 
 def _emit_invalid(invalid: InvalidCommand, svc: Services) -> None:
-    partial = invalid.partial
     data = DebitFailed(
         request_id=invalid.request_id,
-        account=partial.get("account"),
-        amount=partial.get("amount"),
-        currency=partial.get("currency"),
-        reason=partial.get("reason"),
-        refund=partial.get("refund"),
+        **invalid.partial,
         code=FailureCode.INVALID_REQUEST,
         message=f"the command is not a valid DebitRequested: {invalid}",
         retry_may_succeed=False,
@@ -412,14 +406,10 @@ def _claimed(command: DebitRequested, svc: Services) -> bool:
 
 def _emit_unauthorized(refused: Refused, svc: Services) -> None:
     """Answer the (unverified) request id, record nothing else, and alert."""
-    request_id, reason, partial = refused.request_id, refused.refusal.reason, refused.echoed
+    request_id, reason = refused.request_id, refused.refusal.reason
     data = DebitFailed(
         request_id=request_id,
-        account=partial.get("account"),
-        amount=partial.get("amount"),
-        currency=partial.get("currency"),
-        reason=partial.get("reason"),
-        refund=partial.get("refund"),
+        **refused.echoed,
         code=FailureCode.UNAUTHORIZED,
         message=f"the command was refused: {reason}",
         retry_may_succeed=FailureCode.UNAUTHORIZED.retry_may_succeed,

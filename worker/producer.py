@@ -85,11 +85,3 @@ class DebitProducer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def publish_debit(
-    command: DebitRequested, *, broker_url: str, signer: Signer | None = None
-) -> None:
-    """One-shot helper; for many commands keep a DebitProducer open instead."""
-    with DebitProducer(broker_url, signer) as producer:
-        producer.publish(command)

@@ -1,10 +1,9 @@
-"""Every setting the worker reads, in one validated object.
+"""Every setting the worker reads, in one validated object, built by :func:`load_settings`.
 
 Read from the environment (prefix ``DEBIT_WORKER_``) or a ``.env`` file. Secrets may instead
-come from files: set ``DEBIT_WORKER_SECRETS_DIR`` to a directory holding one file per secret,
+come from files: ``DEBIT_WORKER_SECRETS_DIR`` names a directory holding one file per secret,
 named like the environment variable in any case (``debit_worker_stripe_api_key``), as
 container secrets are mounted; JSON-valued settings (``producer_keys``) hold JSON there too.
-Nothing is read at import time: call :func:`load_settings`.
 """
 
 from __future__ import annotations
@@ -256,25 +255,11 @@ class Settings(BaseSettings):
 
     def secrets(self) -> tuple[str, ...]:
         """Every configured secret value, for scrubbing (passwords in URLs included)."""
-        found = [
-            s.get_secret_value()
-            for s in (
-                self.stripe_api_key,
-                self.sentry_dsn,
-                self.producer_secret,
-                self.rate_budget_redis_url,
-            )
-            if s is not None
-        ]
-        found += [
-            secret.get_secret_value()
-            for keys in self.producer_keys.values()
-            for secret in keys.values()
-        ]
-        urls = [self.broker_url, self.database_url]
-        if self.rate_budget_redis_url is not None:
-            urls.append(self.rate_budget_redis_url.get_secret_value())
-        for url in urls:
+        redis = self.rate_budget_redis_url
+        values = [self.stripe_api_key, self.sentry_dsn, self.producer_secret, redis]
+        values += [secret for keys in self.producer_keys.values() for secret in keys.values()]
+        found = [value.get_secret_value() for value in values if value is not None]
+        for url in (self.broker_url, self.database_url, redis.get_secret_value() if redis else ""):
             password = urlsplit(url).password
             if password:
                 # As written in the URL, and decoded as the client sends it (and may echo it).

@@ -739,19 +739,6 @@ def test_a_failed_account_read_is_not_cached(inner: FakeStripe) -> None:
     assert cache.account("acct_new").account_id == "acct_new"
 
 
-def test_forget_drops_an_account_from_the_cache(inner: FakeStripe) -> None:
-    # Given a cached account that is forgotten
-    cache = _cache(inner, FakeMonotonic())
-    cache.account("acct_0")
-    cache.forget("acct_0")
-
-    # When it is read
-    cache.account("acct_0")
-
-    # Then Stripe is asked again
-    assert account_reads(inner) == ["acct_0", "acct_0"]
-
-
 def test_a_configured_platform_country_skips_the_stripe_read(inner: FakeStripe) -> None:
     # Given the platform's country is configured
     cache = _cache(inner, FakeMonotonic(), country="GB")

@@ -86,10 +86,6 @@ class CachedStripe:
             while len(self._accounts) > self._max:
                 self._accounts.popitem(last=False)
 
-    def forget(self, account_id: str) -> None:
-        with self._lock:
-            self._accounts.pop(account_id, None)
-
     def refund(self, refund_id: str) -> RefundFacts:
         return self._inner.refund(refund_id)
 

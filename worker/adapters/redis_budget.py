@@ -1,14 +1,12 @@
 """Stripe's request budget shared by every worker process and host, kept in Redis.
 
 One Lua script reserves the next free slot of a schedule (GCRA): `rate` slots per second,
-up to `burst` of them at once after a quiet spell. The caller sleeps until its slot, so each
-token costs exactly one Redis round trip and waiting callers never poll. Redis's own clock
-(`TIME`) is the only clock, so hosts whose clocks disagree still share one schedule.
+up to `burst` at once after a quiet spell. The caller sleeps until its slot: one Redis round
+trip per token, no polling. Redis's `TIME` is the only clock, so hosts' clocks may disagree.
 
-Fails safe: while Redis cannot be reached, each process falls back to a local token bucket
-at `rate / processes` (the number of worker processes sharing the budget, from
-configuration), so together they still stay under Stripe's limit. Redis is tried again
-after `retry_seconds`.
+Fails safe: while Redis is away, each process falls back to a local bucket at
+`rate / processes` (the processes sharing the budget), so together they stay under Stripe's
+limit; Redis is tried again after `retry_seconds`.
 """
 
 from __future__ import annotations

@@ -66,13 +66,8 @@ def error_info(err: stripe.StripeError) -> StripeErrorInfo:
     )
 
 
-def _should_retry_header(err: stripe.StripeError) -> bool | None:
-    value = (err.headers or {}).get("stripe-should-retry")
-    return None if value is None else value == "true"
-
-
-def _replayed(err: stripe.StripeError) -> bool:
-    return (err.headers or {}).get("idempotent-replayed") == "true"
+def _header_true(err: stripe.StripeError, name: str) -> bool:
+    return (err.headers or {}).get(name) == "true"
 
 
 def _retry_after(err: stripe.StripeError) -> float | None:
@@ -93,13 +88,13 @@ def classify(err: stripe.StripeError, *, effectful: bool) -> DebitWorkerError:  
     info = error_info(err)
     code = info.code
     unknown = OutcomeUnknown if effectful else TransientFailure
-    if effectful and _replayed(err) and (err.http_status or 0) >= 500:
+    if effectful and _header_true(err, "idempotent-replayed") and (err.http_status or 0) >= 500:
         # Stripe stored this error under our key and replays it for 24 h: no repeat can
         # tell whether money moved. An operator must look.
         return Unresolvable(
             f"Stripe replays a stored error {err.http_status} ({code}) for this key"
         )
-    if _should_retry_header(err) is True:
+    if _header_true(err, "stripe-should-retry"):
         return unknown(f"Stripe asked for a retry ({info.type}/{code})")
     if isinstance(err, stripe.RateLimitError):
         return TransientFailure(f"Stripe rate limit ({code})", retry_after=_retry_after(err))

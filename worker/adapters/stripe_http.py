@@ -1,18 +1,11 @@
-"""The HTTP client every Stripe call goes through: the SDK's own extension point
-(`stripe.HTTPClient`) on a plain urllib3 connection pool.
+"""The HTTP client every Stripe call goes through: `stripe.HTTPClient` on a urllib3 pool.
 
-The SDK's default client goes through a `requests` session, whose request preparation
-(merging session settings, hooks, cookies, re-reading the environment) cost about as much
-CPU per call as everything else in the SDK put together; the worker makes a hundred calls a
-second on a small machine. The SDK still does everything Stripe-specific (authentication,
-idempotency keys, encoding, retries with backoff, error objects); this only moves bytes.
-
-- The environment is read once: a proxy for the configured API base (honouring NO_PROXY);
-  never a `.netrc`, since Stripe's credential is the API key alone.
-- One pool, sized to the worker's threads, keeps TLS connections to Stripe open for reuse.
-- No retries or redirects here: retries belong to the SDK (same idempotency key) and to the
-  task. Errors are sorted the way the SDK's own clients sort them: a timeout or a broken or
-  refused connection may be retried, a certificate problem may not.
+The SDK's default `requests` session cost as much CPU per call (request preparation,
+hooks, cookies, re-reading the environment) as the rest of the SDK; the SDK still does
+everything Stripe-specific (authentication, idempotency keys, retries, error objects).
+The environment is read once (a proxy, honouring NO_PROXY; never `.netrc`: the API key is
+the only credential). No retries or redirects here: retries belong to the SDK (same key)
+and the task. A timeout or broken connection may be retried, a certificate problem not.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
-"""The decision: whether one DebitRequested may go to Stripe, and if not, exactly why.
+"""The decision: whether one DebitRequested may go to Stripe (Allowed), or the first Refusal.
 
-Named for what it returns (a Decision: Allowed or the first Refusal), as opposed to the
-tables it reads, which are data an operator can override (rule_tables.py).
-
-Pure: every fact arrives as an argument (read earlier from Stripe, the ledger or settings),
-nothing here does I/O or reads the clock. The rules run in the order of `RULE_ORDER`, and
-the first that fails decides the refusal, so a producer always gets one stable reason.
-docs/rules.md explains each rule for operators.
+Pure: every fact arrives as an argument, nothing here does I/O or reads the clock. The rules
+run in `RULE_ORDER` and the first that fails decides, so a producer always gets one stable
+reason. The tables they read are data an operator can override (rule_tables.py).
 """
 
 from __future__ import annotations

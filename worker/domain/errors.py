@@ -1,14 +1,4 @@
-"""Errors shaped by what the worker does next.
-
-- :class:`PermanentFailure`: the debit will not happen; record it and emit ``DebitFailed``.
-- :class:`TransientFailure`: nothing is decided; retry later with the *same* idempotency key.
-- :class:`OutcomeUnknown`: Stripe may or may not have moved the money; only a repeat of the
-  same call (same key) may decide, so it is retried like a transient failure and is never
-  reported as failed.
-- :class:`Unresolvable`: an unknown outcome that no repeat can settle; escalated at once.
-- :class:`OperatorActionNeeded`: the worker itself is misconfigured (bad key, missing
-  permission); no money moved; retried, and loudly reported, until an operator fixes it.
-"""
+"""Errors shaped by what the worker does next; each class says what that is."""
 
 from __future__ import annotations
 
@@ -21,6 +11,8 @@ class DebitWorkerError(Exception):
 
 
 class PermanentFailure(DebitWorkerError):
+    """The debit will not happen: record it and emit ``DebitFailed``."""
+
     def __init__(
         self,
         code: FailureCode,
@@ -37,6 +29,8 @@ class PermanentFailure(DebitWorkerError):
 
 
 class TransientFailure(DebitWorkerError):
+    """Nothing is decided: retry later with the *same* idempotency key."""
+
     def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -44,7 +38,8 @@ class TransientFailure(DebitWorkerError):
 
 
 class OutcomeUnknown(TransientFailure):
-    """The request may have reached Stripe; repeat it with the same key to learn its fate."""
+    """Stripe may or may not have moved the money; only a repeat with the same key may
+    decide, so it is retried like a transient failure and never reported as failed."""
 
 
 class Unresolvable(OutcomeUnknown):
@@ -54,7 +49,8 @@ class Unresolvable(OutcomeUnknown):
 
 
 class OperatorActionNeeded(TransientFailure):
-    """Stripe refused *us* (401/403): fix the key or its permissions; no money moved."""
+    """Stripe refused *us* (401/403): the key or its permissions are wrong; no money moved.
+    Retried, and loudly reported, until an operator fixes it."""
 
 
 class RefusalNotRecorded(TransientFailure):

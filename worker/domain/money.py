@@ -11,26 +11,10 @@ import re
 from typing import Final
 
 # Stripe's zero-decimal currencies: the amount is already in major units.
-ZERO_DECIMAL_CURRENCIES: Final = frozenset(
-    {
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    }
-)
+ZERO_DECIMAL_CURRENCIES: Final = frozenset((
+    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
+    "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+))  # fmt: skip
 # Three-decimal currencies: 1000 minor units to the major unit.
 THREE_DECIMAL_CURRENCIES: Final = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 # Every other currency has two decimals.
@@ -46,10 +30,7 @@ def _normalised(currency: str) -> str:
 
 
 def minor_unit_exponent(currency: str) -> int:
-    """How many decimal digits the currency's minor unit has: 0, 2 or 3.
-
-    Case-insensitive; raises ValueError for anything that is not three letters.
-    """
+    """0, 2 or 3 decimal digits; case-insensitive; ValueError for anything not three letters."""
     code = _normalised(currency)
     if code in ZERO_DECIMAL_CURRENCIES:
         return 0

@@ -1,7 +1,5 @@
-"""What the handler needs from the outside world; real adapters and test fakes both fit.
-
-The ports speak only the domain's types (domain_types.py): they import no adapter.
-"""
+"""What the handler needs from the outside world, in the domain's types; real adapters and
+test fakes both fit."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Per-producer policy: which reasons a producer may use, how much one debit may take, and
-how much it may take per rolling day, per currency.
-
-The static part (reason, per-debit maximum) is a pure check; the daily maximum is reserved
-in the ledger when a request moves to ``attempting`` (worker/adapters/ledger/producer_budgets.py).
-"""
+"""Per-producer policy: the reasons a producer may use, and per currency its per-debit and
+rolling-day maximums. The daily maximum is reserved in the ledger when a request moves to
+``attempting`` (worker/adapters/ledger/producer_budgets.py); the rest is a pure check."""
 
 from __future__ import annotations
 

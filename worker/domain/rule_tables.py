@@ -1,18 +1,13 @@
-"""The rule tables: the data behind the decision (decision.py): regions, corridors, caps.
-
-Named for what it holds, tables an operator can override from a file, as opposed to the
-decision that reads them and holds no data of its own.
+"""The rule tables the decision (decision.py) reads: regions, corridors and per-debit caps.
 
 Stripe lets a platform debit a connected account only when both are in the same region or
 in a supported cross-border corridor, and never for more than 100,000 USD (or the
-equivalent). Stripe's sales team can widen the corridors for one platform, and exchange
-rates move, so these are data, not code: `RuleTables()` holds Stripe's published values and
-`RuleTables.from_file(path)` loads an operator's override (see worker/rules.example.yaml
-and docs/rules.md).
+equivalent). Stripe can widen the corridors for one platform, and exchange rates move, so
+these are data: `RuleTables()` holds Stripe's published values and `RuleTables.from_file`
+loads an operator's override (worker/rules.example.yaml, docs/rules.md).
 
-Vocabulary: a *term* is either a country code ("US", two upper-case letters) or the name of
-a group of countries defined under `groups` ("EU"). Domestic regions and both sides of a
-corridor are terms, so "EU" stands for all of its member states wherever it appears.
+A *term* is a country code ("US") or the name of a group under `groups` ("EU"); domestic
+regions and both sides of a corridor are terms.
 """
 
 from __future__ import annotations
@@ -38,54 +33,36 @@ _CURRENCY: Final = re.compile(r"[a-z]{3}")
 # hence the TRY004 exemptions below.
 
 
-def _string(value: object, what: str, example: str) -> str:
-    if isinstance(value, bool):
-        # JSON true/false, or YAML read by a tool that treats NO/ON/YES as booleans.
-        raise ValueError(  # noqa: TRY004
-            f"{what} must be a string such as {example!r}, not the boolean {value}"
-        )
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string such as {example!r}, not {value!r}")  # noqa: TRY004
-    return value
+def _shaped(pattern: re.Pattern[str], what: str, example: str, refusal: str) -> BeforeValidator:
+    """A string that `pattern` matches; any other is refused with "<its repr> <refusal>"."""
+
+    def check(value: object) -> str:
+        if isinstance(value, bool):
+            # JSON true/false, or YAML read by a tool that treats NO/ON/YES as booleans.
+            raise ValueError(  # noqa: TRY004
+                f"{what} must be a string such as {example!r}, not the boolean {value}"
+            )
+        if not isinstance(value, str):
+            raise ValueError(f"{what} must be a string such as {example!r}, not {value!r}")  # noqa: TRY004
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} {refusal}")
+        return value
+
+    return BeforeValidator(check)
 
 
-def _country_code(value: object) -> str:
-    text = _string(value, "a country code", "FR")
-    if not _COUNTRY.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is not a country code: expected two upper-case letters (ISO 3166-1 "
-            "alpha-2), such as 'FR'"
-        )
-    return text
-
-
-def _term(value: object) -> str:
-    text = _string(value, "a country code or group name", "FR")
-    if not _GROUP.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is neither a country code (two upper-case letters, such as 'FR') nor a "
-            "group name (upper-case letters, digits and '_', such as 'EU')"
-        )
-    return text
-
-
-def _group_name(value: object) -> str:
-    text = _string(value, "a group name", "EU")
-    if not _GROUP.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is not a group name: expected 2-32 upper-case letters, digits or '_', "
-            "starting with a letter, such as 'EU'"
-        )
-    return text
-
-
-def _currency_code(value: object) -> str:
-    text = _string(value, "a currency", "usd")
-    if not _CURRENCY.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is not a currency: expected a lower-case ISO 4217 code, such as 'usd'"
-        )
-    return text
+_NOT_COUNTRY: Final = (
+    "is not a country code: expected two upper-case letters (ISO 3166-1 alpha-2), such as 'FR'"
+)
+_NOT_TERM: Final = (
+    "is neither a country code (two upper-case letters, such as 'FR') nor a group name "
+    "(upper-case letters, digits and '_', such as 'EU')"
+)
+_NOT_GROUP: Final = (
+    "is not a group name: expected 2-32 upper-case letters, digits or '_', starting with a "
+    "letter, such as 'EU'"
+)
+_NOT_CURRENCY: Final = "is not a currency: expected a lower-case ISO 4217 code, such as 'usd'"
 
 
 def _cap(value: object) -> int:
@@ -99,10 +76,10 @@ def _cap(value: object) -> int:
     return value
 
 
-CountryCode = Annotated[str, BeforeValidator(_country_code)]
-Term = Annotated[str, BeforeValidator(_term)]
-GroupName = Annotated[str, BeforeValidator(_group_name)]
-CurrencyCode = Annotated[str, BeforeValidator(_currency_code)]
+CountryCode = Annotated[str, _shaped(_COUNTRY, "a country code", "FR", _NOT_COUNTRY)]
+Term = Annotated[str, _shaped(_GROUP, "a country code or group name", "FR", _NOT_TERM)]
+GroupName = Annotated[str, _shaped(_GROUP, "a group name", "EU", _NOT_GROUP)]
+CurrencyCode = Annotated[str, _shaped(_CURRENCY, "a currency", "usd", _NOT_CURRENCY)]
 Cap = Annotated[int, BeforeValidator(_cap)]
 
 
@@ -225,22 +202,6 @@ class RuleTables(BaseModel):
                 seen[country] = region
         return self
 
-    # --- loading -------------------------------------------------------------------------
-
-    @classmethod
-    def from_mapping(cls, data: object, *, source: str = "rule tables") -> RuleTables:
-        """Validate already-parsed tables; every problem is reported in one RuleFileError."""
-        if not isinstance(data, Mapping):
-            raise RuleFileError(
-                f"{source}: expected a mapping with the keys groups, domestic_regions, "
-                f"corridors and caps, not {type(data).__name__}"
-            )
-        try:
-            return cls.model_validate(data)
-        except ValidationError as error:
-            problems = "\n".join(f"  - {_describe(detail)}" for detail in error.errors())
-            raise RuleFileError(f"{source} is invalid:\n{problems}") from None
-
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> RuleTables:
         """Load the operator's tables from a .yaml/.yml or .json file.
@@ -263,9 +224,16 @@ class RuleTables(BaseModel):
             )
         except (json.JSONDecodeError, yaml.YAMLError) as error:
             raise RuleFileError(f"{file}: not valid {file.suffix[1:].upper()}: {error}") from None
-        return cls.from_mapping(data, source=str(file))
-
-    # --- questions -----------------------------------------------------------------------
+        if not isinstance(data, Mapping):
+            raise RuleFileError(
+                f"{file}: expected a mapping with the keys groups, domestic_regions, "
+                f"corridors and caps, not {type(data).__name__}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            problems = "\n".join(f"  - {_describe(detail)}" for detail in error.errors())
+            raise RuleFileError(f"{file} is invalid:\n{problems}") from None
 
     def members(self, term: str) -> frozenset[str]:
         """The countries a term stands for: a group's members, or the country itself."""

@@ -1,11 +1,5 @@
-"""The domain's types: the values the ports speak, owned here so adapters depend on them.
-
-The Stripe adapter (stripe_gateway.py) and the ledger (ledger/) import these; this module
-imports neither, nor anything that does I/O. What the worker knows about the platform, an
-account, a refund and a consent is read by the adapters and handed to the decision
-(decision.py); a debit goes out as a DebitCharge and comes back as a Payment; an outcome is
-announced by an OutboxEvent; a producer's rolling-day room is a DailyLimit.
-"""
+"""The values the ports speak, owned by the domain so that adapters depend on them, not the
+reverse: facts read for the decision, a DebitCharge out, a Payment back, an OutboxEvent."""
 
 from __future__ import annotations
 
@@ -91,9 +85,8 @@ class AccountFacts:
     country: str  # ISO 3166-1 alpha-2, upper-case
     default_currency: str  # ISO 4217, lower-case
     type: str | None  # "express" | "custom" | "standard" | "none"; legacy signal
-    losses_payments: (
-        str | None
-    )  # controller.losses.payments: "application" | "stripe"; None if absent
+    # controller.losses.payments: "application" | "stripe"; None if absent
+    losses_payments: str | None
 
 
 @dataclass(frozen=True, slots=True)

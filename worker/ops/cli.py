@@ -6,6 +6,7 @@ Every command reads its configuration from DEBIT_WORKER_* environment variables 
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -28,7 +29,7 @@ from worker.adapters.ledger.migrate import head_revision, upgrade
 from worker.app import build_worker, declare_topology
 from worker.celery_app import create_app
 from worker.ops.demo import run_demo
-from worker.ops.janitor import janitor_once, task_enqueuer
+from worker.ops.janitor import janitor_once
 from worker.ops.observability import configure_logging, init_sentry
 from worker.ops.supervisor import exec_supervisor
 from worker.producer import DebitProducer, signer_from
@@ -109,9 +110,8 @@ def run(
     if settings.processes > 1:
         exec_supervisor(settings, settings.processes)
     refuse_decompression()  # no message is ever inflated in a worker process
-    # A thread whose database or HTTP reply has arrived waits for the interpreter lock; at
-    # the default 5 ms handoff, the ~20 round trips of a debit queued behind busy threads
-    # added ~100 ms at the median (python -m bench, issue 7). 1 ms trades a little CPU.
+    # A thread whose reply has arrived waits for the interpreter lock: at the default 5 ms
+    # handoff a debit's ~20 round trips add ~100 ms at the median. 1 ms costs a little CPU.
     sys.setswitchinterval(0.001)
     app.worker_main(
         [
@@ -311,7 +311,8 @@ def janitor(once: bool) -> None:  # noqa: ARG001 - the flag documents the only m
     init_sentry(settings)
     app, runtime = build_worker(settings)
     services = runtime.services()
-    done = janitor_once(services.ledger, task_enqueuer(app), settings, services.clock())
+    enqueue = functools.partial(send_attempt, app)
+    done = janitor_once(services.ledger, enqueue, settings, services.clock())
     click.echo(f"re-enqueued {done.requeued}, escalated {done.escalated}")
 
 

@@ -1,10 +1,8 @@
 """`debit-worker demo`: the whole pipeline on embedded defaults, no services to install.
 
-An in-memory broker, a SQLite ledger in a temporary directory, and the local Stripe sandbox
-run in this process beside a real Celery worker (threads pool). A representative set of
-commands (a success, each failure code, a duplicate, a conflict, refund recoveries and a
-message that is not JSON at all) is published the way any producer would, and each outcome
-is printed as it arrives.
+An in-memory broker, a SQLite ledger in a temporary directory and the local Stripe sandbox run
+in this process beside a real Celery worker. Commands covering each outcome are published the
+way any producer would, and each outcome is printed as it arrives.
 """
 
 from __future__ import annotations

@@ -2,24 +2,21 @@
 
 - A request still `received`/`attempting` whose lease ran out (its worker died mid-task), or
   that nobody has touched for `janitor_stale_after_seconds` (its retry message was lost), is
-  re-enqueued: a `process_debit` task naming it goes to the task queue, and the attempt reads
-  its command and producer from the ledger. Every step being idempotent, a duplicate task
-  costs nothing but a lookup.
-- A request `attempting` whose first Stripe call is older than
-  `key_escalation_after_seconds` is escalated to `needs_reconciliation` (Sentry, status),
-  before Stripe forgets its idempotency key. It is never called again.
+  re-enqueued as a `process_debit` task naming it; a duplicate task costs only a lookup.
+- A request `attempting` whose first Stripe call is older than `key_escalation_after_seconds`
+  is escalated to `needs_reconciliation` (Sentry, status) before Stripe forgets its key, and
+  never called again.
 
-Runs as a background thread of every worker process (like the outbox relay), and once from
-`debit-worker janitor --once`.
+Runs in a background thread of every worker process, and from `debit-worker janitor --once`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from worker.adapters.ledger import Ledger
 from worker.adapters.ledger.janitor_store import abandoned_claims, expiring_attempts, take_over
@@ -70,13 +67,6 @@ def janitor_once(
     return JanitorRound(requeued, escalated)
 
 
-def task_enqueuer(app: Any) -> Callable[[str], None]:
-    def enqueue(request_id: str) -> None:
-        send_attempt(app, request_id)
-
-    return enqueue
-
-
 class JanitorStep(PeriodicStep):
     """Runs the janitor in a background thread of every worker process."""
 
@@ -87,4 +77,5 @@ class JanitorStep(PeriodicStep):
 
     def run_round(self, runtime: Runtime) -> None:
         services = runtime.services()
-        janitor_once(services.ledger, task_enqueuer(self._app), runtime.settings, services.clock())
+        enqueue = functools.partial(send_attempt, self._app)
+        janitor_once(services.ledger, enqueue, runtime.settings, services.clock())

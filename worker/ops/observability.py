@@ -122,12 +122,9 @@ class _Window:
 class AlertThrottle:
     """At most one Sentry alert per producer and kind of refusal per window (thread-safe): a
     flood of refused commands raises one alert a minute, not one each. Every refusal is still
-    logged by the handler; what was held back is counted in a log line when the key's next
-    alert goes out, or when its window is forgotten.
-
-    At most `max_keys` keys are tracked, since a refusal's producer name is whatever the
-    sender wrote; past that, new keys share one overflow key, so varying names raises no
-    more alerts."""
+    logged; what was held back is counted in a log line when the key's next alert goes out or
+    its window is forgotten. A refusal's producer name is whatever the sender wrote, so past
+    `max_keys` keys new ones share one overflow key: varying names raises no more alerts."""
 
     OVERFLOW: Final[AlertKey] = ("(any other)", "(any refusal)")
 

@@ -1,15 +1,13 @@
 """`debit-worker run --processes N`: several worker processes on one host, kept running.
 
-One worker process runs its threads under one interpreter lock, so it uses about one core.
-On a host with more cores, N processes (each with its own threads, broker connections and
-ledger pool) use them. This parent starts them, restarts one that dies (as Celery's prefork
-pool would), and passes SIGTERM/SIGINT on so that each finishes its tasks and stops.
-
-The Stripe rate budget stays the host's, not each process's: shared through Redis when
+One worker process uses about one core (one interpreter lock); N processes, each with its own
+threads, connections and ledger pool, use N. This parent starts them, restarts one that dies
+(as Celery's prefork pool would), and passes SIGTERM/SIGINT on so that each finishes its tasks.
+The Stripe rate budget stays the host's: shared through Redis when
 DEBIT_WORKER_RATE_BUDGET_REDIS_URL is set, otherwise split evenly between the processes.
 
-`run` checks the settings, migrates and declares the topology, then replaces itself (exec)
-with `python -m worker.ops.supervisor`, which imports nothing of the worker: the supervisor
+`run` checks the settings, migrates and declares the topology, then execs
+`python -m worker.ops.supervisor`, which imports nothing of the worker, so that the supervisor
 stays a small process instead of a second copy of a worker's memory.
 """
 
@@ -225,10 +223,9 @@ _PR_SET_PDEATHSIG: Final = 1  # prctl(2)
 
 def _stop_with(supervisor: int) -> Callable[[], None] | None:
     """Run in each worker process between fork and exec (the supervisor has no threads):
-    when the supervisor dies, even by SIGKILL, the process gets SIGTERM and stops as it
-    would on the supervisor's own SIGTERM (it finishes its tasks). Without this a killed
-    supervisor left its processes running unsupervised, in process groups of their own that
-    a kill of the supervisor's group does not reach. Linux only; elsewhere nothing is set."""
+    when the supervisor dies, even by SIGKILL, the process gets SIGTERM and finishes its tasks,
+    instead of running on unsupervised in its own process group, which a kill of the
+    supervisor's group does not reach. Linux only; elsewhere nothing is set."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child

@@ -1,15 +1,10 @@
 """Reads the platform's own Stripe account when a worker process starts.
 
-Every debit's rules need the platform's country. Read lazily, that read stood in front of the
-first debits of every process after a start or a deploy: all its threads waited for it, then
-for their account reads, then for Stripe's answer to the charge (three Stripe round trips in
-a row; issue 7). Read here, in the background as the process starts consuming, it is usually
-done before the first command arrives; a debit that comes sooner waits for this same read
-instead of sending its own (the cache lets one read through at a time).
-
-It also says at once, in the log, whether Stripe accepts the configured key. It never stops
-the worker: when the read fails, the first debit reads the platform again, and fails or
-retries as any debit would.
+Every debit's rules need the platform's country: read lazily, it would put a third Stripe round
+trip in front of the first debits of every process. Read in the background as the process
+starts consuming, it is usually cached before the first command arrives (a debit that comes
+sooner waits for this same read). The log also says at once whether Stripe accepts the key.
+It never stops the worker: if the read fails, the first debit reads the platform again.
 """
 
 from __future__ import annotations

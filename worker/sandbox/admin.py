@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from worker.sandbox import objects
 from worker.sandbox.api import SANDBOX
 from worker.sandbox.faults import Faults
 from worker.sandbox.seed import AccountSeed
+
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 class ClockAdvance(BaseModel):
@@ -23,9 +25,15 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
 
 
-async def _read(request: web.Request) -> Any:
-    text = await request.text()
-    return json.loads(text) if text.strip() else {}
+async def _read(request: web.Request, model: type[_Body]) -> _Body:
+    """The request's JSON body as `model`; a body that is not one is answered 400."""
+    try:
+        text = await request.text()
+        return model.model_validate(json.loads(text) if text.strip() else {})
+    except ValueError as exc:  # as are pydantic's ValidationError and JSONDecodeError
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": str(exc)}), content_type="application/json"
+        ) from None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -46,22 +54,14 @@ async def get_faults(request: web.Request) -> web.Response:
 
 
 async def set_faults(request: web.Request) -> web.Response:
-    sandbox = request.app[SANDBOX]
-    try:
-        faults = Faults.model_validate(await _read(request))
-    except (ValidationError, ValueError) as exc:
-        return _json({"error": str(exc)}, status=400)
-    sandbox.injector.configure(faults)
+    faults = await _read(request, Faults)
+    request.app[SANDBOX].injector.configure(faults)
     return _json(faults.model_dump(mode="json"))
 
 
 async def advance_clock(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
-    try:
-        advance = ClockAdvance.model_validate(await _read(request))
-    except (ValidationError, ValueError) as exc:
-        return _json({"error": str(exc)}, status=400)
-    now = sandbox.clock.advance(advance.advance_seconds)
+    now = sandbox.clock.advance((await _read(request, ClockAdvance)).advance_seconds)
     return _json({"now": now, "offset_seconds": sandbox.clock.offset})
 
 
@@ -71,12 +71,8 @@ async def reset(request: web.Request) -> web.Response:
 
 
 async def put_account(request: web.Request) -> web.Response:
-    sandbox = request.app[SANDBOX]
-    try:
-        seed = AccountSeed.model_validate(await _read(request))
-    except (ValidationError, ValueError) as exc:
-        return _json({"error": str(exc)}, status=400)
-    return _json(objects.account(sandbox.ledger.put_account(seed)))
+    seed = await _read(request, AccountSeed)
+    return _json(objects.account(request.app[SANDBOX].ledger.put_account(seed)))
 
 
 def add_routes(app: web.Application) -> None:

@@ -144,10 +144,14 @@ def _owned_by(request: web.Request, sandbox: Sandbox, owner: str) -> bool:
     return header is None or header in (owner, sandbox.ledger.platform.id)
 
 
-async def get_platform(request: web.Request) -> web.Response:
-    sandbox = await _before_read(request)
-    account = _account_header(request, sandbox) or sandbox.ledger.platform
-    return _ok(request, objects.account(account))
+def _of_acting_account(render: Callable[[Account], dict[str, object]]) -> Handler:
+    """A GET of the account the request acts on (Stripe-Account, else the platform)."""
+
+    async def get(request: web.Request) -> web.Response:
+        sandbox = await _before_read(request)
+        return _ok(request, render(_account_header(request, sandbox) or sandbox.ledger.platform))
+
+    return get
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -157,12 +161,6 @@ async def get_account(request: web.Request) -> web.Response:
     if account is None:
         raise errors.resource_missing("account", ident, param="account", status=404)
     return _ok(request, objects.account(account))
-
-
-async def get_balance(request: web.Request) -> web.Response:
-    sandbox = await _before_read(request)
-    account = _account_header(request, sandbox) or sandbox.ledger.platform
-    return _ok(request, objects.balance(account))
 
 
 async def get_charge(request: web.Request) -> web.Response:
@@ -253,9 +251,9 @@ def _execute_debit(request: web.Request, sandbox: Sandbox, debit: DebitParams) -
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/account", get_platform)
+    app.router.add_get("/v1/account", _of_acting_account(objects.account))
     app.router.add_get("/v1/accounts/{account}", get_account)
-    app.router.add_get("/v1/balance", get_balance)
+    app.router.add_get("/v1/balance", _of_acting_account(objects.balance))
     app.router.add_post("/v1/charges", create_charge)
     app.router.add_get("/v1/charges/{charge}", get_charge)
     app.router.add_get("/v1/transfers/{transfer}", get_transfer)

@@ -16,13 +16,14 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import aiohttp
 import click
 
+from worker.sandbox.admin_client import SandboxAdmin
 from worker.sandbox.core import DEFAULT_API_KEY
+from worker.sandbox.runner import wait_until_answering
 
 SOURCE = "acct_1ExpressUS00000001"
 
@@ -43,16 +44,7 @@ def _child_sandbox() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                # nosec B310: a fixed http://127.0.0.1 address built just above
-                urllib.request.urlopen(url + "/_sandbox/health", timeout=1).close()  # noqa: S310 # nosec B310
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_until_answering(SandboxAdmin(url, timeout=1), timeout=15)
         yield url
     finally:
         child.terminate()

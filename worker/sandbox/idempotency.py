@@ -53,7 +53,7 @@ class IdempotencyStore:
                 param="Idempotency-Key",
             )
         entry = self._entries.get(scope)
-        if entry is not None and self._expired(entry):
+        if entry is not None and self._clock.now() >= entry.first_used + KEY_TTL_SECONDS:
             del self._entries[scope]
             entry = None
         if entry is None:
@@ -75,6 +75,3 @@ class IdempotencyStore:
         entry = self._entries.get(scope)
         if entry is not None and entry.response is None:
             del self._entries[scope]
-
-    def _expired(self, entry: _Entry) -> bool:
-        return self._clock.now() >= entry.first_used + KEY_TTL_SECONDS

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.sandbox.seed import AccountSeed, ChargeSeed, Controller, RefundSeed
+from worker.sandbox.seed import ChargeSeed, Controller, RefundSeed
 from worker.sandbox.state import Account, Payment, Transfer
 
 Json = dict[str, Any]
@@ -49,7 +49,7 @@ def controller(seed: Controller) -> Json:
 
 
 def balance(record: Account) -> Json:
-    currencies = sorted(set(record.available) | set(record.pending) | {_default(record.seed)})
+    currencies = sorted({*record.available, *record.pending, record.seed.default_currency})
     return {
         "object": "balance",
         "available": [_amount(record.available.get(c, 0), c) for c in currencies],
@@ -94,53 +94,39 @@ def sale(record: ChargeSeed) -> Json:
     return body
 
 
+# A charge's fields that are null unless `payment` or `sale` sets them.
+_NULL_CHARGE_FIELDS = (
+    "application", "application_fee", "application_fee_amount", "balance_transaction",
+    "calculated_statement_descriptor", "customer", "failure_balance_transaction",
+    "failure_code", "failure_message", "invoice", "on_behalf_of", "outcome", "payment_intent",
+    "payment_method", "payment_method_details", "receipt_email", "receipt_number",
+    "receipt_url", "review", "shipping", "source", "source_transfer", "statement_descriptor",
+    "statement_descriptor_suffix", "transfer_data", "transfer_group",
+)  # fmt: skip
+
+
 def _charge(ident: str, amount: int, currency: str, created: int, description: str | None) -> Json:
     """A succeeded charge's fields, the ones both kinds of charge share."""
     return {
+        **dict.fromkeys(_NULL_CHARGE_FIELDS),
         "id": ident,
         "object": "charge",
         "amount": amount,
         "amount_captured": amount,
         "amount_refunded": 0,
-        "application": None,
-        "application_fee": None,
-        "application_fee_amount": None,
-        "balance_transaction": None,
         "billing_details": {"address": None, "email": None, "name": None, "phone": None},
-        "calculated_statement_descriptor": None,
         "captured": True,
         "created": created,
         "currency": currency,
-        "customer": None,
         "description": description,
         "disputed": False,
-        "failure_balance_transaction": None,
-        "failure_code": None,
-        "failure_message": None,
         "fraud_details": {},
-        "invoice": None,
         "livemode": False,
         "metadata": {},
-        "on_behalf_of": None,
-        "outcome": None,
         "paid": True,
-        "payment_intent": None,
-        "payment_method": None,
-        "payment_method_details": None,
-        "receipt_email": None,
-        "receipt_number": None,
-        "receipt_url": None,
         "refunded": False,
         "refunds": _empty_list(f"/v1/charges/{ident}/refunds"),
-        "review": None,
-        "shipping": None,
-        "source": None,
-        "source_transfer": None,
-        "statement_descriptor": None,
-        "statement_descriptor_suffix": None,
         "status": "succeeded",
-        "transfer_data": None,
-        "transfer_group": None,
     }
 
 
@@ -191,10 +177,6 @@ def refund(record: RefundSeed, charge: Json | None = None) -> Json:
 
 def _amount(value: int, currency: str) -> Json:
     return {"amount": value, "currency": currency, "source_types": {"card": value}}
-
-
-def _default(seed: AccountSeed) -> str:
-    return seed.default_currency
 
 
 def _empty_list(url: str) -> Json:

@@ -105,7 +105,7 @@ def running_sandbox(
     url = f"http://{bound_host}:{bound_port}"
     admin = SandboxAdmin(url)
     try:
-        _wait_until_answering(admin)
+        wait_until_answering(admin)
         yield RunningSandbox(url=url, api_key=api_key, admin=admin)
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
@@ -114,8 +114,8 @@ def running_sandbox(
         loop.close()
 
 
-def _wait_until_answering(admin: SandboxAdmin) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+def wait_until_answering(admin: SandboxAdmin, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
     while not admin.healthy():
         if time.monotonic() > deadline:
             raise RuntimeError(f"sandbox at {admin.url} does not answer")

@@ -1,12 +1,10 @@
 """Every attempt at a debit, in one engine.
 
-The first attempt runs straight from the intake on a worker thread, with the admitted
-command (admission.py): most debits end there, so the command is never copied into a
-task message. A request that needs another attempt becomes a `process_debit` Celery task
-that carries its request id only; the command, its producer and its state come from the
-ledger (`handlers.resume`). Celery stays the engine of those later attempts: `celery
-inspect`, Flower and task events see them; first attempts are not Celery tasks and only the
-worker's logs show them.
+The first attempt runs straight from the intake on a worker thread, with the admitted command
+(admission.py): most debits end there, never copied into a task message. A request that needs
+another attempt becomes a `process_debit` Celery task carrying its request id only; the
+command, its producer and its state come from the ledger (`handlers.resume`). `celery
+inspect`, Flower and task events see those later attempts; only the logs show first attempts.
 
 What follows a failed attempt is `next_step(error, number)`, a pure function that retries
 only the errors it names; anything else is escalated at once, never retried blindly.
@@ -151,16 +149,13 @@ def run_first_attempt(app: Celery, runtime: Runtime, delivery: Delivery) -> Sett
     try:
         admission = admit(delivery.body, delivery.headers, services.auth, services.clock())
     except Undeliverable as exc:
-        return _dead_letter(runtime, delivery, str(exc))
-    request_id = (
-        admission.error.request_id
-        if isinstance(admission, Invalid)
-        else (
-            admission.command.request_id
-            if isinstance(admission, Admitted)
-            else admission.request_id
-        )
-    )
+        return dead_letter(runtime, delivery, str(exc))
+    if isinstance(admission, Admitted):
+        request_id = admission.command.request_id
+    elif isinstance(admission, Invalid):
+        request_id = admission.error.request_id
+    else:
+        request_id = admission.request_id
     task_id = f"{request_id}:{uuid.uuid4().hex[:12]}"
     attempt = FirstAttempt(app, runtime, task_id, request_id)
     try:
@@ -176,7 +171,7 @@ def run_first_attempt(app: Celery, runtime: Runtime, delivery: Delivery) -> Sett
     return Settle.ACK
 
 
-def _dead_letter(runtime: Runtime, delivery: Delivery, reason: str) -> Settle:
+def dead_letter(runtime: Runtime, delivery: Delivery, reason: str) -> Settle:
     try:
         runtime.dead_letters.send(
             delivery.body,
@@ -275,9 +270,8 @@ _BOOKKEEPING_TROUBLE: Final = (*LEDGER_UNAVAILABLE, PublishFailed, *BROKER_ERROR
 
 def _give_up(runtime: Runtime, request_id: str, owner: str, error: Exception) -> str:
     """Never guess an outcome: escalate the request to needs_reconciliation and keep its
-    command as a dead letter an operator can replay (a replay resumes the claim: the command
-    was verified when it was claimed, and its producer is stored with it). A command not in
-    the ledger is not escalated: it goes back to its queue."""
+    command as a dead letter an operator can replay (a replay resumes the claim, its producer
+    stored with it). A command not in the ledger is not escalated: it goes back to its queue."""
     why = f"{type(error).__name__}: {error}"
     try:
         ledger = runtime.services().ledger

@@ -1,9 +1,7 @@
 """Who sent a command: checks the producer's signature (schemas/signing.py) before anything
-is claimed in the ledger or asked of Stripe.
-
-The window is measured from the moment the intake received the command (the intake stamps
-RECEIVED_AT_HEADER into the task), so retries of an accepted command are accepted again, and
-an old command published again is refused.
+is claimed in the ledger or asked of Stripe. The window is measured from the moment the intake
+received the command (its own RECEIVED_AT_HEADER stamp), so an old command published again is
+refused.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Publishes recorded events from one background thread per process, confirmed in batches.
 
-An outcome's event is written to the outbox in the same transaction as the outcome; from
-then on the event cannot be lost (the outbox relay publishes whatever stays unsent for 10 s).
-So the worker thread that recorded it does not wait for RabbitMQ: it hands the event here
-and ends its attempt. This thread publishes whatever has queued up on a connection of its
-own in confirm mode, waits once for the broker's confirms of the whole batch, and marks the
+An outcome's event is written to the outbox with the outcome, so it cannot be lost (the relay
+publishes whatever stays unsent for 10 s), and the worker thread that recorded it hands it
+here instead of waiting for RabbitMQ. This thread publishes what has queued up on its own
+connection in confirm mode, waits once for the confirms of the whole batch, and marks the
 confirmed rows sent with one statement.
 
 Anything that goes wrong here is left to the relay, never retried in a loop: a publish or
@@ -18,6 +17,7 @@ wait in the outbox for the relay, so a broker outage cannot grow a worker's memo
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import queue
 import threading
@@ -209,8 +209,8 @@ class EventPump:
         try:
             channel: Any = connection.default_channel
             channel.confirm_select()
-            channel.events["basic_ack"].add(self._on_ack)
-            channel.events["basic_nack"].add(self._on_nack)
+            channel.events["basic_ack"].add(functools.partial(self._settle, refused=False))
+            channel.events["basic_nack"].add(functools.partial(self._settle, refused=True))
             channel.events["basic_return"].add(self._on_return)
             event_exchange(channel).declare()
         except BROKER_ERRORS:
@@ -227,12 +227,6 @@ class EventPump:
         if self._connection is not None:
             _close(self._connection, graceful=graceful)
         self._connection = self._channel = None
-
-    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, refused=False)
-
-    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
-        self._settle(delivery_tag, multiple, refused=True)
 
     def _settle(self, delivery_tag: int, multiple: bool, *, refused: bool) -> None:
         tags = [t for t in self._unsettled if t <= delivery_tag] if multiple else [delivery_tag]

@@ -1,10 +1,8 @@
 """RabbitMQ → first attempt. Commands are plain JSON from any AMQP client, which a Celery task
-queue would drop as "unknown message"; this consumer runs inside the worker and hands each
-one to the worker's own thread pool, which admits it and runs its first attempt
-(worker/transport/attempts.py). The
-command is acked only when that attempt has ended or scheduled the next one as a task, so
-nothing is lost: a worker that dies mid-attempt leaves it to be delivered again, and one
-that can never be processed goes to the dead-letter queue with the reason in its headers."""
+queue would drop as "unknown message"; this consumer hands each one to the worker's thread
+pool, which admits it and runs its first attempt (attempts.py). A command is acked only once
+that attempt has ended or scheduled the next one, so a worker that dies mid-attempt leaves it
+to be delivered again; one that can never be processed is dead-lettered with the reason."""
 
 from __future__ import annotations
 
@@ -20,8 +18,7 @@ from kombu import Consumer, Message
 from kombu.common import ignore_errors
 
 from worker.bootstrap import runtime_of
-from worker.domain.ports import PublishFailed
-from worker.transport.attempts import Delivery, Settle, run_first_attempt
+from worker.transport.attempts import Delivery, Settle, dead_letter, run_first_attempt
 from worker.transport.authentication import RECEIVED_AT_HEADER, carried_headers
 from worker.transport.intake_brake import IntakeBrake
 from worker.transport.plain_consumer import PlainConsumer, refusal
@@ -99,10 +96,6 @@ class CommandIntake(bootsteps.ConsumerStep):
 
     def on_message(self, message: Message) -> None:
         runtime = runtime_of(self.parent_app)
-        refused = refusal(message.headers)
-        if refused is not None:
-            self._dead_letter(message, refused)
-            return
         body = message.body or b""
         # The signature's headers travel with the body; the attempt admits the command
         # (verified, parsed) before the ledger or Stripe see anything. The receipt time is
@@ -113,6 +106,10 @@ class CommandIntake(bootsteps.ConsumerStep):
             dict(message.headers or {}),
             message.content_type,
         )
+        refused = refusal(message.headers)
+        if refused is not None:
+            _settle(message, dead_letter(runtime, delivery, refused))
+            return
         result = self._pool.apply_async(
             run_first_attempt,
             args=(self.parent_app, runtime, delivery),
@@ -149,23 +146,6 @@ class CommandIntake(bootsteps.ConsumerStep):
                 self.brake.healthy()
             else:
                 self.brake.trouble()
-
-    def _dead_letter(self, message: Message, reason: str) -> None:
-        runtime = runtime_of(self.parent_app)
-        try:
-            runtime.dead_letters.send(
-                message.body or b"",
-                reason=reason,
-                stage="intake",
-                headers=dict(message.headers or {}),
-                content_type=message.content_type,
-            )
-        except PublishFailed:
-            # Rejecting without requeue lets the queue's own dead-lettering take it.
-            log.warning("dead-letter publish failed; rejecting to the queue's DLX instead")
-            message.reject(requeue=False)
-            return
-        message.ack()
 
 
 def _settle(message: Message, settle: Settle) -> None:

@@ -1,13 +1,10 @@
 """The intake's brake: while commands have to be given back, stop taking them for a while.
 
-A command goes back to its queue when its first attempt could neither end nor schedule its
-next attempt (the broker or the ledger in trouble), and RabbitMQ's quorum queue counts
-every such return against the queue's delivery limit (20; past it the command is
-dead-lettered). Without a pause, a few seconds of trouble (a memory alarm, a connection
-that keeps dropping) would burn through those deliveries and dead-letter healthy commands.
-Instead the intake cancels its consumer and resumes after 1 s, then 2, 4 … up to 30 s while
-the trouble lasts; the commands wait in their queue meanwhile, spending nothing. The first
-command settled normally resets the pause to 1 s.
+A command goes back to its queue when its first attempt could neither end nor schedule the
+next (the broker or the ledger in trouble), and the quorum queue counts every return against
+its delivery limit (20, then the command is dead-lettered): a few seconds of trouble would
+dead-letter healthy commands. So the intake cancels its consumer and resumes after 1 s, then
+2, 4 … up to 30 s while the trouble lasts; the first command settled normally resets it to 1 s.
 """
 
 from __future__ import annotations

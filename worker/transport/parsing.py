@@ -97,12 +97,7 @@ def parse_command(body: bytes | str) -> DebitRequested:
     """Raises Undeliverable or InvalidCommand; never anything else for any input."""
     decoded = _decode(body)
     request_id = _screened(decoded)
-    value = decoded.value
-    partial = {
-        key: value.get(key)
-        for key in ("account", "amount", "currency", "reason", "refund")
-        if _readable(key, value.get(key))
-    }
+    partial = _echoed(decoded.value)
     if decoded.repeated:
         errors = tuple(
             FieldError(field=name, message="appears more than once in a JSON object")
@@ -121,11 +116,12 @@ def parse_command(body: bytes | str) -> DebitRequested:
 
 def echo_fields(body: bytes | str) -> dict[str, Any]:
     """The command's fields a DebitFailed may echo back (those of the right type, short)."""
-    value = _decode(body).value
-    return {key: value.get(key) for key in _ECHOED if _readable(key, value.get(key))}
+    return _echoed(_decode(body).value)
 
 
-_ECHOED: Final = ("account", "amount", "currency", "reason", "refund")
+def _echoed(value: dict[str, Any]) -> dict[str, Any]:
+    fields = ("account", "amount", "currency", "reason", "refund")
+    return {key: value.get(key) for key in fields if _readable(key, value.get(key))}
 
 
 def _readable(key: str, item: object) -> bool:

@@ -1,13 +1,10 @@
 """Commands are plain JSON, never compressed: a message published with kombu's `compression`
-header is refused before anything inflates it.
+header is refused before anything inflates it (a few hundred KB on the wire became 300 MB).
 
 kombu inflates such a body while it turns the raw AMQP message into a `kombu.Message`
-(`Message.__init__`, called from `Consumer._receive_callback` through the channel's
-`message_to_python`), before any `on_message` sees it: a few hundred KB on the wire became
-300 MB in the worker. `PlainConsumer` renames the header on the raw message first, so kombu
-finds nothing to inflate and the intake can dead-letter the message as it arrived. A message
-fetched from the dead-letter queue later carries the renamed header only, so no kombu
-client inflates it there either.
+(`Message.__init__`, from `Consumer._receive_callback`), before any `on_message` sees it.
+`PlainConsumer` renames the header on the raw message first, so the intake can dead-letter the
+message as it arrived; fetched from the dead-letter queue later, it is not inflated either.
 """
 
 from __future__ import annotations
@@ -55,11 +52,10 @@ def _refuse(body: bytes) -> bytes:
 def refuse_decompression() -> None:
     """Make every kombu compression in this process refuse, for a worker process only.
 
-    Celery's own consumers (the task queue, remote control) convert a message before any of
-    our code sees it, and would inflate a compressed one: a 300 KB message on `debits.tasks`
-    or `celery.pidbox` took a worker to 2 GB. Refused, kombu records a decode error instead,
-    which Celery logs (CRITICAL, "Can't decode message body") and drops. The worker never
-    compresses anything itself. Process-wide, so `debit-worker run` calls it, not the app.
+    Celery's own consumers (the task queue, remote control) would inflate a compressed message
+    before any of our code sees it: 300 KB on `debits.tasks` or `celery.pidbox` took a worker
+    to 2 GB. Refused, kombu records a decode error, which Celery logs (CRITICAL, "Can't decode
+    message body") and drops. Process-wide, so `debit-worker run` calls it, not the app.
     """
     for content_type in compression.encoders():
         compression.register(_refuse, _refuse, content_type)
@@ -68,14 +64,12 @@ def refuse_decompression() -> None:
 class PlainConsumer(Consumer):
     """A kombu Consumer whose messages are never inflated.
 
-    Why here: `_receive_callback` is where kombu holds the raw py-amqp message before it
-    converts it, and overriding it changes this consumer's deliveries and nothing else.
-    Patching the channel's `message_to_python` would work too, but on an object kombu and
-    Celery create anew at each reconnect, for every consumer on it. It is a private kombu
-    method: tests/unit/test_plain_consumer.py fails if kombu changes it.
-    On kombu's in-memory transport (the demo) the channel converts messages before any
-    consumer sees them; the intake still refuses them by the header, but that transport has
-    no producer outside the process.
+    `_receive_callback` is where kombu holds the raw py-amqp message before converting it:
+    overriding it changes this consumer's deliveries only, whereas patching the channel's
+    `message_to_python` would touch every consumer, on an object rebuilt at each reconnect.
+    It is a private kombu method: tests/unit/test_plain_consumer.py fails if kombu changes it.
+    kombu's in-memory transport (the demo) converts messages before any consumer sees them;
+    the intake still refuses them by the header, and that transport has no outside producer.
     """
 
     def _receive_callback(self, message: Any) -> None:

@@ -46,10 +46,9 @@ def register_tasks(app: Celery, runtime: Runtime) -> Task:  # type: ignore[type-
 
 
 def _legacy_request_id(first: str) -> str:
-    """Task messages of the version before carried the command's body (and its headers)
-    instead of its request id. Only the id is read from such a body; the command, its
-    producer and its state come from the ledger, as for any later attempt. Kept while such
-    messages may still wait in the task queue after an upgrade."""
+    """Task messages of the version before carried the command's body instead of its request
+    id: only the id is read from it, the rest comes from the ledger as for any later attempt.
+    Kept while such messages may still wait in the task queue after an upgrade."""
     if not first.startswith("{"):
         return first
     try:

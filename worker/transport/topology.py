@@ -1,10 +1,8 @@
-"""The broker as the worker sees it, in one place: every name, the topology the worker and
-its producers rely on, the one shape of an event message, the errors that mean "the broker
-is in trouble", and whether the broker is embedded.
-
-Public names come from schemas.topology (the producers' contract). Everything is durable;
-queues are quorum queues (replicated, with a delivery limit so a message that keeps killing
-workers is dead-lettered instead of looping forever).
+"""The broker as the worker sees it: every name, the topology the worker and its producers rely
+on, the one shape of an event message, the errors that mean "the broker is in trouble", and
+whether it is embedded. Public names come from schemas.topology (the producers' contract).
+Everything is durable; queues are quorum queues (replicated, with a delivery limit so a
+message that keeps killing workers is dead-lettered instead of looping forever).
 """
 
 from __future__ import annotations

@@ -67,15 +67,10 @@ class Attempts(Store):
         daily: DailyLimit | None = None,
     ) -> int | None:
         """received (or escalated before any attempt) → attempting, reserving the recovery
-        against its refund and the amount against the producer's daily room in the same
-        transaction, and counting the first Stripe attempt (its time starts the key's 24 h).
-
-        Returns the number of the attempt counted (the caller goes to Stripe at once, and
-        does not count it again), or None when the request is no longer ours to move.
-
-        Raises RecoveryBudgetExceeded when a concurrent recovery took the room first, and
-        ProducerLimitExceeded when the producer's rolling day has no room left.
-        """
+        and the producer's daily room in the same transaction, and counting the first Stripe
+        attempt (its time starts the key's 24 h). Returns that attempt's number (the caller
+        does not count it again), or None when the request is no longer ours. Raises
+        RecoveryBudgetExceeded or ProducerLimitExceeded when the room is gone."""
         now = self._clock()
         params = {
             "request_id": request_id,

@@ -22,19 +22,17 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
-def audit_entry(action: str | None = None, *, entity: str = "request") -> Write:
-    """A transition's audit row: at `now`, of `request_id`, by `owner`, with `detail` (JSON);
-    its action the one given, or the `status` parameter."""
+def audit_entry(action: str) -> Write:
+    """A transition's audit row: `action` at `now`, of `request_id`, by `owner`, with `detail`
+    (JSON)."""
     a = audit_log.c
     return Write(
         audit_log,
         {
             "at": given("now", a.at),
-            "entity": literal(entity, a.entity.type),
+            "entity": literal("request", a.entity.type),
             "entity_id": given("request_id", a.entity_id),
-            "action": given("status", a.action)
-            if action is None
-            else literal(action, a.action.type),
+            "action": literal(action, a.action.type),
             "actor": given("owner", a.actor),
             "detail": given("detail", a.detail),
         },
@@ -68,19 +66,10 @@ def write_audit(
 
 
 def read_audit(conn: Connection, entity: str, entity_id: str) -> list[AuditEntry]:
+    a = audit_log.c
     rows = conn.execute(
-        select(audit_log)
-        .where(audit_log.c.entity == entity, audit_log.c.entity_id == entity_id)
-        .order_by(audit_log.c.id)
-    ).mappings()
-    return [
-        AuditEntry(
-            at=row["at"],
-            entity=row["entity"],
-            entity_id=row["entity_id"],
-            action=row["action"],
-            actor=row["actor"],
-            detail=dict(row["detail"]),
-        )
-        for row in rows
-    ]
+        select(a.at, a.entity, a.entity_id, a.action, a.actor, a.detail)
+        .where(a.entity == entity, a.entity_id == entity_id)
+        .order_by(a.id)
+    )
+    return [AuditEntry(*row) for row in rows]

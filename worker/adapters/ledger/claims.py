@@ -18,20 +18,9 @@ from worker.adapters.ledger.tables import TERMINAL, Status, debit_requests
 
 _c = debit_requests.c
 _NEW_COLUMNS = (
-    "request_id",
-    "fingerprint",
-    "account",
-    "amount",
-    "currency",
-    "reason",
-    "refund",
-    "command",
-    "status",
-    "lease_owner",
-    "lease_until",
-    "received_at",
-    "producer",
-)
+    "request_id", "fingerprint", "account", "amount", "currency", "reason", "refund",
+    "command", "status", "lease_owner", "lease_until", "received_at", "producer",
+)  # fmt: skip
 # A first claim: the row and its entry. A request already there writes nothing (no row back).
 _RECEIVED = Transition(
     postgresql.insert(debit_requests)

@@ -24,16 +24,11 @@ def make_engine(
     lock_timeout_ms: int | None = None,
 ) -> Engine:
     """`pool_size` connections are kept open; up to `max_connections` (default twice the
-    pool) are opened under load, so PostgreSQL's own limit can be planned for.
-
-    `pre_ping` tests each connection as it leaves the pool (one round trip): right for
-    commands and tools, where a connection that died with a restarted server would
-    otherwise fail the command. The worker turns it off (see bootstrap).
-
-    On PostgreSQL, `statement_timeout_ms` and `lock_timeout_ms` are set on each connection
-    as it is opened, so they cover the statements run on psycopg directly (statements.py);
-    None leaves the server's own. Errors never show a statement's parameters (the ledger's
-    data: amounts, accounts, commands)."""
+    pool) under load, so PostgreSQL's own limit can be planned for. `pre_ping` (one round
+    trip per checkout) spares commands and tools a connection that died with a restarted
+    server; the worker turns it off (see bootstrap). On PostgreSQL the timeouts are set on
+    each connection as it opens, so they also cover statements run on psycopg directly; None
+    leaves the server's own. Errors never show parameters (amounts, accounts, commands)."""
     most = max(pool_size, max_connections if max_connections is not None else 2 * pool_size)
     if url.startswith("sqlite"):
         # A file's pool is sized like PostgreSQL's (SQLAlchemy's default is 5 + 10); an

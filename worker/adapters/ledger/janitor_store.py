@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 
 from worker.adapters.ledger.records import RequestRecord, record_of
 from worker.adapters.ledger.tables import Status, debit_requests
@@ -12,7 +13,7 @@ from worker.adapters.ledger.tables import Status, debit_requests
 _OPEN = (Status.RECEIVED, Status.ATTEMPTING)
 
 
-def _abandoned(now: datetime, stale_after: float):  # type: ignore[no-untyped-def]
+def _abandoned(now: datetime, stale_after: float) -> ColumnElement[bool]:
     """Open, and either its lease ran out, or nobody has held or touched it for a while
     (a released lease means a retry is scheduled; only a long silence means it was lost)."""
     c = debit_requests.c
@@ -25,17 +26,18 @@ def _abandoned(now: datetime, stale_after: float):  # type: ignore[no-untyped-de
     )
 
 
+def _records(
+    engine: Engine, where: ColumnElement[bool], order: ColumnElement[Any], limit: int
+) -> list[RequestRecord]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(debit_requests).where(where).order_by(order).limit(limit))
+        return [record_of(row) for row in rows.mappings()]
+
+
 def abandoned_claims(
     engine: Engine, *, now: datetime, stale_after: float, limit: int
 ) -> list[RequestRecord]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(debit_requests)
-            .where(_abandoned(now, stale_after))
-            .order_by(debit_requests.c.updated_at)
-            .limit(limit)
-        ).mappings()
-        return [record_of(row) for row in rows]
+    return _records(engine, _abandoned(now, stale_after), debit_requests.c.updated_at, limit)
 
 
 def take_over(engine: Engine, request_id: str, *, now: datetime, stale_after: float) -> bool:
@@ -56,23 +58,10 @@ def expiring_attempts(
 ) -> list[RequestRecord]:
     """Attempting requests whose first Stripe call is older than the cut-off."""
     c = debit_requests.c
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(debit_requests)
-            .where(c.status == Status.ATTEMPTING, c.first_attempt_at < first_attempt_before)
-            .order_by(c.first_attempt_at)
-            .limit(limit)
-        ).mappings()
-        return [record_of(row) for row in rows]
+    where = and_(c.status == Status.ATTEMPTING, c.first_attempt_at < first_attempt_before)
+    return _records(engine, where, c.first_attempt_at, limit)
 
 
 def needing_reconciliation(engine: Engine, *, limit: int) -> list[RequestRecord]:
     c = debit_requests.c
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(debit_requests)
-            .where(c.status == Status.NEEDS_RECONCILIATION)
-            .order_by(c.updated_at)
-            .limit(limit)
-        ).mappings()
-        return [record_of(row) for row in rows]
+    return _records(engine, c.status == Status.NEEDS_RECONCILIATION, c.updated_at, limit)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, func, literal, select, update
@@ -22,37 +22,18 @@ class PendingEvent:
     sent: bool
 
 
-def _row(event: OutboxEvent, now: datetime) -> dict[str, object]:
-    return {
-        "event_id": event.event_id,
-        "request_id": event.request_id,
-        "event_type": event.event_type,
-        "routing_key": event.routing_key,
-        "body": event.body,
-        "created_at": now,
-        "publish_attempts": 0,
-    }
-
-
-def insert_event(conn: Connection, event: OutboxEvent, now: datetime) -> bool:
-    return insert_ignoring_duplicates(conn, outbox, _row(event, now))
-
-
 def event_row_id(conn: Connection, event_id: str) -> int:
     """The outbox row that holds an event already there (event ids are deterministic)."""
     return int(conn.execute(select(outbox.c.id).where(outbox.c.event_id == event_id)).scalar_one())
 
 
+_EVENT_COLUMNS = tuple(f.name for f in fields(OutboxEvent))  # named as outbox's columns
+
+
 def _pending(row: dict[str, object]) -> PendingEvent:
     return PendingEvent(
         row_id=int(str(row["id"])),
-        event=OutboxEvent(
-            event_id=str(row["event_id"]),
-            request_id=str(row["request_id"]),
-            event_type=str(row["event_type"]),
-            routing_key=str(row["routing_key"]),
-            body=str(row["body"]),
-        ),
+        event=OutboxEvent(**{name: str(row[name]) for name in _EVENT_COLUMNS}),
         created_at=row["created_at"],  # type: ignore[arg-type]
         sent=row["sent_at"] is not None,
     )
@@ -99,8 +80,9 @@ def event_params(event: OutboxEvent) -> dict[str, object]:
 
 class OutboxStore(Store):
     def add(self, event: OutboxEvent) -> bool:
+        row = {**asdict(event), "created_at": self._clock(), "publish_attempts": 0}
         with self._engine.begin() as conn:
-            return insert_event(conn, event, self._clock())
+            return insert_ignoring_duplicates(conn, outbox, row)
 
     def for_request(self, request_id: str) -> list[PendingEvent]:
         with self._single.connect() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, or_, select, update
+from sqlalchemy import Row, and_, or_, select, update
 
 from worker.adapters.ledger.audit import audit_entry
 from worker.adapters.ledger.outbox_store import event_params, event_row_id, outbox_entry
@@ -127,13 +127,8 @@ class Outcomes(Store):
         """Hand an unfinished request to an operator. A `received` one never reached Stripe
         (the audit entry says so); an `attempting` one may have moved money."""
         with self._engine.begin() as conn:
-            before = _status(conn, request_id)
+            before = conn.execute(select(_c.status).where(_c.request_id == request_id)).scalar()
             detail = {"why": why, "stripe_called": before == Status.ATTEMPTING}
             params = {"request_id": request_id, "owner": owner, "now": self._clock()}
             moved = _ESCALATE.in_transaction(conn, {**params, "detail": detail})
         return moved is not None
-
-
-def _status(conn: Connection, request_id: str) -> str | None:
-    found = conn.execute(select(_c.status).where(_c.request_id == request_id)).scalar_one_or_none()
-    return None if found is None else str(found)

@@ -1,16 +1,11 @@
-"""Statements on PostgreSQL run on psycopg directly (statements.OnPsycopg compiles them).
+"""Statements on PostgreSQL run on psycopg directly (statements.OnPsycopg compiles them to
+psycopg's `%(name)s` text and converts their parameters).
 
-For these statements SQLAlchemy's own work per execution (a Connection object, an
-execution context, parameter processing, a result proxy, event dispatch) cost more of the
-worker's CPU than psycopg's execution of them. Each statement here borrows a connection from
-the engine's own pool, runs alone in autocommit mode (its own transaction, no BEGIN or COMMIT
-round trip; psycopg prepares it once it has run a few times on that connection) and hands the
-connection back. Failures come out as SQLAlchemy's exceptions (DBAPIError and its
-subclasses), so callers treat them as any other ledger error, and a connection that broke is
-dropped from the pool instead of being handed out again.
-
-The SQL is PostgreSQL's own, with psycopg's `%(name)s` parameters, already converted for
-psycopg (statements.py converts them with the columns' own types).
+For these statements SQLAlchemy's own work per execution cost more of the worker's CPU than
+psycopg's execution of them. Each borrows a connection from the engine's pool and runs alone
+in autocommit mode (no BEGIN or COMMIT round trip). Failures come out as SQLAlchemy's
+DBAPIError, so callers treat them as any ledger error, and a broken connection is dropped
+from the pool instead of being handed out again.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Reserving a producer's rolling-day room, inside the transaction that moves a request to
-``attempting``.
-
-The upsert (INSERT … ON CONFLICT DO UPDATE) of the (producer, currency) row takes a row lock
-held until commit, so the sum read after it sees every reservation committed by a concurrent
-worker: two workers can never both fit into the same remaining room. A request reserves at
-most once (its request_id is the reservation's key), and a failed request gives its
-reservation back.
-"""
+``attempting``. The upsert of the (producer, currency) row locks it until commit, so the sum
+read after it sees every concurrent worker's committed reservation: two can never both fit
+into the same room. A request reserves at most once (keyed by request_id); a failed request
+gives its reservation back."""
 
 from __future__ import annotations
 
@@ -34,8 +30,7 @@ def reserve(
 ) -> None:
     """Raises ProducerLimitExceeded (the caller's transaction then rolls back)."""
     budget, held = producer_budgets.c, producer_reservations.c
-    # The lock: concurrent reservations of this producer wait here. One upsert both creates
-    # the (producer, currency) row the first time and locks it until commit.
+    # The lock: concurrent reservations of this producer wait here.
     conn.execute(
         upsert(conn, producer_budgets)
         .values(producer=limit.producer, currency=limit.currency, updated_at=now)

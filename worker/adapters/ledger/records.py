@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from worker.adapters.ledger.tables import Status
 
@@ -30,26 +30,14 @@ class RequestRecord:
     producer: str | None = None  # verified when claimed; None: claimed unsigned
 
 
+# The columns read into a record as they are (each field is named as its column).
+_PLAIN: Final = tuple(f.name for f in fields(RequestRecord) if f.name not in {"command", "status"})
+
+
 def record_of(row: Any) -> RequestRecord:
     """A debit_requests row (a mapping) as a record."""
-    return RequestRecord(
-        request_id=row["request_id"],
-        fingerprint=row["fingerprint"],
-        command=dict(row["command"]),
-        status=Status(row["status"]),
-        attempts=row["attempts"],
-        idempotency_key=row["idempotency_key"],
-        payment_id=row["payment_id"],
-        failure_code=row["failure_code"],
-        failure_message=row["failure_message"],
-        received_at=row["received_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-        first_attempt_at=row["first_attempt_at"],
-        producer=row["producer"],
-    )
+    plain = {name: row[name] for name in _PLAIN}
+    return RequestRecord(**plain, command=dict(row["command"]), status=Status(row["status"]))
 
 
 def fresh_record(row: dict[str, Any]) -> RequestRecord:

@@ -1,9 +1,7 @@
 """Debit requests in the ledger: claims, attempts, outcomes, refund budgets and reads.
 
-Every transition is guarded (a conditional UPDATE, or an INSERT that does nothing over a
-request already there), so redeliveries and concurrent workers can never move a request
-backwards or record two outcomes; each is one statement on PostgreSQL, or one transaction
-(see statements.py).
+Every transition is guarded (statements.py), so redeliveries and concurrent workers can never
+move a request backwards or record two outcomes.
 """
 
 from __future__ import annotations

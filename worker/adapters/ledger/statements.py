@@ -1,16 +1,13 @@
-"""Ledger transitions, each written once in SQLAlchemy Core, and the one way each database
-runs them, chosen when a store is built.
+"""Ledger transitions, each written once in SQLAlchemy Core, and how each database runs them.
 
 A transition is a guarded change (an INSERT … ON CONFLICT DO NOTHING or a conditional UPDATE,
 RETURNING what the caller needs) and the rows written only when that change took: its audit
-entry, its outbox event. No row back means nothing happened: the guard refused.
+entry, its outbox event. No row back means the guard refused.
 
-PostgreSQL runs a transition as one statement (data-modifying CTEs), compiled once to
-psycopg's text and run alone on a pooled connection (pg_direct.py): no BEGIN or COMMIT round
-trip, none of SQLAlchemy's per-execution work. SQLite has no data-modifying CTEs; it runs the
-same parts in one transaction, in process, through SQLAlchemy. A transition that must also
-decide something between its change and its writes (a reservation, a release) runs as those
-parts in one transaction on either database (`in_transaction`).
+PostgreSQL runs a transition as one statement (data-modifying CTEs) on psycopg directly
+(pg_direct.py); SQLite, which has none, runs the same parts in one transaction. A transition
+that must decide something between its change and its writes (a reservation, a release) runs
+as those parts in one transaction on either database (`in_transaction`).
 """
 
 from __future__ import annotations

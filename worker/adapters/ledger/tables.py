@@ -86,11 +86,11 @@ debit_requests = Table(
     Column("received_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
-    # When the idempotency key was first sent to Stripe (migration 0003): Stripe keeps keys
-    # 24 h, so this bounds how long the request may be retried.
+    # When the idempotency key was first sent to Stripe: Stripe keeps keys 24 h, so this
+    # bounds how long the request may be retried.
     Column("first_attempt_at", UTCDateTime, nullable=True),
-    # The producer whose signature was verified when the request was claimed (migration
-    # 0004): its policy applies whenever the request is decided, whoever resumes it.
+    # The producer whose signature was verified when the request was claimed: its policy
+    # applies whenever the request is decided, whoever resumes it.
     Column("producer", String(64), nullable=True),
     Index("ix_debit_requests_status", "status"),
     Index("ix_debit_requests_refund", "refund"),
@@ -143,7 +143,7 @@ audit_log = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", UTCDateTime, nullable=False),
-    Column("entity", String(32), nullable=False),  # "request" | "consent" | "dead_letter"
+    Column("entity", String(32), nullable=False),  # "request" | "consent"
     Column("entity_id", String(128), nullable=False),
     Column("action", String(64), nullable=False),
     Column("actor", String(200), nullable=False),
@@ -151,10 +151,9 @@ audit_log = Table(
     Index("ix_audit_entity", "entity", "entity_id"),
 )
 
-# Per-producer daily limits (migration 0002_producers). One lock row per (producer,
-# currency), taken by an UPDATE at the start of each reservation so concurrent reservations
-# of one producer queue up; one reservation row per request, so a redelivered request can
-# never count twice. A failed debit's reservation is released (given back).
+# Per-producer daily limits. One lock row per (producer, currency), locked at the start of
+# each reservation so one producer's reservations queue up; one reservation row per request,
+# so a redelivered request never counts twice. A failed debit's reservation is released.
 producer_budgets = Table(
     "producer_budgets",
     metadata,
