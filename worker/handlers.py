@@ -80,8 +80,7 @@ class Services:
     rules: RuleTables
     config: HandlerConfig
     clock: Callable[[], datetime]
-    # None: every command is accepted unsigned, without producer policy (unit tests).
-    auth: Authenticator | None = None
+    auth: Authenticator
 
 
 class Result(StrEnum):
@@ -204,8 +203,7 @@ class _Debit:
         retry, the janitor, a redelivery past the signature window); None: claimed
         unsigned, with signatures optional."""
         if claimed_by is not None:
-            auth = self.svc.auth
-            return claimed_by, auth.policy_of(claimed_by) if auth else ProducerPolicy()
+            return claimed_by, self.svc.auth.policy_of(claimed_by)
         if self.producer is not None:
             return self.producer.producer, self.producer.policy
         return None

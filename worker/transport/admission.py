@@ -47,7 +47,7 @@ Admission = Admitted | Refused | Invalid
 
 
 def admit(
-    body: bytes, headers: Mapping[str, str], auth: Authenticator | None, now: datetime
+    body: bytes, headers: Mapping[str, str], auth: Authenticator, now: datetime
 ) -> Admission:
     """Raises Undeliverable (no request id); never anything else for any input. The
     signature is checked before validity is told: an unauthorised sender learns nothing
@@ -58,7 +58,7 @@ def admit(
     except InvalidCommand as invalid:
         parsed = invalid
     try:
-        producer = auth.verify(body, headers, now) if auth is not None else None
+        producer = auth.verify(body, headers, now)
     except Unauthorized as refused:
         command = parsed if isinstance(parsed, DebitRequested) else None
         digest = hashlib.sha256(body).hexdigest()[:32]
