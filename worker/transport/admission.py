@@ -46,9 +46,7 @@ class Invalid:
 Admission = Admitted | Refused | Invalid
 
 
-def admit(
-    body: bytes, headers: Mapping[str, str], auth: Authenticator, now: datetime
-) -> Admission:
+def admit(body: bytes, headers: Mapping[str, str], auth: Authenticator, now: datetime) -> Admission:
     """Raises Undeliverable (no request id); never anything else for any input. The
     signature is checked before validity is told: an unauthorised sender learns nothing
     about its command but the refusal."""
