@@ -54,10 +54,10 @@ class OperatorActionNeeded(TransientFailure):
 
 
 class RefusalNotRecorded(TransientFailure):
-    """An unauthorised command whose refusal could not be written (the ledger away). Retried
-    until it can be; out of attempts, it is dead-lettered as unauthorised, never as
-    "attempts exhausted", and no replay can make it move money (it carries no valid
-    producer signature)."""
+    """An unauthorised command whose refusal could not be written (the ledger away). Never
+    claimed, it goes back to its queue to be refused once the ledger answers; it is never
+    dead-lettered as "attempts exhausted", and no replay can make it move money (it carries
+    no valid producer signature)."""
 
 
 class Unclaimed(DebitWorkerError):
