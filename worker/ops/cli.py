@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from schemas.commands import DebitReason, DebitRequested
 from schemas.signing import SIGNATURE_HEADER, SIGNATURE_HEADERS, Signer
+from schemas.topology import COMMAND_ROUTING_KEY
 from worker.adapters.ledger import Ledger
 from worker.adapters.ledger.database import make_engine
 from worker.adapters.ledger.janitor_store import needing_reconciliation
@@ -39,6 +40,7 @@ from worker.transport.attempts import PROCESS_TASK, send_attempt
 from worker.transport.authentication import RECEIVED_AT_HEADER
 from worker.transport.plain_consumer import refuse_decompression
 from worker.transport.topology import (
+    PERSISTENT,
     TASK_QUEUE,
     command_exchange,
     dead_letter_queue,
@@ -370,6 +372,7 @@ def dlq_replay(limit: int) -> None:
         channel: Any = conn.channel()
         declare_all(channel)
         producer = conn.Producer()
+        tasks = create_app(settings)  # for replays of later attempts, which are Celery tasks
         for _ in range(limit):
             message = channel.basic_get(dead_letter_queue.name, no_ack=False)
             if message is None:
@@ -379,17 +382,17 @@ def dlq_replay(limit: int) -> None:
             if request_id is not None:
                 # A later attempt of a claimed request names the request only, and reads the
                 # command and its producer from the ledger: it is scheduled again as it was.
-                send_attempt(create_app(settings), request_id)
+                send_attempt(tasks, request_id)
             else:
                 command, carried = original_message(message.body, headers)
                 producer.publish(
                     command,
                     headers=replay_headers(signer, command, carried),
                     exchange=command_exchange,
-                    routing_key="debit.requested",
+                    routing_key=COMMAND_ROUTING_KEY,
                     content_type="application/json",
                     content_encoding="binary",
-                    delivery_mode=2,
+                    delivery_mode=PERSISTENT,
                     mandatory=True,
                 )
             channel.basic_ack(message.delivery_tag)

@@ -103,7 +103,7 @@ class CommandIntake(bootsteps.ConsumerStep):
         delivery = Delivery(
             body.encode("utf-8") if isinstance(body, str) else body,
             carried_headers(message.headers) | {RECEIVED_AT_HEADER: f"{time.time():.3f}"},
-            dict(message.headers or {}),
+            message.headers or {},  # as it came: only a dead letter reads it
             message.content_type,
         )
         refused = refusal(message.headers)
