@@ -195,21 +195,25 @@ class OnPsycopg(Runner):
 
 
 class _Compiled:
+    """One statement as psycopg's text, its placeholders renamed to the callers' own names
+    (`p_now` → `now`) so a call copies the caller's parameters once and converts only those
+    whose type has a bind processor."""
+
     def __init__(self, stmt: Any, engine: Engine) -> None:
         dialect = engine.dialect
         compiled = stmt.compile(dialect=dialect)
         self._engine = engine
-        self.sql = compiled.string
+        self.sql = compiled.string.replace("%(p_", "%(")
         self.constants = {
             name: bind.value
             for name, bind in compiled.binds.items()
             if not bind.required and bind.callable is None
         }
-        self.binds = {
-            name: processor
+        self.binds = tuple(
+            (name.removeprefix("p_"), processor)
             for name, bind in compiled.binds.items()
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        }
+        )
         columns: Sequence[Any] = stmt.exported_columns  # a SELECT's columns, or RETURNING's
         self.results = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
@@ -217,9 +221,9 @@ class _Compiled:
         self._any_result = any(p is not None for p in self.results)
 
     def run(self, params: Params) -> tuple[Any, ...] | None:
-        values = {**self.constants, **_bound(params)}
+        values = {**params, **self.constants}
         try:
-            for name, processor in self.binds.items():
+            for name, processor in self.binds:
                 values[name] = processor(values[name])
         except (ValueError, TypeError) as exc:  # e.g. a naive datetime: as SQLAlchemy says it
             raise StatementError(str(exc), self.sql, None, exc) from exc
