@@ -17,8 +17,10 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
 
+# Byte-compiled once here: with PYTHONDONTWRITEBYTECODE set (as on the build machines) every
+# process would otherwise compile celery, kombu, stripe and SQLAlchemy again as it starts.
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 install: $(VENV)/.synced ## create .venv with the locked dependencies

@@ -1,4 +1,5 @@
-"""`python -m bench` (`make bench`): our worker and a naive one, measured in the same run.
+"""`python -m bench` (`make bench`): our worker and a naive one, measured in the same run,
+and what the daily proof of a day costs (reconcile-day, reconcile-cost).
 
 Starts everything it needs (own RabbitMQ vhost, own PostgreSQL database, a sandbox process,
 the workers as processes), then writes docs/performance.md and docs/performance.png.
@@ -14,15 +15,15 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench import phases
-from bench.report import Run, markdown, plot
+from bench import phases, reconcile
+from bench.report import Run, change, markdown, plot
 from bench.services import own_services, sandbox_process
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA = ROOT / "bench" / "NOTES.md"
 
 
-PHASES = ("ours", "naive", "zero-latency", "noop")
+PHASES = ("ours", "naive", "zero-latency", "noop", "reconcile-day", "reconcile-cost")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -31,6 +32,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=97.0, help="debits/s offered")
     parser.add_argument("--backlog", type=int, help="zero-latency commands [6000; quick 1500]")
     parser.add_argument("--noop", type=int, help="bare no-op tasks [20000; quick 3000]")
+    parser.add_argument(
+        "--day-debits", type=int, help="debits of the day the proof reads [1000000; quick 20000]"
+    )
     parser.add_argument(
         "--concurrency", type=int, help="threads per worker process [64 / processes]"
     )
@@ -52,6 +56,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.duration = 10.0
     args.backlog = args.backlog or (1500 if args.quick else 6000)
     args.noop = args.noop or (3000 if args.quick else 20000)
+    args.day_debits = args.day_debits or (20_000 if args.quick else 1_000_000)
     return args
 
 
@@ -76,19 +81,46 @@ def main(argv: list[str] | None = None) -> int:
         _say(fast)
         noop = phases.bare_celery_noop(setup, args.noop, threads)
         _say(noop)
+        day = reconcile.reconcile_day(setup, args.day_debits)
+        _say_day(day)
+        cost = reconcile.reconcile_cost(setup, args.rate, args.duration)
+        _say_cost(cost)
         problems = admin.problems()
-    run = Run(ours, naive, fast, noop, args.rate, args.duration, command, args.processes, threads)
+    run = Run(
+        ours,
+        naive,
+        fast,
+        noop,
+        args.rate,
+        args.duration,
+        command,
+        args.processes,
+        threads,
+        day=day,
+        cost=cost,
+    )
     png = args.output.with_suffix(".png")
     plot(run, png)
     extra = EXTRA.read_text() if EXTRA.exists() else ""
     args.output.write_text(markdown(run, png.name, extra))
     print(f"wrote {args.output} and {png}; sandbox money problems: {problems or 'none'}")
-    complete = all(m.answered == m.published and not m.failed for m in (ours, fast))
-    return 0 if complete and not problems else 1
+    complete = all(
+        m.answered == m.published and not m.failed for m in (ours, fast, cost.alone, cost.during)
+    )
+    return 0 if complete and not day.unexplained and not problems else 1
 
 
 def _only(phase: str, setup: phases.Setup, args: argparse.Namespace) -> int:
     phases.declare_topology(setup)  # the full run's first phase leaves it declared
+    if phase == "reconcile-day":
+        day = reconcile.reconcile_day(setup, args.day_debits)
+        _say_day(day)
+        return 0 if not day.unexplained else 1
+    if phase == "reconcile-cost":
+        cost = reconcile.reconcile_cost(setup, args.rate, args.duration)
+        _say_cost(cost)
+        runs = (cost.alone, cost.during)
+        return 0 if all(m.answered == m.published and not m.failed for m in runs) else 1
     if phase == "ours":
         measured = phases.ours_at_stripe_rate(setup, args.rate, args.duration)
     elif phase == "naive":
@@ -114,6 +146,27 @@ def _say(m: phases.Measured) -> None:
         print("  CPU ms/debit: " + ", ".join(f"{k} {v:.2f}" for k, v in m.cpu_ms.items()))
     for stage, (p50, p99) in m.stages.items():
         print(f"  {stage}: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms", flush=True)
+
+
+def _say_day(d: reconcile.DayProofMeasured) -> None:
+    print(
+        f"daily proof of {d.debits} debits ({d.status}): {d.seconds:.1f} s (the proof "
+        f"{d.proof_seconds:.1f} s; seeding {d.seed_seconds:.1f} s), {d.list_requests} list "
+        f"requests (sandbox: {d.sandbox_list_requests}) = {d.debits_per_list_request:.1f} "
+        f"debits each, {d.matched} matched, {d.unexplained} unexplained, 429s "
+        f"{d.rate_limited}, peak RSS {d.rss_peak_mb:.0f} MB",
+        flush=True,
+    )
+
+
+def _say_cost(c: reconcile.ReconcileCost) -> None:
+    _say(c.alone)
+    _say(c.during)
+    print(
+        f"with the proof running: {change(c.drop)}, {c.list_requests} list requests meanwhile"
+        + ("" if c.proof_throughout else "; the proof ENDED before the run did"),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,8 +308,20 @@ def stage_breakdown(database_url: str, timeline: load.Timeline) -> dict[str, tup
     }
 
 
-def ours_at_stripe_rate(setup: Setup, rate: float, duration: float) -> Measured:
-    """Our worker (Redis budget of 100/s) against a Stripe-like sandbox at a steady rate."""
+def ours_at_stripe_rate(
+    setup: Setup,
+    rate: float,
+    duration: float,
+    *,
+    name: str = "ours",
+    prefix: str = "ours",
+    alongside: AbstractContextManager[object] | None = None,
+) -> Measured:
+    """Our worker (Redis budget of 100/s) against a Stripe-like sandbox at a steady rate.
+
+    `prefix` starts each request id (a second run in the same ledger needs its own);
+    `alongside` is entered once the workers consume, just before the load starts, and left
+    once the run is measured: something else using the machine and the budget meanwhile."""
     setup.admin.set_faults(STRIPE_LIKE)
     env = product_env(setup, rate=100, redis=True)
     with product_worker(setup, env) as rss:
@@ -318,11 +330,12 @@ def ours_at_stripe_rate(setup: Setup, rate: float, duration: float) -> Measured:
         publisher = load.ConfirmedPublisher(setup.services.vhost)
 
         def run() -> None:
-            load.steady(rate, duration, publisher, timeline, "ours")
+            load.steady(rate, duration, publisher, timeline, prefix)
             publisher.close()
 
         try:
-            return _measure("ours", setup, timeline, run, rss, settle=30)
+            with alongside or nullcontext():
+                return _measure(name, setup, timeline, run, rss, settle=30)
         finally:
             listener.close()
             publisher.abandon()

@@ -15,8 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.phases import Measured
+from bench.reconcile import COST_DAY_DEBITS, DayProofMeasured, ReconcileCost
 
 STRIPE_P99_S = 1.0
+PROOF_DEBITS = 1_000_000  # the daily proof's target size
+PROOF_DENSITY = 90  # debits per list request, at least
+COST_DROP = 0.05  # debit throughput lost while the proof runs, at most
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class Run:
     command: str
     processes: int = 1
     threads: int = 64
+    day: DayProofMeasured | None = None  # reconcile-day
+    cost: ReconcileCost | None = None  # reconcile-cost
 
 
 def machine() -> str:
@@ -69,16 +75,21 @@ def plot(run: Run, path: Path) -> None:
     plt.close(figure)
 
 
-def _row(m: Measured) -> str:
-    lat = (
+def _latencies(m: Measured) -> str:
+    """publish → event p50 / p99 / max, ms."""
+    if not m.samples:
+        return "-"
+    return (
         f"{m.latency(0.5) * 1000:.0f} / {m.latency(0.99) * 1000:.0f} / "
         f"{max(s[1] for s in m.samples) * 1000:.0f}"
-        if m.samples
-        else "-"
     )
+
+
+def _row(m: Measured) -> str:
     return (
         f"| {m.name} | {m.published} | {m.answered} | {_failed(m)} | {m.throughput:.1f} | "
-        f"{_number(m.slowest_window())} | {lat} | {m.rate_limited} | {m.requests_per_debit:.3f} | "
+        f"{_number(m.slowest_window())} | {_latencies(m)} | {m.rate_limited} | "
+        f"{m.requests_per_debit:.3f} | "
         f"{m.rss_main_mb:.0f} / {m.rss_tree_mb:.0f} |"
     )
 
@@ -148,6 +159,7 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
             f"{max(ours.rss_main_mb, fast.rss_main_mb):.0f} MB",
             max(ours.rss_main_mb, fast.rss_main_mb) <= 150,
         ),
+        *_reconcile_targets(run),
     ]
     lines = [
         "# Performance",
@@ -204,7 +216,8 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
         "",
         f"![publish-to-event latency over time]({plot_name})",
         "",
-        "## Targets (issue 7)",
+        *_reconcile_section(run),
+        "## Targets (issues 7 and 17)",
         "",
         "| target | measured | |",
         "|---|---|---|",
@@ -218,3 +231,100 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
 
 def _ratio(a: Measured, b: Measured) -> str:
     return f"{a.throughput / b.throughput:.0f}" if b.throughput else "∞"
+
+
+def _reconcile_targets(run: Run) -> list[tuple[str, str, bool]]:
+    targets = []
+    if run.day is not None:
+        day = run.day
+        targets.append(
+            (
+                f"daily proof of {PROOF_DEBITS:,} debits: <= 1 list request per "
+                f"{PROOF_DENSITY} debits, 0 unexplained",
+                f"{day.debits:,} debits: {day.list_requests:,} list requests "
+                f"({_number(day.debits_per_list_request)} debits each), {day.matched:,} "
+                f"matched, {day.unexplained} unexplained, {day.seconds:.0f} s",
+                day.debits >= PROOF_DEBITS
+                and day.debits_per_list_request >= PROOF_DENSITY
+                and day.unexplained == 0,
+            )
+        )
+    if run.cost is not None:
+        cost = run.cost
+        targets.append(
+            (
+                f"debit throughput with the daily proof running: <= {COST_DROP * 100:.0f} % lower "
+                "than without",
+                f"{cost.during.throughput:.1f}/s with, {cost.alone.throughput:.1f}/s without: "
+                f"{change(cost.drop)}; {cost.list_requests} list requests meanwhile"
+                + ("" if cost.proof_throughout else " (the proof ended before the run did)"),
+                cost.drop <= COST_DROP
+                and cost.proof_throughout
+                and all(
+                    m.answered == m.published and not m.failed for m in (cost.alone, cost.during)
+                ),
+            )
+        )
+    return targets
+
+
+def change(drop: float) -> str:
+    """A drop in throughput as words: "1.2 % lower", or "0.4 % higher" when it rose."""
+    if math.isnan(drop):
+        return "not measured"
+    return f"{abs(drop) * 100:.1f} % {'lower' if drop >= 0 else 'higher'}"
+
+
+def _reconcile_section(run: Run) -> list[str]:
+    lines: list[str] = []
+    if run.day is None and run.cost is None:
+        return lines
+    lines += ["## Closing the books (issue 17)", ""]
+    if run.day is not None:
+        day = run.day
+        lines += [
+            f"The daily proof of a day of {day.debits:,} account debits, generated at the "
+            "sandbox in bulk and seeded in the ledger as succeeded (one COPY, "
+            f"{day.seed_seconds:.0f} s), proved by `debit-worker reconcile --day D --json` in a "
+            "process of its own, on the workers' Redis budget (100 requests/s, list reads on "
+            "spare tokens); the sandbox without latency, its limiter at 100 requests/s:",
+            "",
+            "| debits | seconds (process / proof) | list requests (proof / sandbox) "
+            "| debits per list request | matched | unexplained | 429s "
+            "| peak RSS of the process MB |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {day.debits:,} | {day.seconds:.1f} / {day.proof_seconds:.1f} "
+            f"| {day.list_requests:,} / {day.sandbox_list_requests:,} "
+            f"| {_number(day.debits_per_list_request)} | {day.matched:,} | {day.unexplained} "
+            f"| {day.rate_limited} | {day.rss_peak_mb:.0f} |",
+            "",
+        ]
+    if run.cost is not None:
+        cost = run.cost
+        lines += [
+            'Debit throughput with and without the daily proof: the load of "ours" twice, '
+            "alone and while `debit-worker reconcile --day D` of a generated day of "
+            f"{COST_DAY_DEBITS:,} charges reads Stripe's charges on the same Redis budget "
+            "(the load starts once it has made its first list request; it is stopped after "
+            "the run):",
+            "",
+            "| run | published | answered | of which failed | debits/s "
+            "| slowest 10 s window /s | publish→event p50 / p99 / max ms | 429s "
+            "| list requests meanwhile |",
+            "|---|---|---|---|---|---|---|---|---|",
+            _cost_row(cost.alone, "-"),
+            _cost_row(cost.during, str(cost.list_requests)),
+            "",
+            f"- Throughput with the proof running: **{change(cost.drop)}**"
+            + ("." if cost.proof_throughout else " (the proof ended before the run did)."),
+            "",
+        ]
+    return lines
+
+
+def _cost_row(m: Measured, list_requests: str) -> str:
+    return (
+        f"| {m.name} | {m.published} | {m.answered} | {_failed(m)} | {m.throughput:.1f} | "
+        f"{_number(m.slowest_window())} | {_latencies(m)} | {m.rate_limited} "
+        f"| {list_requests} |"
+    )

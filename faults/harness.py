@@ -6,8 +6,14 @@ every request got exactly one outcome and every cent adds up.
 Faults, at random moments: SIGKILL and SIGTERM of worker processes; crash points inside the
 worker (after Stripe answered, after the outcome was recorded, after it was published);
 RabbitMQ `stop_app`/`start_app`; a PostgreSQL restart; sandbox 429s, 500s, lost responses
-(the money moved) and latency spikes longer than the worker's Stripe timeout.
-Exits 1 if any invariant is violated (see faults/invariants.py).
+(the money moved), debits carried out although answered 500 (at once, or seconds later) and
+latency spikes longer than the worker's Stripe timeout.
+
+The workers settle requests in needs_reconciliation every 20 s (a 10 s grace for late
+execution), and once the run has drained the books are closed as an operator would
+(faults/reconcile.py): `debit-worker reconcile` in rounds until no request awaits
+reconciliation, then the daily proof of each day the run touched. Exits 1 if any invariant
+is violated (see faults/invariants.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,15 @@ from kombu import Connection
 
 from faults.broker import Broker, events_of
 from faults.invariants import Plan, PlannedRequest, check
+from faults.reconcile import (
+    Closing,
+    DayProof,
+    escalation_counts,
+    escalations,
+    operator_env,
+    prove_days,
+    reconcile_rounds,
+)
 from faults.services import (
     HARNESS_SIGNER,
     RABBIT_HOST,
@@ -62,6 +78,7 @@ class Options:
     postgres_restarts: int
     crash_share: float
     drain_timeout: float
+    reconcile_timeout: float
     seed: int
     report: Path | None
 
@@ -80,6 +97,9 @@ def baseline_faults(seed: int) -> Faults:
         server_error_share=0.10,
         drop_after_share=0.05,
         drop_before_share=0.02,
+        executed_server_error_share=0.015,
+        executed_late_share=0.015,
+        executed_late_seconds=3,
         random_seed=seed,
     )
 
@@ -210,11 +230,23 @@ def wait_until_settled(
     return remaining
 
 
+def close_books(
+    env: dict[str, str], ledger: Ledger, opts: Options, first_day: date
+) -> tuple[Closing, list[DayProof]]:
+    """The operator's reconciliation rounds, then the proof of each UTC day the run touched
+    (its first, and today if the run crossed midnight)."""
+    operator = operator_env(env)
+    closing = reconcile_rounds(operator, ledger, timeout=opts.reconcile_timeout, pause=3)
+    days = sorted({first_day, datetime.now(UTC).date()})
+    return closing, prove_days(operator, days)
+
+
 def run(opts: Options) -> int:
     rng = random.Random(opts.seed)
     plan = make_plan(opts.requests, rng)
     log_dir = Path(tempfile.mkdtemp(prefix="debit-faults-"))
     started = time.monotonic()
+    first_day = datetime.now(UTC).date()
     with (
         own_vhost("debit-faults") as vhost,
         own_database("debit_faults") as database_url,
@@ -239,6 +271,8 @@ def run(opts: Options) -> int:
             relay_interval_seconds=1,
             janitor_interval_seconds=2,
             janitor_stale_after_seconds=30,
+            reconcile_interval_seconds=20,
+            reconcile_grace_seconds=10,
             log_level="WARNING",
             crash_points=f"after_stripe:{crash},after_record:{crash},after_publish:{crash}",
         )
@@ -257,12 +291,16 @@ def run(opts: Options) -> int:
             chaos_thread.join()
             ledger = Ledger.on(make_engine(database_url, pool_size=2))
             unsettled = wait_until_settled(ledger, broker, plan, opts.drain_timeout)
+            closing, proofs = close_books(env, ledger, opts, first_day)
+            # the events of the last settlements, published inline or by the relay
+            unsettled = unsettled or wait_until_settled(ledger, broker, plan, 120)
             time.sleep(3)  # let the last inline publishes and relay rounds land
             events = events_of(broker.drain(COLLECTOR))
             dead = broker.drain("debits.dead-letter", idle_seconds=1)
             state = admin.state()
             problems = admin.problems()
-            result = check(plan, events, ledger, state, problems)
+            ended = escalations(ledger)
+            result = check(plan, events, ledger, state, problems, closing.left, proofs)
         finally:
             done.set()
             pool.stop_all()
@@ -283,6 +321,12 @@ def run(opts: Options) -> int:
         "dead_letters": len(dead),
         "stripe_requests": state.requests,
         "unsettled": unsettled,
+        "reconciliation": {
+            "escalated_during_run": len(ended),
+            "escalations_ended_by": escalation_counts(ended),
+            **closing.summary(),
+        },
+        "daily_proof": [proof.summary() for proof in proofs],
         "violations": result.violations,
         "logs": str(log_dir),
     }
@@ -303,6 +347,13 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--postgres-restarts", type=int, default=1)
     parser.add_argument("--crash-share", type=float, default=0.002)
     parser.add_argument("--drain-timeout", type=float, default=900)
+    parser.add_argument(
+        "--reconcile-timeout",
+        type=float,
+        default=420,
+        help="how long the operator's reconcile rounds may take (a window closes at the "
+        "last attempt + the 10 s grace + 60 s; a crashed reconciler's lease lasts 300 s)",
+    )
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--report", type=Path)
     args = parser.parse_args(argv)
@@ -315,6 +366,7 @@ def parse(argv: list[str] | None = None) -> Options:
         postgres_restarts=args.postgres_restarts,
         crash_share=args.crash_share,
         drain_timeout=args.drain_timeout,
+        reconcile_timeout=args.reconcile_timeout,
         seed=args.seed,
         report=args.report,
     )

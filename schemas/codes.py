@@ -29,6 +29,7 @@ class FailureCode(StrEnum):
     STRIPE_REJECTED = "stripe_rejected"
     UNAUTHORIZED = "unauthorized"
     PRODUCER_LIMIT_EXCEEDED = "producer_limit_exceeded"
+    NOT_EXECUTED = "not_executed"
 
     @property
     def retry_may_succeed(self) -> bool:
@@ -156,6 +157,14 @@ CATALOGUE: dict[FailureCode, CodeInfo] = {
         "plus this one would exceed its daily maximum.",
         producer_action="Stay within your producer's policy; daily room frees up as "
         "earlier debits leave the 24-hour window, or ask the operator to change the policy.",
+        retry_may_succeed=True,
+    ),
+    FailureCode.NOT_EXECUTED: CodeInfo(
+        meaning="Stripe's answer to the debit was lost or unclear, and Stripe's own records "
+        "(its Events and its charges list over the request's attempt window, after a grace "
+        "for late execution) hold no charge for it: the debit was not carried out. Settled "
+        "by the reconciler, or by an operator who checked Stripe.",
+        producer_action="Send a new request (new request_id) if the debit is still owed.",
         retry_may_succeed=True,
     ),
 }

@@ -1,5 +1,6 @@
 """Assembles a runnable worker: the Celery app, its task, the intake, and the background
-jobs of a full worker (outbox relay, janitor, the platform read at start)."""
+jobs of a full worker (outbox relay, janitor, the platform read at start, the metrics and
+health endpoint)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from celery import Celery
 from worker.bootstrap import Runtime, attach, build_services
 from worker.celery_app import create_app
 from worker.handlers import Services
+from worker.ops import metrics
 from worker.ops.janitor import JanitorStep
+from worker.ops.probe_step import ProbeStep
+from worker.ops.reconcile_schedule import ReconcileStep
 from worker.ops.warm_up import StripeWarmUp
 from worker.settings import Settings
 from worker.transport.intake import CommandIntake
 from worker.transport.relay import RelayStep
 from worker.transport.tasks import register_tasks
-from worker.transport.topology import declare_all
+from worker.transport.topology import declare_all, is_embedded
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,14 @@ def build_worker(
     if relay:
         app.steps["worker"].add(RelayStep)
         app.steps["worker"].add(JanitorStep)
+        if settings.reconcile_interval_seconds > 0 or settings.daily_proof:
+            app.steps["worker"].add(ReconcileStep)
         app.steps["worker"].add(StripeWarmUp)
+        # Not on the embedded broker: the demo and tests run in-process, many at once.
+        if settings.metrics_port and not is_embedded(settings.broker_url):
+            app.steps["worker"].add(ProbeStep)
+    if settings.platform_country:  # no platform read at start: nothing for Stripe to refuse
+        metrics.stripe_key_accepted(True)
     return app, runtime
 
 

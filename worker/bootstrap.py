@@ -20,7 +20,7 @@ from worker.adapters.rate_budget import LocalTokenBucket, RateBudget
 from worker.adapters.redis_budget import RedisRateBudget, budget_key
 from worker.adapters.stripe_gateway import StripeGateway
 from worker.adapters.stripe_http import Urllib3Client
-from worker.domain.ports import EventPublisher, Outbound, StripePort
+from worker.domain.ports import EventPublisher, Outbound, StripePort, StripeRecords
 from worker.domain.rule_tables import RuleTables
 from worker.handlers import HandlerConfig, Services
 from worker.settings import Settings
@@ -73,9 +73,10 @@ def authenticator(settings: Settings) -> Authenticator:
 
 
 # A worker process's threads besides its `concurrency` worker threads: the outbox relay,
-# the janitor and the event pump use the ledger; the Stripe warm-up reads Stripe only, and is
-# counted anyway so that giving it a ledger read could not starve a worker thread.
-BACKGROUND_THREADS = 4
+# the janitor, the reconciler and the event pump use the ledger; the Stripe warm-up reads
+# Stripe only, and is counted anyway so that giving it a ledger read could not starve a
+# worker thread.
+BACKGROUND_THREADS = 5
 
 
 def build_services(
@@ -83,6 +84,7 @@ def build_services(
     app: Celery,
     *,
     stripe_port: StripePort | None = None,
+    records_port: StripeRecords | None = None,
     publisher: EventPublisher | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Services:
@@ -100,14 +102,18 @@ def build_services(
         lock_timeout_ms=settings.database_lock_timeout_ms,
     )
     ledger = Ledger.on(engine, clock)
-    return Services(
-        ledger=ledger,
-        stripe=stripe_port
-        or CachedStripe(
-            StripeGateway(stripe_client(settings), rate_budget(settings)),
+    if stripe_port is None:  # one gateway (one rate budget) for debits and reconciliation
+        gateway = StripeGateway(stripe_client(settings), rate_budget(settings))
+        stripe_port = CachedStripe(
+            gateway,
             ttl_seconds=settings.account_cache_ttl_seconds,
             platform_country=settings.platform_country,
-        ),
+        )
+        records_port = records_port or gateway
+    return Services(
+        ledger=ledger,
+        stripe=stripe_port,
+        records=records_port,
         outbound=outbound(settings, app, ledger, publisher),
         rules=RuleTables.from_file(settings.rules_file) if settings.rules_file else RuleTables(),
         config=HandlerConfig(

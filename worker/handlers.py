@@ -47,12 +47,13 @@ from worker.domain.errors import (
     Unresolvable,
 )
 from worker.domain.money import format_amount
-from worker.domain.ports import Outbound, StripePort
+from worker.domain.ports import Outbound, StripePort, StripeRecords
 from worker.domain.producer_limits import ProducerPolicy, daily_limit, static_refusal
 from worker.domain.rule_tables import RuleTables
 from worker.domain.types import DebitCharge, OutboxEvent, idempotency_key
+from worker.ops import metrics
 from worker.ops.crashpoints import crash_point
-from worker.ops.observability import report_unauthorized
+from worker.ops.observability import log_context, report_unauthorized
 from worker.transport.admission import Admission, Admitted, Invalid, Refused, admit
 from worker.transport.authentication import Authenticator, Verified
 from worker.transport.parsing import InvalidCommand
@@ -81,6 +82,13 @@ class Services:
     config: HandlerConfig
     clock: Callable[[], datetime]
     auth: Authenticator
+    # Stripe's own records, for the reconciler (the real gateway, without the read cache).
+    records: StripeRecords | None = None
+
+    def require_records(self) -> StripeRecords:
+        if self.records is None:
+            raise RuntimeError("these services were built without Stripe's records")
+        return self.records
 
 
 class Result(StrEnum):
@@ -132,7 +140,8 @@ def resume(request_id: str, svc: Services, owner: str) -> Result:
     if record is None:
         raise Unclaimed(request_id)
     command = DebitRequested.model_validate(record.command)
-    return _Debit(command, svc, owner, None).run()
+    with log_context(producer=record.producer):
+        return _Debit(command, svc, owner, None).run()
 
 
 class _Debit:
@@ -170,6 +179,7 @@ class _Debit:
                     self.svc.config.event_source, self.command.request_id, outcome_type
                 ),
             )
+            metrics.debit_reemitted()
             return Result.REEMITTED
         if claim.kind is ClaimKind.BUSY:
             held = claim.record.lease_until
@@ -286,22 +296,11 @@ class _Debit:
             crash_point("after_stripe")
             return self._fail(failure.code, failure.message, failure.stripe_error)
         crash_point("after_stripe")
-        data = DebitSucceeded(
-            **cmd.model_dump(exclude={"requested_at"}),
-            payment=payment.id,
-            transfer=payment.transfer,
-            balance_transaction=payment.balance_transaction,
-            succeeded_at=payment.created,
+        success = Success(
+            payment.id, payment.transfer, payment.balance_transaction, charged_at=payment.created
         )
-        event = OutboxEvent.of(
-            succeeded_event(data, source=self.svc.config.event_source), SUCCEEDED_ROUTING_KEY
-        )
-        row_id = self.requests.record_succeeded(
-            cmd.request_id,
-            self.owner,
-            Success(payment.id, payment.transfer, payment.balance_transaction),
-            event,
-        )
+        event = succeeded_outcome(cmd, success, payment.created, self.svc.config.event_source)
+        row_id = self.requests.record_succeeded(cmd.request_id, self.owner, success, event)
         crash_point("after_record")
         log.info(
             "request %s succeeded: %s from %s, payment %s%s",
@@ -310,8 +309,9 @@ class _Debit:
             cmd.account,
             payment.id,
             " (replayed by Stripe)" if payment.replayed else "",
+            extra={"outcome": "succeeded"},
         )
-        self._publish_outcome(row_id, event)
+        self._publish_outcome(row_id, event, None)
         crash_point("after_publish")
         return Result.SUCCEEDED
 
@@ -319,9 +319,8 @@ class _Debit:
         self, code: FailureCode, message: str, stripe_error: StripeErrorInfo | None
     ) -> Result:
         cmd = self.command
-        data = self._failed(code, message, stripe_error)
-        event = OutboxEvent.of(
-            failed_event(data, source=self.svc.config.event_source), FAILED_ROUTING_KEY
+        event = failed_outcome(
+            cmd, code, message, stripe_error, self.svc.clock(), self.svc.config.event_source
         )
         row_id = self.requests.record_failed(
             cmd.request_id,
@@ -332,41 +331,34 @@ class _Debit:
             event=event,
         )
         crash_point("after_record")
-        log.info("request %s refused: %s: %s", cmd.request_id, code, message)
-        self._publish_outcome(row_id, event)
+        log.info(
+            "request %s refused: %s: %s",
+            cmd.request_id,
+            code,
+            message,
+            extra={"outcome": "failed", "code": code},
+        )
+        self._publish_outcome(row_id, event, code)
         crash_point("after_publish")
         return Result.FAILED
 
-    def _publish_outcome(self, row_id: int | None, event: OutboxEvent) -> None:
-        """Publish the event just recorded with the outcome (outbox row `row_id`) without
-        reading the outbox back. None: another worker recorded the outcome first, so send
-        whatever of this request is still unsent instead."""
+    def _publish_outcome(
+        self, row_id: int | None, event: OutboxEvent, code: FailureCode | None
+    ) -> None:
+        """Publish the event just recorded with the outcome (outbox row `row_id`; `code`
+        None: a success) without reading the outbox back. None: another worker recorded the
+        outcome first, so send whatever of this request is still unsent instead."""
         if row_id is None:
             _publish_recorded(self.command.request_id, self.svc)
             return
+        metrics.debit_outcome(code)
         self.svc.outbound.send(row_id, event)
-
-    def _failed(
-        self, code: FailureCode, message: str, stripe_error: StripeErrorInfo | None = None
-    ) -> DebitFailed:
-        cmd = self.command
-        return DebitFailed(
-            request_id=cmd.request_id,
-            account=cmd.account,
-            amount=cmd.amount,
-            currency=cmd.currency,
-            reason=str(cmd.reason),
-            refund=cmd.refund,
-            code=code,
-            message=message,
-            retry_may_succeed=code.retry_may_succeed,
-            stripe_error=stripe_error,
-            failed_at=self.svc.clock(),
-        )
 
     def _conflict(self, first_seen: datetime) -> Result:
         cmd = self.command
-        data = self._failed(
+        data = failed_data(
+            cmd,
+            self.svc.clock(),
             FailureCode.IDEMPOTENCY_CONFLICT,
             f"request_id {cmd.request_id} was first received at {first_seen.isoformat()} with "
             "different content; this command is ignored and the first one stands",
@@ -374,8 +366,13 @@ class _Debit:
         event = failed_event(
             data, source=self.svc.config.event_source, variant=f"conflict:{cmd.fingerprint()}"
         )
-        self.svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
-        log.warning("request %s: idempotency conflict; the first command stands", cmd.request_id)
+        if self.svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY)):
+            metrics.debit_outcome(FailureCode.IDEMPOTENCY_CONFLICT)
+        log.warning(
+            "request %s: idempotency conflict; the first command stands",
+            cmd.request_id,
+            extra={"outcome": "failed", "code": FailureCode.IDEMPOTENCY_CONFLICT},
+        )
         _publish_recorded(cmd.request_id, self.svc)
         return Result.CONFLICT
 
@@ -392,8 +389,14 @@ def _emit_invalid(invalid: InvalidCommand, svc: Services) -> None:
     )
     digest = "|".join(f"{e.field}={e.message}" for e in invalid.field_errors)
     event = failed_event(data, source=svc.config.event_source, variant=f"invalid:{digest}")
-    svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
-    log.info("request %s is invalid: %s", invalid.request_id, invalid)
+    if svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY)):
+        metrics.debit_outcome(FailureCode.INVALID_REQUEST)
+    log.info(
+        "request %s is invalid: %s",
+        invalid.request_id,
+        invalid,
+        extra={"outcome": "failed", "code": FailureCode.INVALID_REQUEST},
+    )
     _publish_recorded(invalid.request_id, svc)
 
 
@@ -415,10 +418,66 @@ def _emit_unauthorized(refused: Refused, svc: Services) -> None:
     )
     variant = f"unauthorized:{refused.digest}:{reason}"
     event = failed_event(data, source=svc.config.event_source, variant=variant)
-    svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY))
-    log.warning("request %s refused as unauthorized: %s", request_id, reason)
+    if svc.ledger.outbox.add(OutboxEvent.of(event, FAILED_ROUTING_KEY)):
+        metrics.debit_outcome(FailureCode.UNAUTHORIZED)
+    log.warning(
+        "request %s refused as unauthorized: %s",
+        request_id,
+        reason,
+        extra={"outcome": "failed", "code": FailureCode.UNAUTHORIZED},
+    )
     report_unauthorized(request_id, reason, refused.refusal.producer, refused.refusal.key_id)
     _publish_recorded(request_id, svc)
+
+
+def succeeded_outcome(
+    cmd: DebitRequested, success: Success, succeeded_at: datetime, source: str
+) -> OutboxEvent:
+    """The DebitSucceeded event of a request, whoever records the success (an attempt, the
+    reconciler, an operator)."""
+    data = DebitSucceeded(
+        **cmd.model_dump(exclude={"requested_at"}),
+        payment=success.payment_id,
+        transfer=success.transfer_id,
+        balance_transaction=success.balance_transaction,
+        succeeded_at=succeeded_at,
+    )
+    return OutboxEvent.of(succeeded_event(data, source=source), SUCCEEDED_ROUTING_KEY)
+
+
+def failed_data(
+    cmd: DebitRequested,
+    at: datetime,
+    code: FailureCode,
+    message: str,
+    stripe_error: StripeErrorInfo | None = None,
+) -> DebitFailed:
+    return DebitFailed(
+        request_id=cmd.request_id,
+        account=cmd.account,
+        amount=cmd.amount,
+        currency=cmd.currency,
+        reason=str(cmd.reason),
+        refund=cmd.refund,
+        code=code,
+        message=message,
+        retry_may_succeed=code.retry_may_succeed,
+        stripe_error=stripe_error,
+        failed_at=at,
+    )
+
+
+def failed_outcome(  # noqa: PLR0917 - each is one field of the event
+    cmd: DebitRequested,
+    code: FailureCode,
+    message: str,
+    stripe_error: StripeErrorInfo | None,
+    at: datetime,
+    source: str,
+) -> OutboxEvent:
+    """The DebitFailed event of a request's recorded failure, whoever records it."""
+    data = failed_data(cmd, at, code, message, stripe_error)
+    return OutboxEvent.of(failed_event(data, source=source), FAILED_ROUTING_KEY)
 
 
 def _publish_recorded(request_id: str, svc: Services, resend: str | None = None) -> None:

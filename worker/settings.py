@@ -9,12 +9,14 @@ container secrets are mounted; JSON-valued settings (``producer_keys``) hold JSO
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AnyUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from schemas.signing import valid_id
 from worker.domain.producer_limits import ProducerPolicy
@@ -150,7 +152,51 @@ class Settings(BaseSettings):
         description="A request with no lease, untouched this long, is re-enqueued by the "
         "janitor (longer than the longest retry delay).",
     )
+    reconcile_interval_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often each worker process settles requests whose Stripe outcome is "
+        "unknown (needs_reconciliation) from Stripe's own records; 0: never (only "
+        "`debit-worker reconcile`).",
+    )
+    reconcile_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How long after a request's last Stripe attempt a charge may still "
+        "appear (Stripe carrying out a 500 late): only after it does an empty lookup settle "
+        "the request as not_executed.",
+    )
+    daily_proof: bool = Field(
+        default=True,
+        description="Prove the day before against Stripe once a day (false: only `debit-worker "
+        "reconcile --day`).",
+    )
+    daily_proof_hour: int = Field(
+        default=2,
+        ge=0,
+        le=23,
+        description="UTC hour from which the day before is proved, once, by whichever worker "
+        "process claims the day first.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="HTTP port of /metrics (Prometheus), /livez and /readyz, served by `run` "
+        "(by the supervisor with --processes N); 0: none.",
+    )
+    metrics_host: str = Field(
+        # Prometheus and the container's probes reach it from outside the container.
+        default="0.0.0.0",  # noqa: S104  # nosec B104
+        min_length=1,
+        description="Address the metrics and health endpoint listens on.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: `time LEVEL logger: message` lines; json: one JSON object per "
+        "line, with the request's fields (request_id, producer, attempt, outcome, code).",
+    )
     broker_ca_file: Path | None = Field(
         default=None,
         description="CA bundle to verify RabbitMQ's certificate with an amqps:// broker URL "
@@ -281,6 +327,10 @@ class Settings(BaseSettings):
         return max(1.0, self.effective_stripe_rate * self.stripe_rate_burst_seconds)
 
 
+# pydantic-settings names the field it could not parse: error parsing value for field "x" …
+_SOURCE_FIELD = re.compile(r'field "([a-z_]+)"')
+
+
 class SettingsError(Exception):
     """Configuration is missing or invalid; the message says which setting and how to fix it."""
 
@@ -294,6 +344,21 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = ".".join(str(part) for part in err["loc"])
-            env = f"DEBIT_WORKER_{name.upper()}"
-            problems.append(f"  {env}: {err['msg']}")
-        raise SettingsError("invalid configuration:\n" + "\n".join(problems)) from None
+            problems.append(f"DEBIT_WORKER_{name.upper()}: {err['msg']}")
+        raise SettingsError(f"invalid configuration: {'; '.join(problems)}") from None
+    except SourceError as exc:
+        raise SettingsError(_unreadable(exc)) from None
+
+
+def _unreadable(exc: SourceError) -> str:
+    """A value that could not even be parsed (bad JSON), named without its content, which
+    may be a secret."""
+    field = _SOURCE_FIELD.search(str(exc))
+    if field is None:  # not a value: e.g. DEBIT_WORKER_SECRETS_DIR is not a directory
+        return f"invalid configuration: {exc}"
+    cause = exc.__cause__
+    why = f" ({cause})" if isinstance(cause, ValueError) else ""
+    return (
+        f"invalid configuration: DEBIT_WORKER_{field.group(1).upper()} is not valid JSON{why}; "
+        "fix it in the environment, .env or the secrets directory"
+    )

@@ -180,6 +180,7 @@ def settings(vhost: str, database_url: str, sandbox: RunningSandbox) -> Settings
         stripe_api_key=sandbox.api_key,
         stripe_api_base=sandbox.url,
         concurrency=8,
+        metrics_port=0,  # tests run several workers at once; the probe tests pick a port
         relay_interval_seconds=1.0,
         retry_base_seconds=1.0,
         retry_max_seconds=2.0,

@@ -1,5 +1,6 @@
 """The shared Stripe rate budget on a real Redis: many processes and threads, one limit;
-Redis away, a local share of it; Redis back, the shared budget again."""
+Redis away, a local share of it; Redis back, the shared budget again; reconciliation reads
+in another process only take what the debits leave spare."""
 
 from __future__ import annotations
 
@@ -105,6 +106,53 @@ def test_processes_and_threads_sharing_a_budget_never_exceed_rate_times_time_plu
     assert busiest <= RATE + BURST + 1
 
 
+def _spare_reads(
+    key: str, start: float, deadline: float, out: multiprocessing.Queue[float]
+) -> None:
+    budget = RedisRateBudget.from_url(REDIS_URL, key, RATE, burst=BURST)
+    time.sleep(max(0.0, start - time.time()))
+    while True:
+        budget.acquire_spare()
+        now = time.time()
+        if now >= deadline:
+            break
+        out.put(now)
+    out.put(-1.0)
+
+
+def test_reads_in_another_process_wait_while_debits_use_the_whole_budget_then_go(
+    key: str,
+) -> None:
+    # Given a process taking low-priority tokens for reconciliation reads from the shared
+    # budget, and this process's 6 debit threads asking for more than the budget allows
+    context = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue[float] = context.Queue()
+    start = time.time() + 1.0  # the child needs a moment to import
+    load = 2.0
+    debits_until = start + load
+    reads_until = debits_until + 1.0
+    reader = context.Process(target=_spare_reads, args=(key, start, reads_until, out))
+    reader.start()
+
+    # When the debits run at full load for two seconds, then stop
+    debits: list[float] = []
+    _take_until(key, start, debits_until, 6, debits)
+    reads: list[float] = []
+    while (stamp := out.get(timeout=30)) >= 0:
+        reads.append(stamp)
+    reader.join(timeout=10)
+
+    # Then the debits kept (nearly) the whole budget: the reads took at most the tokens saved
+    # up above half the burst when both started, and then waited
+    assert len(debits) >= 0.95 * RATE * load
+    during = [stamp for stamp in reads if stamp < debits_until]
+    assert len(during) <= BURST / 2 + 1
+    # And once the debits stopped, the reads went on (after the slots the debits had already
+    # reserved), at well over half the rate on this shared machine
+    after = [stamp for stamp in reads if stamp >= debits_until]
+    assert len(after) >= 0.5 * RATE * (reads_until - debits_until)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -171,3 +219,19 @@ def test_redis_going_away_leaves_each_process_its_share_and_its_return_restores_
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+def test_reads_with_redis_away_take_spare_tokens_of_the_local_share(key: str) -> None:
+    # Given a budget of 40/s shared by 4 processes, whose Redis is not there
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    budget = RedisRateBudget.from_url(url, key, RATE, burst=1, processes=4, retry_seconds=60)
+
+    # When reconciliation reads take tokens for a second
+    budget.acquire_spare()
+    count, start = 0, time.monotonic()
+    while time.monotonic() - start < 1.0:
+        budget.acquire_spare()
+        count += 1
+
+    # Then they still go, locally, at no more than this process's quarter of the rate
+    assert 1 <= count <= RATE / 4 + 1

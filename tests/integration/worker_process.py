@@ -59,6 +59,8 @@ def start_worker(
         "DEBIT_WORKER_STRIPE_API_KEY": sandbox.api_key,
         "DEBIT_WORKER_STRIPE_API_BASE": sandbox.url,
         "DEBIT_WORKER_CONCURRENCY": "4",
+        # no probe server unless a test asks for one: tests run several workers at once
+        "DEBIT_WORKER_METRICS_PORT": "0",
         # the tests' plain clients sign with the integration producers' keys
         "DEBIT_WORKER_PRODUCER_KEYS": json.dumps(PRODUCER_KEYS),
         "DEBIT_WORKER_PRODUCERS": json.dumps(PRODUCERS),

@@ -41,7 +41,9 @@ from worker.domain.producer_limits import ProducerPolicy
 from worker.domain.rule_tables import RuleTables
 from worker.domain.types import (
     AccountFacts,
+    ChargeSeen,
     DebitCharge,
+    KeyedEvent,
     OutboxEvent,
     Payment,
     PlatformFacts,
@@ -154,6 +156,11 @@ class FakeStripe:
     # Runs when a balance is read: lets a test slip something in between a debit's policy
     # decision and its begin_attempt (the balance is the last fact the handler reads).
     on_balance_read: Callable[[], None] | None = None
+    # Stripe's records: every charge made (or planted), and the Event of each made by a
+    # request with an idempotency key.
+    charges: dict[str, ChargeSeen] = field(default_factory=dict)
+    events: list[KeyedEvent] = field(default_factory=list)
+    list_reads: list[tuple[str, datetime, datetime]] = field(default_factory=list)
     _script: deque[_Scripted] = field(default_factory=deque)
 
     # -- arranging --
@@ -210,6 +217,41 @@ class FakeStripe:
             raise step.error
         return self._move_money(charge, key)
 
+    # -- StripeRecords --
+
+    def charge(self, charge_id: str) -> ChargeSeen:
+        self.reads.append(("charge", charge_id))
+        try:
+            return self.charges[charge_id]
+        except KeyError:
+            raise stripe_refusal(FailureCode.STRIPE_REJECTED, "resource_missing") from None
+
+    def debit_charges(
+        self, created_from: datetime, created_until: datetime
+    ) -> Iterator[ChargeSeen]:
+        self.list_reads.append(("charges", created_from, created_until))
+        found = [c for c in self.charges.values() if created_from <= c.created < created_until]
+        return iter(sorted(found, key=lambda c: c.created, reverse=True))
+
+    def charge_events(
+        self, created_from: datetime, created_until: datetime
+    ) -> Iterator[KeyedEvent]:
+        self.list_reads.append(("events", created_from, created_until))
+        found = [e for e in self.events if created_from <= e.created < created_until]
+        return iter(sorted(found, key=lambda e: e.created, reverse=True))
+
+    @property
+    def list_requests(self) -> int:
+        return len(self.list_reads)
+
+    def plant_charge(self, charge: ChargeSeen, key: str | None = None) -> None:
+        """A charge at "Stripe" the worker did not make here (and its Event, with `key`)."""
+        self.charges[charge.id] = charge
+        event_type = f"charge.{charge.status}"
+        self.events.append(
+            KeyedEvent(f"evt_{charge.id}", event_type, charge.created, key, charge.id)
+        )
+
     # -- inspecting --
 
     def balance_of(self, account_id: str, currency: str = "usd") -> int:
@@ -232,6 +274,21 @@ class FakeStripe:
             replayed=False,
         )
         self.payments[key] = payment
+        self.plant_charge(
+            ChargeSeen(
+                id=payment.id,
+                status="succeeded",
+                paid=True,
+                amount=charge.amount,
+                currency=charge.currency,
+                account=charge.account,
+                transfer=payment.transfer,
+                balance_transaction=payment.balance_transaction,
+                created=payment.created,
+                request_id=charge.request_id,
+            ),
+            key,
+        )
         return payment
 
 
@@ -442,6 +499,7 @@ class World:
             config=self.config,
             clock=self.clock,
             auth=self.auth,
+            records=self.stripe,
         )
 
     def signed(self, body: str | bytes, signer: Signer = PRODUCER) -> dict[str, str]:

@@ -5,6 +5,7 @@ intake settles the command by the answer. What follows an error is one pure func
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from worker.adapters.ledger.database import make_engine
 from worker.bootstrap import Runtime
 from worker.domain.errors import OutcomeUnknown, RequestBusy, TransientFailure, Unresolvable
 from worker.handlers import resume
+from worker.ops.observability import configure_logging
 from worker.settings import Settings, load_settings
 from worker.transport.attempts import (
     PROCESS_TASK,
@@ -30,7 +32,8 @@ from worker.transport.attempts import (
     run_first_attempt,
 )
 
-from .fakes import World, a_body, a_world
+from .fakes import PRODUCER, World, a_body, a_world
+from .test_json_logs import root_output
 
 
 class RecordingCelery(Celery):
@@ -241,3 +244,37 @@ def test_a_body_naming_no_request_is_dead_lettered_by_the_first_attempt(world: W
     assert settle is Settle.ACK
     assert world.stripe.debit_calls == []
     assert app.sent == []
+
+
+def test_an_attempts_json_log_lines_carry_the_requests_fields(world: World) -> None:
+    # Given JSON logs and a command Stripe accepts
+    app = RecordingCelery()
+    runtime = a_runtime(world, app, log_format="json")
+    with root_output() as output:
+        configure_logging(runtime.settings)
+        # When its first attempt runs
+        run_first_attempt(app, runtime, world.delivery(a_body()))
+        lines = [json.loads(line) for line in output.getvalue().splitlines()]
+    # Then its lines name the request, the producer and the attempt, and the last the outcome
+    ours = [line for line in lines if line.get("request_id") == "req-1"]
+    assert ours
+    assert {(line["producer"], line["attempt"]) for line in ours} == {(PRODUCER.producer, 1)}
+    [succeeded] = [line for line in ours if "outcome" in line]
+    assert succeeded["outcome"] == "succeeded"
+    assert succeeded["message"].startswith("request req-1 succeeded")
+
+
+def test_a_refusal_logs_its_outcome_and_code(world: World) -> None:
+    # Given JSON logs and a command for an account Stripe does not know
+    app = RecordingCelery()
+    runtime = a_runtime(world, app, log_format="json")
+    with root_output() as output:
+        configure_logging(runtime.settings)
+        run_first_attempt(app, runtime, world.delivery(a_body(account="acct_1Unknown000000001")))
+        lines = [json.loads(line) for line in output.getvalue().splitlines()]
+    [refused] = [line for line in lines if "outcome" in line]
+    assert (refused["outcome"], refused["code"], refused["request_id"]) == (
+        "failed",
+        "account_not_found",
+        "req-1",
+    )

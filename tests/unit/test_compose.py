@@ -14,6 +14,8 @@ import importlib
 import json
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
@@ -134,6 +136,17 @@ def host_ports(service: Service) -> Iterator[tuple[int, str]]:
             first, _, last = parts[-2].partition("-")
         for port in range(int(first), int(last or first) + 1):
             yield port, protocol
+
+
+def host_addresses(service: Service) -> Iterator[tuple[str, str | None]]:
+    """(port entry as written, the host address it is published on); None: every interface
+    (no address given, or a container port only, published on a port Docker picks)."""
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            yield str(entry), str(entry["host_ip"]) if entry.get("host_ip") else None
+        else:
+            parts = str(entry).partition("/")[0].rsplit(":", 2)
+            yield str(entry), parts[0] if len(parts) == 3 else None
 
 
 def strings_in(value: object) -> Iterator[str]:
@@ -357,6 +370,90 @@ def test_published_host_ports_do_not_collide() -> None:
     assert [port for port, count in published.items() if count > 1] == []
     # And the ports operators are told about are there
     assert {(5672, "tcp"), (15672, "tcp"), (5555, "tcp")} <= set(published)
+
+
+@pytest.mark.parametrize(
+    ("entry", "address"),
+    [
+        ("5672:5672", None),
+        ("5672", None),
+        ("5672:5672/tcp", None),
+        ({"target": 5672, "published": 5672}, None),
+        ("127.0.0.1:5672:5672", "127.0.0.1"),
+        ("0.0.0.0:5672:5672", "0.0.0.0"),
+        ({"target": 5672, "published": 5672, "host_ip": "127.0.0.1"}, "127.0.0.1"),
+    ],
+)
+def test_the_port_check_reads_every_compose_port_form(
+    entry: str | dict[str, object], address: str | None
+) -> None:
+    [(_, found)] = host_addresses({"ports": [entry]})
+    assert found == address
+
+
+def test_every_published_port_is_bound_to_localhost_only() -> None:
+    # Given every port mapping of every service
+    found = services()
+    # Then each is published on 127.0.0.1 only: the broker, its management UI, Flower and
+    # the sandbox's unauthenticated admin routes are out of reach of other machines
+    beyond = [
+        f"{name}: {entry}"
+        for name, service in found.items()
+        for entry, address in host_addresses(service)
+        if address != "127.0.0.1"
+    ]
+    assert beyond == []
+    # And no service shares the host's network, which would bypass the mappings
+    assert [name for name, svc in found.items() if svc.get("network_mode") == "host"] == []
+
+
+def flower_entrypoint_run(secrets: Path) -> subprocess.CompletedProcess[str]:
+    """Flower's entrypoint with `secrets` where Compose mounts them (/run/secrets), starting
+    a program that prints its arguments and FLOWER_BASIC_AUTH instead of Flower."""
+    flower = services()["flower"]
+    entrypoint = [interpolated(part) for part in flower["entrypoint"]]
+    assert entrypoint[:2] == ["sh", "-c"]
+    script = entrypoint[2].replace("/run/secrets/", f"{secrets}/")
+    probe = "import json,os,sys; print(json.dumps([sys.argv[1:], os.getenv('FLOWER_BASIC_AUTH')]))"
+    return subprocess.run(
+        ["sh", "-c", script, *entrypoint[3:], sys.executable, "-c", probe, *command(flower)],
+        capture_output=True,
+        check=False,
+        text=True,
+    )
+
+
+def test_flower_asks_for_the_password_of_its_secret_file(tmp_path: Path) -> None:
+    # Given Flower's secret file, user:password, mounted into its container
+    flower = services()["flower"]
+    secret = "flower_basic_auth"
+    assert secret in flower.get("secrets", [])
+    credentials = (ROOT / compose()["secrets"][secret]["file"]).read_text(encoding="utf-8")
+    user, colon, password = credentials.strip().partition(":")
+    assert colon, "the secret holds user:password"
+    assert user
+    assert password
+    # When its entrypoint runs with the secret mounted
+    (tmp_path / secret).write_text(credentials, encoding="utf-8")
+    done = flower_entrypoint_run(tmp_path)
+    assert done.returncode == 0, done.stderr
+    # Then Flower starts with its command unchanged, and basic auth set from the secret
+    # (Flower reads FLOWER_BASIC_AUTH as its --basic_auth option)
+    argv, basic_auth = json.loads(done.stdout)
+    assert argv == command(flower)
+    assert basic_auth == f"{user}:{password}"
+    # And the password is in no command line or environment of the compose file
+    assert all(password not in text for text in strings_in(flower))
+    # And the healthcheck still calls /healthcheck, which Flower answers without auth
+    assert any("http://127.0.0.1:5555/healthcheck" in text for text in strings_in(flower))
+
+
+def test_without_its_secret_flower_does_not_start(tmp_path: Path) -> None:
+    # Given no secret mounted / When Flower's entrypoint runs
+    done = flower_entrypoint_run(tmp_path)
+    # Then it fails before starting Flower, rather than start it without a password
+    assert done.returncode != 0
+    assert done.stdout == ""
 
 
 def test_the_image_runs_the_debit_worker_cli_and_ships_what_the_build_needs() -> None:

@@ -6,21 +6,26 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import sentry_sdk
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
+from worker.bootstrap import stripe_client
 from worker.ops.observability import (
     AlertThrottle,
+    configure_logging,
     init_sentry,
     report_unauthorized,
     report_unexpected,
     scrub,
 )
+from worker.sandbox import RunningSandbox, running_sandbox
 from worker.settings import load_settings
+
+from .test_json_logs import root_output
 
 KEY = "sk_test_51SuperSecretKeyValue"
 
@@ -218,3 +223,49 @@ def test_a_window_forgotten_to_make_room_still_has_what_it_held_back_logged(
     assert admitted == 0
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith("unauthorized commands: 3 more from producer billing (forged)")
+
+
+# --- the Stripe SDK's own log lines ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[RunningSandbox]:
+    with running_sandbox() as server:
+        yield server
+
+
+def stripe_lines_of_one_read(
+    sandbox: RunningSandbox, level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+) -> list[str]:
+    """The `stripe` logger's lines written while the real SDK reads the platform's account,
+    with logging configured at `level`."""
+    settings = load_settings(
+        stripe_api_key=sandbox.api_key, stripe_api_base=sandbox.url, log_level=level
+    )
+    with root_output("%(name)s %(message)s") as output:
+        configure_logging(settings)
+        stripe_client(settings).v1.accounts.retrieve_current()
+        logging.getLogger("worker.test").info("after the read")
+        written = output.getvalue().splitlines()
+    assert "worker.test after the read" in written or level in {"WARNING", "ERROR"}
+    return [line for line in written if line.startswith("stripe ")]
+
+
+def test_the_stripe_sdk_writes_no_line_per_request_at_info(sandbox: RunningSandbox) -> None:
+    # Given logging at INFO / When the SDK makes a request / Then it writes no line of its own
+    assert stripe_lines_of_one_read(sandbox, "INFO") == []
+
+
+def test_the_stripe_sdk_lines_come_back_at_debug(sandbox: RunningSandbox) -> None:
+    # Given logging at DEBUG / When the SDK makes a request / Then its request lines are written
+    written = stripe_lines_of_one_read(sandbox, "DEBUG")
+    assert any("Request to Stripe api" in line for line in written), written
+    assert any("Stripe API response" in line for line in written), written
+
+
+def test_at_error_the_stripe_sdk_is_no_louder_than_the_rest() -> None:
+    # Given logging at ERROR / Then the stripe logger's warnings are not let through either
+    with root_output():
+        configure_logging(load_settings(log_level="ERROR"))
+        assert not logging.getLogger("stripe").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("stripe").isEnabledFor(logging.ERROR)

@@ -19,10 +19,12 @@ from worker.ops.observability import (
     ScrubbingFilter,
     configure_logging,
     init_sentry,
+    log_context,
     report_unauthorized,
 )
 from worker.settings import load_settings
 
+from .test_json_logs import root_output as root_output_of
 from .test_observability import CapturingTransport
 
 RK = "rk_live_51RestrictedKeyValue"
@@ -93,18 +95,10 @@ def fail(error: Exception) -> NoReturn:
 
 @pytest.fixture
 def root_output() -> Iterator[io.StringIO]:
-    """What a handler on the root logger writes, as configure_logging leaves it; its
-    filters are taken off every root handler afterwards."""
-    output = io.StringIO()
-    handler = logging.StreamHandler(output)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield output
-    root.removeHandler(handler)
-    for each in root.handlers:
-        for scrubber in [f for f in each.filters if isinstance(f, ScrubbingFilter)]:
-            each.removeFilter(scrubber)
+    """What a handler on the root logger writes, as configure_logging leaves it; what
+    configure_logging changed is put back afterwards."""
+    with root_output_of("%(levelname)s %(name)s: %(message)s") as output:
+        yield output
 
 
 def test_a_logged_exception_carrying_a_secret_is_written_without_it(
@@ -137,6 +131,37 @@ def test_configuring_logging_twice_leaves_one_scrubber_per_handler(
     configure_logging(settings)
     for handler in logging.getLogger().handlers:
         assert sum(isinstance(f, ScrubbingFilter) for f in handler.filters) == 1
+
+
+def test_json_lines_never_print_a_configured_secret(root_output: io.StringIO) -> None:
+    # Given JSON logs of a worker with a key and a producer secret
+    configure_logging(
+        load_settings(
+            stripe_api_key=RK,
+            producer_keys={"billing": {"k": PRODUCER_SECRET}},
+            log_format="json",
+        )
+    )
+    log = logging.getLogger("worker.test_secrets")
+    # When secrets reach a message, an exception, a context's field and a call's field
+    with log_context(request_id=f"req-{PRODUCER_SECRET}", producer=f"billing {RK}"):
+        log.warning("leak %s", RK)
+        try:
+            fail(RuntimeError(f"Stripe refused {RK} signed with {PRODUCER_SECRET}"))
+        except RuntimeError:
+            log.exception("attempt failed unexpectedly")
+        log.info("refused", extra={"outcome": "failed", "code": f"bad {PRODUCER_SECRET}"})
+    # Then every line is JSON, and none carries either secret
+    text = root_output.getvalue()
+    assert RK not in text
+    assert PRODUCER_SECRET not in text
+    message, exception, field = (json.loads(line) for line in text.splitlines())
+    assert message["message"] == "leak [secret]"
+    assert exception["exc"].endswith("RuntimeError: Stripe refused [secret] signed with [secret]")
+    assert (message["request_id"], message["producer"]) == ("req-[secret]", "billing [secret]")
+    assert exception["request_id"] == "req-[secret]"
+    assert field["code"] == "bad [secret]"
+    assert field["request_id"] == "req-[secret]"
 
 
 def test_every_handler_gets_the_scrubbed_traceback_not_the_exception() -> None:

@@ -3,11 +3,15 @@ test fakes both fit."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Protocol
 
 from worker.domain.types import (
     AccountFacts,
+    ChargeSeen,
     DebitCharge,
+    KeyedEvent,
     OutboxEvent,
     Payment,
     PlatformFacts,
@@ -21,6 +25,30 @@ class StripePort(Protocol):
     def refund(self, refund_id: str) -> RefundFacts: ...
     def available_balance(self, account_id: str, currency: str) -> int: ...
     def create_debit(self, charge: DebitCharge) -> Payment: ...
+
+
+class StripeRecords(Protocol):
+    """Stripe's own records, read to settle unknown outcomes and to prove a day. Every read
+    takes a low-priority token of the rate budget (debits' own calls go first)."""
+
+    def charge(self, charge_id: str) -> ChargeSeen:
+        """One charge as it is now. Raises PermanentFailure when Stripe has no such charge,
+        TransientFailure when it did not answer."""
+
+    def debit_charges(
+        self, created_from: datetime, created_until: datetime
+    ) -> Iterator[ChargeSeen]:
+        """Every account-debit charge created in [created_from, created_until), newest
+        first, page by page (100 a page) with `starting_after`."""
+
+    def charge_events(
+        self, created_from: datetime, created_until: datetime
+    ) -> Iterator[KeyedEvent]:
+        """Every charge.* Event created in [created_from, created_until), newest first."""
+
+    @property
+    def list_requests(self) -> int:
+        """List pages read so far by this gateway (for the cost of a reconciliation)."""
 
 
 class PublishFailed(Exception):

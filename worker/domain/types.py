@@ -115,3 +115,32 @@ class ConsentRecord:
         if self.granted_at > moment:
             return False
         return self.revoked_at is None or self.revoked_at > moment
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeSeen:
+    """An account-debit charge (`py_…`) as Stripe's records show it now: what the
+    reconciliation reads to settle a request and to prove a day."""
+
+    id: str
+    status: str  # Stripe's: "succeeded", "pending", "failed"
+    paid: bool
+    amount: int  # minor units
+    currency: str  # lower-case
+    account: str | None  # the debited connected account (the charge's `source`)
+    transfer: str | None  # `source_transfer`: the tr_… on the connected account
+    balance_transaction: str | None
+    created: datetime  # UTC
+    request_id: str | None  # metadata.request_id: the request that asked for it
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedEvent:
+    """A Stripe Event about a charge, with the idempotency key of the API request that
+    caused it (None for events Stripe raised by itself)."""
+
+    id: str
+    type: str  # e.g. "charge.succeeded"
+    created: datetime  # UTC
+    idempotency_key: str | None
+    charge_id: str | None  # data.object.id when data.object is a charge

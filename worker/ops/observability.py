@@ -1,14 +1,20 @@
 """Logging and Sentry. Unexpected errors go to Sentry with the request id; business
-refusals never do; secrets and account data are scrubbed from what is sent."""
+refusals never do; secrets and account data are scrubbed from what is sent. Log lines are
+text or JSON (DEBIT_WORKER_LOG_FORMAT), JSON ones carrying the request's fields."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Final
 
 import sentry_sdk
@@ -24,9 +30,44 @@ _SECRET = re.compile(r"\b(sk|rk|pk)_(test|live)_[A-Za-z0-9]+")
 _TRACEBACKS = logging.Formatter()
 
 
+# The fields a JSON line carries when known, from the call's `extra=` or the log_context.
+LOG_FIELDS: Final = ("request_id", "producer", "attempt", "outcome", "code")
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_NO_FIELDS: Final[Mapping[str, str | int]] = MappingProxyType({})
+# Per thread (and per asyncio task): Celery's worker threads each handle one request at a time.
+_log_fields: ContextVar[Mapping[str, str | int]] = ContextVar("log_fields", default=_NO_FIELDS)
+
+
+@contextmanager
+def log_context(**fields: str | int | None) -> Iterator[None]:
+    """Every line logged by this thread inside the block carries `fields` (names from
+    LOG_FIELDS; None: not known, left out), added to those of any enclosing block."""
+    unknown = sorted(set(fields) - set(LOG_FIELDS))
+    if unknown:
+        raise TypeError(f"log_context() got unknown fields {unknown}; known: {LOG_FIELDS}")
+    known = {name: value for name, value in fields.items() if value is not None}
+    token = _log_fields.set(MappingProxyType({**_log_fields.get(), **known}))
+    try:
+        yield
+    finally:
+        _log_fields.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Puts the enclosing log_context's fields on each record; a field the call gave itself
+    (`extra=`) wins."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _log_fields.get().items():
+            record.__dict__.setdefault(name, value)
+        return True
+
+
 class ScrubbingFilter(logging.Filter):
     """Rewrites each record without the configured secrets or Stripe keys: its message, its
-    exception's traceback (exception messages often quote what failed) and its stack."""
+    exception's traceback (exception messages often quote what failed), its stack and its
+    LOG_FIELDS (a producer's name is whatever the sender wrote)."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
@@ -46,19 +87,68 @@ class ScrubbingFilter(logging.Filter):
             record.exc_info = None
         if record.stack_info:
             record.stack_info = scrub_secrets(record.stack_info, self._secrets)
+        for name in LOG_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None and not isinstance(value, int):
+                setattr(record, name, scrub_secrets(str(value), self._secrets))
         return True
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `time` (ISO 8601, UTC), `level`, `logger`, `message`, the
+    LOG_FIELDS the record carries, `exc` (the traceback) and `stack` when there is one.
+    Non-ASCII characters are escaped, so no character of a message can split the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.fromtimestamp(record.created, UTC)
+        line: dict[str, object] = {
+            "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in LOG_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value if isinstance(value, int) else str(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exc"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line)
+
+
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    scrubber = ScrubbingFilter(settings.secrets())
-    for handler in logging.getLogger().handlers:
-        for earlier in [f for f in handler.filters if isinstance(f, ScrubbingFilter)]:
+    """Every root handler (one on standard error if there is none) gets the request's fields,
+    then the scrubber, then the configured format; the Stripe SDK's lines are DEBUG-only."""
+    logging.basicConfig(format=TEXT_FORMAT)
+    root = logging.getLogger()
+    root.setLevel(settings.log_level)
+    context, scrubber = ContextFilter(), ScrubbingFilter(settings.secrets())
+    for handler in root.handlers:
+        ours = [f for f in handler.filters if isinstance(f, ContextFilter | ScrubbingFilter)]
+        for earlier in ours:
             handler.removeFilter(earlier)  # configured again: these secrets replace those
+        # In this order: the fields the context adds are scrubbed before they are written.
+        handler.addFilter(context)
         handler.addFilter(scrubber)
+        if settings.log_format == "json":
+            handler.setFormatter(JsonFormatter())
+        elif isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    # Python prints warnings on standard error as bare lines: as JSON, they are log lines.
+    logging.captureWarnings(settings.log_format == "json")
+    _quiet_stripe_sdk(settings.log_level)
+
+
+def _quiet_stripe_sdk(level: str) -> None:
+    """The SDK logs every request and response (and its own retries) at INFO, two lines per
+    call the worker logs anyway: only at DEBUG are they written."""
+    threshold = logging.getLevelNamesMapping()[level]
+    stripe = logging.getLogger("stripe")
+    stripe.setLevel(logging.NOTSET if level == "DEBUG" else max(logging.WARNING, threshold))
 
 
 def scrub_secrets(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -216,3 +306,12 @@ def report_unexpected(
         scope.set_tag("request_id", request_id or "unknown")
         scope.set_tag("escalation", "needs_reconciliation" if escalation else "no")
         sentry_sdk.capture_exception(error)
+
+
+def report_reconciliation(problem: str, *, request_id: str | None, kind: str) -> None:
+    """Alert a person: the books do not close by themselves (`kind`: "ambiguous" for a
+    request the reconciler cannot settle, "daily_proof" for an unexplained difference)."""
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("request_id", request_id or "none")
+        scope.set_tag("reconciliation", kind)
+        sentry_sdk.capture_message(problem, level="error")

@@ -8,7 +8,11 @@ DEBIT_WORKER_RATE_BUDGET_REDIS_URL is set, otherwise split evenly between the pr
 
 `run` checks the settings, migrates and declares the topology, then execs
 `python -m worker.ops.supervisor`, which imports nothing of the worker, so that the supervisor
-stays a small process instead of a second copy of a worker's memory.
+stays a small process instead of a second copy of a worker's memory. With
+DEBIT_WORKER_METRICS_PORT it also serves the metrics and health endpoint
+(worker/ops/health.py) for all of them: the worker processes record their metrics in files of
+a shared directory (PROMETHEUS_MULTIPROC_DIR), which it serves summed; it loads the ledger and
+metrics code that needs on the endpoint's first call.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def child_environment(settings: Settings, processes: int) -> dict[str, str]:
     env = dict(os.environ)
     env["DEBIT_WORKER_CONCURRENCY"] = str(settings.concurrency)
     env["DEBIT_WORKER_LOG_LEVEL"] = settings.log_level
+    # The supervisor serves the endpoint; `main` gives the processes port 0.
+    env["DEBIT_WORKER_METRICS_PORT"] = str(settings.metrics_port)
+    env["DEBIT_WORKER_METRICS_HOST"] = settings.metrics_host
     if settings.rate_budget_redis_url is None:
         # Each process keeps its own bucket: together they must not exceed the host's rate.
         env["DEBIT_WORKER_STRIPE_RATE_LIMIT"] = repr(settings.effective_stripe_rate / processes)
@@ -76,7 +83,43 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     processes = int(args[1])
-    return Supervisor(child_command(), dict(os.environ), processes).run()
+    port = int(os.environ.get("DEBIT_WORKER_METRICS_PORT") or 0)
+    if port == 0:
+        return Supervisor(child_command(), dict(os.environ), processes).run()
+    return _run_serving(processes, os.environ.get("DEBIT_WORKER_METRICS_HOST", ""), port)
+
+
+def _run_serving(processes: int, host: str, port: int) -> int:
+    """Supervise, serving the metrics and health endpoint between checks on the processes."""
+    from worker.ops.health import (  # noqa: PLC0415 - only when serving
+        Endpoints,
+        ProbeServer,
+        forget_process,
+        metrics_directory,
+    )
+
+    # Not in this process's own environment: the supervisor records no metrics of its own.
+    given = os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with metrics_directory(given) as directory:
+        env = dict(os.environ)
+        env.update(PROMETHEUS_MULTIPROC_DIR=directory, DEBIT_WORKER_METRICS_PORT="0")
+        supervisor = Supervisor(
+            child_command(), env, processes, on_exit=lambda pid: forget_process(directory, pid)
+        )
+
+        def endpoints() -> Endpoints:
+            from worker.ops.probe_endpoints import for_supervisor  # noqa: PLC0415 - on first use
+
+            return for_supervisor(directory, supervisor.live_pids, processes)
+
+        server = ProbeServer.listen(host, port, endpoints)
+        if server is not None:
+            supervisor.idle = server.serve_for
+        try:
+            return supervisor.run()
+        finally:
+            if server is not None:
+                server.close()
 
 
 @dataclass
@@ -101,6 +144,10 @@ class Supervisor:
     clock: Callable[[], float] = time.monotonic
     poll_seconds: float = 0.5
     delay: Callable[[int], float] = restart_delay
+    # Between two checks on the processes (the endpoint serves requests meanwhile).
+    idle: Callable[[float], None] = time.sleep
+    # A process ended (its pid), before it is restarted.
+    on_exit: Callable[[int], None] = lambda _pid: None
     slots: list[_Slot] = field(init=False)
     stopping: bool = field(default=False, init=False)
 
@@ -118,7 +165,7 @@ class Supervisor:
                 if not self.watch():
                     self.stop_all()
                     return 1
-                time.sleep(self.poll_seconds)
+                self.idle(self.poll_seconds)
             return self.wait_all()
         finally:
             for sig, handler in previous.items():
@@ -165,6 +212,14 @@ class Supervisor:
     def _stop_requested(self) -> bool:
         return self.stopping  # set by a signal handler at any moment
 
+    def live_pids(self) -> list[str]:
+        """The worker processes running now."""
+        return [
+            str(slot.process.pid)
+            for slot in self.slots
+            if slot.process is not None and slot.process.poll() is None
+        ]
+
     def watch(self) -> bool:
         """Restart processes that died; False when one keeps dying right after its start."""
         now = self.clock()
@@ -181,6 +236,7 @@ class Supervisor:
             if code is None or self.stopping:
                 continue
             lived = now - slot.started_at
+            self.on_exit(slot.process.pid)
             slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_SECONDS else 0
             if slot.quick_deaths >= MAX_QUICK_DEATHS:
                 log.error(

@@ -1,4 +1,9 @@
-"""Test-only admin routes under `/_sandbox/`: no Stripe auth, never expose them."""
+"""Test-only admin routes under `/_sandbox/`: no Stripe auth, never expose them.
+
+Besides state, faults, clock and reset, tests make Stripe's records differ from what the
+worker's ledger knows: charges made at Stripe directly, altered or removed, and whole days
+of charges generated in bulk.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from worker.sandbox import objects
 from worker.sandbox.api import SANDBOX
+from worker.sandbox.bulk import BulkDay
+from worker.sandbox.charges import Alteration, DirectCharge, PrefixTaken
+from worker.sandbox.errors import StripeError
 from worker.sandbox.faults import Faults
 from worker.sandbox.seed import AccountSeed
 
@@ -31,9 +39,19 @@ async def _read(request: web.Request, model: type[_Body]) -> _Body:
         text = await request.text()
         return model.model_validate(json.loads(text) if text.strip() else {})
     except ValueError as exc:  # as are pydantic's ValidationError and JSONDecodeError
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": str(exc)}), content_type="application/json"
-        ) from None
+        raise _bad_request(str(exc)) from None
+
+
+def _bad_request(message: str, **details: Any) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": message, **details}), content_type="application/json"
+    )
+
+
+def _not_found(ident: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(
+        text=json.dumps({"error": f"no such charge: {ident}"}), content_type="application/json"
+    )
 
 
 async def health(request: web.Request) -> web.Response:
@@ -75,6 +93,49 @@ async def put_account(request: web.Request) -> web.Response:
     return _json(objects.account(request.app[SANDBOX].ledger.put_account(seed)))
 
 
+async def create_charge(request: web.Request) -> web.Response:
+    """A debit made at Stripe without the worker: money, charge and event, as the API's."""
+    sandbox = request.app[SANDBOX]
+    try:
+        payment = sandbox.direct_charge(await _read(request, DirectCharge))
+    except StripeError as refusal:
+        raise _bad_request(refusal.message, code=refusal.code, param=refusal.param) from None
+    return _json(sandbox.charges.body(payment.id))
+
+
+async def alter_charge(request: web.Request) -> web.Response:
+    ident = request.match_info["charge"]
+    body = request.app[SANDBOX].charges.alter(ident, await _read(request, Alteration))
+    if body is None:
+        raise _not_found(ident)
+    return _json(body)
+
+
+async def remove_charge(request: web.Request) -> web.Response:
+    ident = request.match_info["charge"]
+    if not request.app[SANDBOX].remove_charge(ident):
+        raise _not_found(ident)
+    return _json({"id": ident, "removed": True})
+
+
+async def generate_day(request: web.Request) -> web.Response:
+    spec = await _read(request, BulkDay)
+    try:
+        day = request.app[SANDBOX].charges.add_day(spec)
+    except PrefixTaken as taken:
+        raise _bad_request(str(taken)) from None
+    last = spec.count - 1
+    return _json(
+        {
+            "count": spec.count,
+            "first_id": day.id_at(0),
+            "last_id": day.id_at(last),
+            "first_created": day.created_at(0),
+            "last_created": day.created_at(last),
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/_sandbox/health", health)
     app.router.add_get("/_sandbox/state", state)
@@ -84,3 +145,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/_sandbox/clock", advance_clock)
     app.router.add_post("/_sandbox/reset", reset)
     app.router.add_post("/_sandbox/accounts", put_account)
+    app.router.add_post("/_sandbox/charges", create_charge)
+    app.router.add_post("/_sandbox/charges/bulk", generate_day)  # before {charge}
+    app.router.add_post("/_sandbox/charges/{charge}", alter_charge)
+    app.router.add_delete("/_sandbox/charges/{charge}", remove_charge)

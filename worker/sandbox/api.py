@@ -37,9 +37,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def stripe_front(request: web.Request, handler: Handler) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    sandbox.run_due()  # late debits whose time has come happen before anything reads
     if not request.path.startswith("/v1/"):
         return await handler(request)
-    sandbox = request.app[SANDBOX]
     request_id = sandbox.ids.new("req")
     request[REQUEST_ID] = request_id
     resource = request.match_info.route.resource
@@ -99,8 +100,13 @@ def _account_header(request: web.Request, sandbox: Sandbox) -> Account | None:
 
 async def _before_read(request: web.Request) -> Sandbox:
     """Query check, execution faults and latency for a GET."""
-    sandbox = request.app[SANDBOX]
     _expanded(request)
+    return await read_faults(request)
+
+
+async def read_faults(request: web.Request) -> Sandbox:
+    """Execution faults and latency for a GET whose parameters were checked."""
+    sandbox = request.app[SANDBOX]
     fault = sandbox.injector.execution_fault(is_write=False)
     await _sleep(sandbox)
     if fault in ("drop_before", "drop_after"):
@@ -117,15 +123,6 @@ def _expanded(request: web.Request) -> frozenset[str]:
     paths = query.get("expand", [])
     listed = paths if isinstance(paths, list) else [paths]
     return frozenset(path for path in listed if isinstance(path, str) and path)
-
-
-def _charge_body(sandbox: Sandbox, ident: str) -> dict[str, object] | None:
-    """A charge by id: a payment an account debit created, or a seeded (refunded) sale."""
-    payment = sandbox.ledger.payments.get(ident)
-    if payment is not None:
-        return objects.payment(payment)
-    sale = sandbox.ledger.charges.get(ident)
-    return objects.sale(sale) if sale is not None else None
 
 
 async def _sleep(sandbox: Sandbox) -> None:
@@ -166,7 +163,7 @@ async def get_account(request: web.Request) -> web.Response:
 async def get_charge(request: web.Request) -> web.Response:
     sandbox = await _before_read(request)
     ident = request.match_info["charge"]
-    body = _charge_body(sandbox, ident)
+    body = sandbox.charges.body(ident)
     if body is None or not _owned_by(request, sandbox, sandbox.ledger.platform.id):
         raise errors.resource_missing("charge", ident, param="id", status=404)
     return _ok(request, body)
@@ -189,7 +186,7 @@ async def get_refund(request: web.Request) -> web.Response:
         raise errors.resource_missing("refund", ident, param="id", status=404)
     charge = None
     if "charge" in _expanded(request) and refund.charge is not None:
-        charge = _charge_body(sandbox, refund.charge)
+        charge = sandbox.charges.body(refund.charge)
     return _ok(request, objects.refund(refund, charge))
 
 
@@ -215,8 +212,14 @@ async def create_charge(request: web.Request) -> web.Response:
             raise drop_connection(request)
         if fault == "server_error":
             response = error_response(errors.api_error(), request_id)
+        elif fault == "executed_late":
+            if _account_header(request, sandbox) in (None, sandbox.ledger.platform):
+                sandbox.debit_later(debit, request_id, key)
+            response = error_response(errors.api_error(), request_id)
         else:
-            response = _execute_debit(request, sandbox, debit)
+            response = _execute_debit(request, sandbox, debit, key)
+            if fault == "executed_server_error":  # whatever happened, the answer is a 500
+                response = error_response(errors.api_error(), request_id)
         if scope is not None:
             sandbox.idempotency.complete(scope, stored(response, request_id))
         finished = True
@@ -228,7 +231,9 @@ async def create_charge(request: web.Request) -> web.Response:
             sandbox.idempotency.release(scope)
 
 
-def _execute_debit(request: web.Request, sandbox: Sandbox, debit: DebitParams) -> web.Response:
+def _execute_debit(
+    request: web.Request, sandbox: Sandbox, debit: DebitParams, key: str | None
+) -> web.Response:
     try:
         if _account_header(request, sandbox) not in (None, sandbox.ledger.platform):
             raise errors.invalid(
@@ -236,13 +241,11 @@ def _execute_debit(request: web.Request, sandbox: Sandbox, debit: DebitParams) -
                 "source=acct_... and without a Stripe-Account header."
             )
         answer = sandbox.injector.charge_answer()
-        payment = sandbox.ledger.debit(
-            debit.source,
-            debit.amount,
-            debit.currency,
-            debit.description,
-            debit.metadata,
+        payment = sandbox.debit(
+            debit,
             status=answer if answer in ("pending", "failed") else "succeeded",
+            request_id=request[REQUEST_ID],
+            idempotency_key=key,
         )
     except StripeError as refusal:
         return error_response(refusal, request[REQUEST_ID])

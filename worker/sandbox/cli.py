@@ -62,6 +62,24 @@ _SHARE = click.FloatRange(0.0, 1.0)
     type=_SHARE,
     help="Share cut off after the effect (money moved, key stored, response lost).",
 )
+@click.option(
+    "--executed-server-error-share",
+    default=0.0,
+    type=_SHARE,
+    help="Share of debits carried out but answered 500 api_error (stored under the key).",
+)
+@click.option(
+    "--executed-late-share",
+    default=0.0,
+    type=_SHARE,
+    help="Share of debits answered 500 (stored) and carried out --executed-late-seconds later.",
+)
+@click.option(
+    "--executed-late-seconds",
+    default=30.0,
+    type=click.FloatRange(min=0.0),
+    help="Sandbox-clock delay before an executed_late debit is carried out.",
+)
 @click.option("--writes-only", is_flag=True, help="Inject 429/500/drops only into POSTs.")
 @click.option(
     "--rate-limit",
@@ -84,6 +102,9 @@ def sandbox(  # click passes every option by keyword
     server_error_share: float,
     drop_before_share: float,
     drop_after_share: float,
+    executed_server_error_share: float,
+    executed_late_share: float,
+    executed_late_seconds: float,
     writes_only: bool,
     rate_limit_rps: float | None,
     random_seed: int | None,
@@ -93,7 +114,7 @@ def sandbox(  # click passes every option by keyword
     Point the official SDK at it with
     StripeClient(API_KEY, base_addresses={"api": "http://HOST:PORT"}).
     Test-only admin routes (no auth!) live under /_sandbox/: state, check, faults, clock,
-    reset, accounts. Never expose this server beyond localhost.
+    reset, accounts, charges. Never expose this server beyond localhost.
     """
     try:
         require_loopback(host, allow_non_loopback=allow_non_loopback)
@@ -108,6 +129,9 @@ def sandbox(  # click passes every option by keyword
             server_error_share=server_error_share,
             drop_before_share=drop_before_share,
             drop_after_share=drop_after_share,
+            executed_server_error_share=executed_server_error_share,
+            executed_late_share=executed_late_share,
+            executed_late_seconds=executed_late_seconds,
             writes_only=writes_only,
             rate_limit_rps=rate_limit_rps,
             random_seed=random_seed,

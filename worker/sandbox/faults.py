@@ -1,5 +1,6 @@
-"""Faults the sandbox injects: latency, 429s, 500s, dropped connections, a rate limit, and
-account debits answered with a charge that is not a plain success.
+"""Faults the sandbox injects: latency, 429s, 500s, dropped connections, a rate limit,
+account debits answered with a charge that is not a plain success, and debits carried out
+although they were answered 500 (at once, or later).
 
 `Faults` is the configuration (CLI flags, the runner, `POST /_sandbox/faults`);
 `FaultInjector` draws from it with its own seeded random generator, so a `random_seed`
@@ -16,7 +17,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FaultKind = Literal["rate_limit", "server_error", "drop_before", "drop_after"]
+FaultKind = Literal[
+    "rate_limit",
+    "server_error",
+    "drop_before",
+    "drop_after",
+    "executed_server_error",
+    "executed_late",
+]
 # How an account debit Stripe accepts is answered instead of a succeeded charge of the money
 # asked for. pending/failed: the payment really is pending (the money waits in the platform's
 # pending balance) or failed (nothing moved). other_*: the debit is made as asked, but the
@@ -25,6 +33,9 @@ FaultKind = Literal["rate_limit", "server_error", "drop_before", "drop_after"]
 ChargeAnswer = Literal["pending", "failed", "other_amount", "other_currency", "other_source"]
 OTHER_SOURCE = "acct_1NotTheSource000001"
 FRONT_KINDS: frozenset[str] = frozenset({"rate_limit"})
+# Faults that only an account debit (POST /v1/charges) can carry: a read never draws them,
+# and at the head of `script` they wait for the next POST.
+WRITE_KINDS: frozenset[str] = frozenset({"executed_server_error", "executed_late"})
 Z_99 = 2.3263478740408408  # standard normal quantile at 0.99
 TEST_MODE_RPS = 25.0  # Stripe's test-mode limit; live mode allows 100
 
@@ -41,6 +52,15 @@ class Faults(BaseModel):
     server_error_share: float = Field(0.0, ge=0, le=1, description="500 api_error, stored")
     drop_before_share: float = Field(0.0, ge=0, le=1, description="connection cut, no effect")
     drop_after_share: float = Field(0.0, ge=0, le=1, description="effect done, response lost")
+    executed_server_error_share: float = Field(
+        0.0, ge=0, le=1, description="debit carried out, answered 500 api_error, stored"
+    )
+    executed_late_share: float = Field(
+        0.0, ge=0, le=1, description="answered 500 (stored), debit carried out later"
+    )
+    executed_late_seconds: float = Field(
+        30.0, ge=0, description="sandbox-clock delay before an executed_late debit is made"
+    )
     script: tuple[FaultKind, ...] = Field(
         (), description="faults for the next eligible requests, in order, before random draws"
     )
@@ -58,6 +78,8 @@ class Faults(BaseModel):
             + self.server_error_share
             + self.drop_before_share
             + self.drop_after_share
+            + self.executed_server_error_share
+            + self.executed_late_share
         )
         if shares > 1:
             raise ValueError("fault shares add up to more than 1")
@@ -115,7 +137,8 @@ class FaultInjector:
         return self._draw(is_write, front=True)
 
     def execution_fault(self, is_write: bool) -> FaultKind | None:
-        """A fault decided when the request executes: 500s and dropped connections."""
+        """A fault decided when the request executes: 500s and dropped connections, and for
+        writes the debits carried out despite a 500."""
         return self._draw(is_write, front=False)
 
     def charge_answer(self) -> ChargeAnswer | None:
@@ -141,7 +164,7 @@ class FaultInjector:
             return None
         if self._script:
             head = self._script[0]
-            if (head in FRONT_KINDS) != front:
+            if (head in FRONT_KINDS) != front or (head in WRITE_KINDS and not is_write):
                 return None
             self._script.pop(0)
             self.injected[head] += 1
@@ -156,6 +179,11 @@ class FaultInjector:
                 ("drop_after", f.drop_after_share),
             ]
         )
+        if is_write and not front:  # appended: the older kinds keep their draws for a seed
+            table += [
+                ("executed_server_error", f.executed_server_error_share),
+                ("executed_late", f.executed_late_share),
+            ]
         if not any(share for _, share in table):
             return None
         draw = self._random.random()

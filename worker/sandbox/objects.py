@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.sandbox.events import Event
 from worker.sandbox.seed import ChargeSeed, Controller, RefundSeed
 from worker.sandbox.state import Account, Payment, Transfer
 
 Json = dict[str, Any]
+API_VERSION = "2023-08-16"  # the version whose OpenAPI description the sandbox follows
 
 
 def account(record: Account) -> Json:
@@ -173,6 +175,26 @@ def refund(record: RefundSeed, charge: Json | None = None) -> Json:
     if record.status == "failed" and record.failure_reason:
         body["failure_reason"] = record.failure_reason
     return body
+
+
+def event(record: Event) -> Json:
+    """An event about a charge; `data.object` is the charge as it was when it happened."""
+    return {
+        "id": record.id,
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": record.created,
+        "data": {"object": payment(record.payment)},
+        "livemode": False,
+        "pending_webhooks": 0,
+        "request": {"id": record.request_id, "idempotency_key": record.idempotency_key},
+        "type": record.type,
+    }
+
+
+def listed(url: str, data: list[Json], has_more: bool) -> Json:
+    """A page of a top-level list (`GET /v1/charges`, `GET /v1/events`)."""
+    return {"object": "list", "data": data, "has_more": has_more, "url": url}
 
 
 def _amount(value: int, currency: str) -> Json:

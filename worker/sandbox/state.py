@@ -114,16 +114,18 @@ class Ledger:
         metadata: dict[str, str],
         *,
         status: PaymentStatus = "succeeded",
+        created: int | None = None,
     ) -> Payment:
         """Move `amount` from `source`'s available balance to the platform's (its pending
-        balance while the payment is `pending`; nowhere if it `failed`), or refuse."""
+        balance while the payment is `pending`; nowhere if it `failed`), or refuse.
+        `created`: when it happened (epoch seconds), if not now."""
         account = self.accounts.get(source)
         if account is None or account is self.platform:
             raise errors.resource_missing("source", source, param="source", status=400)
         rules.check_debit(
             self.platform.seed, account.seed, account.available.get(currency, 0), amount, currency
         )
-        now = int(self.clock.now())
+        now = int(self.clock.now()) if created is None else created
         payment_id = self.ids.new("py")
         transfer_id = balance_transaction = None
         if status != "failed":

@@ -36,7 +36,8 @@ from worker.domain.errors import (
 )
 from worker.domain.ports import PublishFailed
 from worker.handlers import Result, Services, handle_admission
-from worker.ops.observability import report_unexpected
+from worker.ops import metrics
+from worker.ops.observability import log_context, report_unexpected
 from worker.settings import Settings
 from worker.transport.admission import Admitted, Invalid, admit
 from worker.transport.parsing import Undeliverable
@@ -158,13 +159,15 @@ def run_first_attempt(app: Celery, runtime: Runtime, delivery: Delivery) -> Sett
         request_id = admission.request_id
     task_id = f"{request_id}:{uuid.uuid4().hex[:12]}"
     attempt = FirstAttempt(app, runtime, task_id, request_id)
+    verified = admission.producer if isinstance(admission, Admitted) else None
     try:
-        outcome = run_attempt(
-            attempt,
-            runtime,
-            request_id,
-            lambda svc, owner: handle_admission(admission, svc, owner),
-        )
+        with log_context(producer=verified.producer if verified else None):
+            outcome = run_attempt(
+                attempt,
+                runtime,
+                request_id,
+                lambda svc, owner: handle_admission(admission, svc, owner),
+            )
     except Reject:  # already logged with its reason
         return Settle.REQUEUE
     log.debug("first attempt of task %s: %s", task_id, outcome)
@@ -172,6 +175,7 @@ def run_first_attempt(app: Celery, runtime: Runtime, delivery: Delivery) -> Sett
 
 
 def dead_letter(runtime: Runtime, delivery: Delivery, reason: str) -> Settle:
+    metrics.dead_lettered("intake")  # published, or else taken by the queue's DLX
     try:
         runtime.dead_letters.send(
             delivery.body,
@@ -195,13 +199,15 @@ def run_attempt(
     """Run `work` (the handler, given the services and the lease owner) as `attempt`, then
     retry, escalate or leave it as next_step says. Raises Reject(requeue=True) when what
     comes next could not be recorded or scheduled: the message is kept, never forgotten."""
-    try:
-        return _attempt(attempt, runtime, request_id, work)
-    except (Retry, Reject):
-        raise
-    except Exception as exc:  # the message is kept whatever broke here
-        log.exception("request %s: attempt failed outside the handler; requeued", request_id)
-        raise Reject(str(exc), requeue=True) from exc
+    with log_context(request_id=request_id, attempt=attempt.number):
+        try:
+            with metrics.attempt(attempt.number):
+                return _attempt(attempt, runtime, request_id, work)
+        except (Retry, Reject):
+            raise
+        except Exception as exc:  # the message is kept whatever broke here
+            log.exception("request %s: attempt failed outside the handler; requeued", request_id)
+            raise Reject(str(exc), requeue=True) from exc
 
 
 def _attempt(
@@ -286,9 +292,15 @@ def _give_up(runtime: Runtime, request_id: str, owner: str, error: Exception) ->
             headers={"x-debit-worker-request-id": request_id},
             content_type="application/json",
         )
+        metrics.dead_lettered("task")
     except _BOOKKEEPING_TROUBLE as exc:
         log.warning("request %s: escalation not recorded (%s); requeued", request_id, exc)
         raise Reject(str(exc), requeue=True) from exc
     report_unexpected(error, request_id=request_id, escalation=True)
-    log.error("request %s needs reconciliation: %s", request_id, why)
+    log.error(
+        "request %s needs reconciliation: %s",
+        request_id,
+        why,
+        extra={"outcome": "needs_reconciliation"},
+    )
     return "needs_reconciliation"

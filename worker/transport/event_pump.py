@@ -31,6 +31,7 @@ from kombu import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker.domain.types import OutboxEvent
+from worker.ops import metrics
 from worker.transport.topology import BROKER_ERRORS, event_exchange, event_message
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class EventPump:
             self._start()
         if self._queue.qsize() >= self._max_queued:
             self._overflowed += 1
+            metrics.events_left_to_relay(1)
             if self._overflowed == 1:
                 log.warning(
                     "event pump: %d events waiting; newer ones are left to the outbox relay",
@@ -118,6 +120,7 @@ class EventPump:
                 self._pump(batch)
             except Exception:  # a bug: the pump must go on, and the relay covers this batch
                 log.exception("event pump: %d events left to the outbox relay", len(batch))
+                metrics.events_left_to_relay(len(batch))
                 self._drop(graceful=False)
         self._drop(graceful=True)
 
@@ -136,8 +139,9 @@ class EventPump:
                 return batch, False
 
     def _pump(self, batch: list[tuple[int, OutboxEvent]]) -> None:
-        if self._clock() < self._resume_at:
-            return  # pausing after a broker error: the relay sends these
+        if self._clock() < self._resume_at:  # pausing after a broker error: the relay sends these
+            metrics.events_left_to_relay(len(batch))
+            return
         try:
             confirmed = self._publish(batch)
         except BROKER_ERRORS as exc:
@@ -154,7 +158,9 @@ class EventPump:
                 pause,
             )
             self._drop(graceful=False)
+            metrics.events_left_to_relay(len(batch))
             return
+        metrics.events_left_to_relay(len(batch) - len(confirmed))  # refused or returned
         self._next_pause = FIRST_PAUSE_SECONDS
         self._overflowed = 0
         if confirmed:

@@ -18,6 +18,7 @@ from kombu import Consumer, Message
 from kombu.common import ignore_errors
 
 from worker.bootstrap import runtime_of
+from worker.ops import metrics
 from worker.transport.attempts import Delivery, Settle, dead_letter, run_first_attempt
 from worker.transport.authentication import RECEIVED_AT_HEADER, carried_headers
 from worker.transport.intake_brake import IntakeBrake
@@ -56,6 +57,7 @@ class CommandIntake(bootsteps.ConsumerStep):
             self._hub = c.hub
             self.brake = IntakeBrake(c.hub, lambda: self.consumers or [], errors=BROKER_ERRORS)
         super().start(c)
+        metrics.intake_consuming(True)
 
     # Order matters: stop taking commands, let running first attempts settle their commands
     # on the still-open channel, only then close the channel (Celery's part).
@@ -70,6 +72,7 @@ class CommandIntake(bootsteps.ConsumerStep):
         super().shutdown(c)
 
     def _finish_in_flight(self) -> None:
+        metrics.intake_consuming(False)
         if self.brake is not None:
             self.brake.release()
             self.brake = None

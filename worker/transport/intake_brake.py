@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
+from worker.ops import metrics
+
 log = logging.getLogger(__name__)
 
 FIRST_PAUSE_SECONDS: Final = 1.0
@@ -44,6 +46,7 @@ class IntakeBrake:
         if self.paused:
             return
         self.paused = True
+        metrics.intake_paused(True)
         pause, self._next_pause = self._next_pause, min(LONGEST_PAUSE_SECONDS, self._next_pause * 2)
         for consumer in self._consumers():
             self._quietly(consumer.cancel)
@@ -59,10 +62,12 @@ class IntakeBrake:
         if self._timer is not None:
             self._hub.timer.cancel(self._timer)
             self._timer = None
+            metrics.intake_paused(False)
 
     def _resume(self) -> None:
         self._timer = None
         self.paused = False
+        metrics.intake_paused(False)
         for consumer in self._consumers():
             self._quietly(consumer.consume)
         log.info("intake: taking commands again")

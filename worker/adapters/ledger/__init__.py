@@ -12,9 +12,12 @@ from worker.adapters.ledger.audit import AuditEntry, read_audit
 from worker.adapters.ledger.consents import ConsentStore
 from worker.adapters.ledger.outbox_store import OutboxStore
 from worker.adapters.ledger.producer_budgets import ProducerLimitExceeded
+from worker.adapters.ledger.reconciliation import LedgerDebit, Reconciliation
+from worker.adapters.ledger.reconciliation_runs import DifferenceRow, RunRecord
 from worker.adapters.ledger.records import ClaimKind, Success
 from worker.adapters.ledger.refund_budgets import RecoveryBudgetExceeded
 from worker.adapters.ledger.requests import RequestLedger
+from worker.adapters.ledger.settlements import Settlement
 from worker.adapters.ledger.tables import Status
 
 
@@ -28,6 +31,7 @@ class Ledger:
     requests: RequestLedger
     outbox: OutboxStore
     consents: ConsentStore
+    reconciliation: Reconciliation
 
     @classmethod
     def on(cls, engine: Engine, clock: Callable[[], datetime] = utc_now) -> Ledger:
@@ -36,6 +40,7 @@ class Ledger:
             requests=RequestLedger(engine, clock),
             outbox=OutboxStore(engine, clock),
             consents=ConsentStore(engine, clock),
+            reconciliation=Reconciliation(engine, clock),
         )
 
     def history(self, entity: str, entity_id: str) -> list[AuditEntry]:
@@ -45,9 +50,13 @@ class Ledger:
 
 __all__ = [
     "ClaimKind",
+    "DifferenceRow",
     "Ledger",
+    "LedgerDebit",
     "ProducerLimitExceeded",
     "RecoveryBudgetExceeded",
+    "RunRecord",
+    "Settlement",
     "Status",
     "Success",
     "utc_now",

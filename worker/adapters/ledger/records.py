@@ -28,6 +28,7 @@ class RequestRecord:
     lease_until: datetime | None
     first_attempt_at: datetime | None = None
     producer: str | None = None  # verified when claimed; None: claimed unsigned
+    charged_at: datetime | None = None  # the Stripe charge's `created`, with a success
 
 
 # The columns read into a record as they are (each field is named as its column).
@@ -47,7 +48,7 @@ def fresh_record(row: dict[str, Any]) -> RequestRecord:
     not_yet = ("idempotency_key", "payment_id", "failure_code", "failure_message")
     return record_of(
         row
-        | dict.fromkeys((*not_yet, "finished_at", "first_attempt_at"))
+        | dict.fromkeys((*not_yet, "finished_at", "first_attempt_at", "charged_at"))
         | {"attempts": 0, "received_at": received_at, "updated_at": received_at}
         | {"lease_until": lease_until}
     )
@@ -72,3 +73,4 @@ class Success:
     payment_id: str
     transfer_id: str | None
     balance_transaction: str | None
+    charged_at: datetime | None = None  # the charge's `created` time at Stripe

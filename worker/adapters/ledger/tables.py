@@ -9,6 +9,7 @@ from enum import StrEnum
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -92,9 +93,13 @@ debit_requests = Table(
     # The producer whose signature was verified when the request was claimed: its policy
     # applies whenever the request is decided, whoever resumes it.
     Column("producer", String(64), nullable=True),
+    # The Stripe charge's `created` time, written with a success: the day it counts in when
+    # the books are closed (reconciliation.py reads a day by it).
+    Column("charged_at", UTCDateTime, nullable=True),
     Index("ix_debit_requests_status", "status"),
     Index("ix_debit_requests_refund", "refund"),
     Index("ix_debit_requests_lease_until", "lease_until"),
+    Index("ix_debit_requests_charged_at", "charged_at"),
 )
 
 # What has been reserved against each refund by recoveries in flight or succeeded. The
@@ -172,4 +177,60 @@ producer_reservations = Table(
     Column("reserved_at", UTCDateTime, nullable=False),
     Column("released_at", UTCDateTime, nullable=True),
     Index("ix_producer_reservations_window", "producer", "currency", "reserved_at"),
+)
+
+# How a request awaiting reconciliation was settled, written in the same transaction as the
+# outcome it settles; one per request (a settled request is finished).
+settlements = Table(
+    "settlements",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("settled_at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),  # "reconciler", "operator:alice"
+    Column("outcome", String(32), nullable=False),  # "succeeded" | "failed"
+    Column("method", String(40), nullable=False),  # "resent", "stripe_records", "operator"
+    Column("evidence", JSON, nullable=False),  # what was read, when, which ids
+)
+
+# One row per proof of a day (Stripe's charges against the ledger's debits). The counts are
+# NULL while it runs.
+reconciliation_runs = Table(
+    "reconciliation_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("day", String(10), nullable=False),  # "YYYY-MM-DD", UTC
+    Column("trigger", String(16), nullable=False),  # "schedule" | "cli"
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("status", String(16), nullable=False),  # "running" | "clean" | "differences" | "error"
+    Column("stripe_charges", Integer, nullable=True),
+    Column("ledger_debits", Integer, nullable=True),
+    Column("matched", Integer, nullable=True),
+    Column("differences", Integer, nullable=True),
+    Column("unexplained", Integer, nullable=True),
+    Column("list_requests", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_reconciliation_runs_day", "day"),
+)
+
+reconciliation_differences = Table(
+    "reconciliation_differences",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("charge_id", String(80), nullable=True),
+    Column("explained", Boolean, nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("ix_reconciliation_differences_run", "run_id"),
+)
+
+# The schedule's lock: the first worker process (of all hosts) to insert a day proves it.
+scheduled_proofs = Table(
+    "scheduled_proofs",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("claimed_at", UTCDateTime, nullable=False),
+    Column("owner", String(200), nullable=False),
 )
