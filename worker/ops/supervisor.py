@@ -6,7 +6,7 @@ threads, connections and ledger pool, use N. This parent starts them, restarts o
 The Stripe rate budget stays the host's: shared through Redis when
 DEBIT_WORKER_RATE_BUDGET_REDIS_URL is set, otherwise split evenly between the processes.
 
-`run` checks the settings, migrates and declares the topology, then execs
+`run` checks the settings and migrates (each worker process declares the topology), then execs
 `python -m worker.ops.supervisor`, which imports nothing of the worker, so that the supervisor
 stays a small process instead of a second copy of a worker's memory. With
 DEBIT_WORKER_METRICS_PORT it also serves the metrics and health endpoint

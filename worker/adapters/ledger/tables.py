@@ -100,6 +100,8 @@ debit_requests = Table(
     Index("ix_debit_requests_refund", "refund"),
     Index("ix_debit_requests_lease_until", "lease_until"),
     Index("ix_debit_requests_charged_at", "charged_at"),
+    Index("ix_debit_requests_account_received", "account", "received_at"),
+    Index("ix_debit_requests_received_at", "received_at"),
 )
 
 # What has been reserved against each refund by recoveries in flight or succeeded. The
