@@ -13,10 +13,11 @@ from worker.adapters.ledger import Status
 from worker.adapters.ledger.records import RequestRecord
 from worker.domain.errors import PermanentFailure
 from worker.domain.ports import StripeRecords
-from worker.domain.settlement import Failed, StaysOpen, Succeeded, Unknown, decide
+from worker.domain.settlement import Failed, StaysOpen, Succeeded, decide
 from worker.handlers import Services
 from worker.ops.reconciler import (
     LEASE_SECONDS,
+    as_unknown,
     charge_evidence,
     charges_for,
     record_settlement,
@@ -44,7 +45,7 @@ def settle_with_charge(
             "find the charge whose metadata.request_id is this request"
         )
     now = svc.clock()
-    verdict = decide(_as_unknown(record), [charge], read_until=now, grace=timedelta(0))
+    verdict = decide(as_unknown(record), [charge], read_until=now, grace=timedelta(0))
     if isinstance(verdict, StaysOpen):
         raise SettleRefused(f"{verdict.reason}; nothing recorded")
     evidence = {
@@ -109,23 +110,6 @@ def _open_request(svc: Services, request_id: str) -> RequestRecord:
             "needs_reconciliation is settled by hand"
         )
     return record
-
-
-def _as_unknown(record: RequestRecord) -> Unknown:
-    """The request as settlement reads it, also when it never reached Stripe."""
-    found = unknown_of(record)
-    if found is not None:
-        return found
-    command = record.command
-    return Unknown(
-        request_id=record.request_id,
-        account=str(command["account"]),
-        amount=int(command["amount"]),
-        currency=str(command["currency"]),
-        idempotency_key="",
-        first_attempt_at=record.received_at,
-        last_attempt_at=record.updated_at,
-    )
 
 
 def _record(

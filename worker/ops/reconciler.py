@@ -72,14 +72,20 @@ def unknown_of(record: RequestRecord) -> Unknown | None:
     """The request as settlement reads it; None when it never reached Stripe."""
     if record.idempotency_key is None or record.first_attempt_at is None:
         return None
+    return as_unknown(record)
+
+
+def as_unknown(record: RequestRecord) -> Unknown:
+    """The request as settlement reads it, also when it never reached Stripe (no key: its
+    window starts when it was received)."""
     command = record.command
     return Unknown(
         request_id=record.request_id,
         account=str(command["account"]),
         amount=int(command["amount"]),
         currency=str(command["currency"]),
-        idempotency_key=record.idempotency_key,
-        first_attempt_at=record.first_attempt_at,
+        idempotency_key=record.idempotency_key or "",
+        first_attempt_at=record.first_attempt_at or record.received_at,
         last_attempt_at=record.updated_at,
     )
 
