@@ -20,7 +20,7 @@ from bench.report import Run, change, markdown, plot
 from bench.services import own_services, sandbox_process
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRA = ROOT / "bench" / "NOTES.md"
+EXTRA = ROOT / "bench" / "METHOD.md"  # how to run it and what each figure means
 
 
 PHASES = ("ours", "naive", "zero-latency", "noop", "reconcile-day", "reconcile-cost")

@@ -217,7 +217,7 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
         f"![publish-to-event latency over time]({plot_name})",
         "",
         *_reconcile_section(run),
-        "## Targets (issues 7 and 17)",
+        "## Targets",
         "",
         "| target | measured | |",
         "|---|---|---|",
@@ -279,7 +279,7 @@ def _reconcile_section(run: Run) -> list[str]:
     lines: list[str] = []
     if run.day is None and run.cost is None:
         return lines
-    lines += ["## Closing the books (issue 17)", ""]
+    lines += ["## Closing the books", ""]
     if run.day is not None:
         day = run.day
         lines += [
