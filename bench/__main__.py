@@ -16,14 +16,31 @@ import uuid
 from pathlib import Path
 
 from bench import phases, reconcile
-from bench.report import Run, change, markdown, plot
+from bench.ledger_size import LedgerSize, ledger_size
+from bench.report import SOAK_PLOT, Run, change, markdown, plot
+from bench.report_ledger import complete as ledger_complete
+from bench.report_ledger import say_ledger
+from bench.report_scale import plot_soak, say_scale_out, say_soak
+from bench.scale_out import ScaleOut, scale_out
 from bench.services import own_services, sandbox_process
+from bench.soak import Soak, soak
+from bench.startup import kept_section
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA = ROOT / "bench" / "METHOD.md"  # how to run it and what each figure means
 
 
-PHASES = ("ours", "naive", "zero-latency", "noop", "reconcile-day", "reconcile-cost")
+PHASES = (
+    "ours",
+    "naive",
+    "zero-latency",
+    "noop",
+    "reconcile-day",
+    "reconcile-cost",
+    "scale-out",
+    "soak",
+    "ledger-size",
+)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -44,6 +61,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=os.cpu_count() or 1,
         help="our worker processes (`run --processes`) [one per core]",
     )
+    parser.add_argument(
+        "--deployments",
+        type=int,
+        default=2,
+        help="scale-out: `debit-worker run` deployments side by side, sharing --processes "
+        "between them [2]",
+    )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="include the soak (--soak-minutes of full load) in the full run",
+    )
+    parser.add_argument("--soak-minutes", type=float, help="length of the soak [30; quick 2]")
+    parser.add_argument(
+        "--ledger-rows",
+        type=int,
+        help="ledger-size: finished requests seeded in the ledger [10000000; quick 200000]",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: ~10 s per phase")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument(
@@ -57,6 +92,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.backlog = args.backlog or (1500 if args.quick else 6000)
     args.noop = args.noop or (3000 if args.quick else 20000)
     args.day_debits = args.day_debits or (20_000 if args.quick else 1_000_000)
+    args.soak_minutes = args.soak_minutes or (2.0 if args.quick else 30.0)
+    args.ledger_rows = args.ledger_rows or (200_000 if args.quick else 10_000_000)
     return args
 
 
@@ -85,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         _say_day(day)
         cost = reconcile.reconcile_cost(setup, args.rate, args.duration)
         _say_cost(cost)
+        scale = _scale_out(setup, args)
+        soaked = _soak(setup, args) if args.soak else None
+        # Last: it leaves millions of rows in the ledger; compared with the first "ours".
+        size = _ledger_size(setup, args, ours)
         problems = admin.problems()
     run = Run(
         ours,
@@ -98,20 +139,37 @@ def main(argv: list[str] | None = None) -> int:
         threads,
         day=day,
         cost=cost,
+        scale=scale,
+        soak=soaked,
+        size=size,
     )
     png = args.output.with_suffix(".png")
     plot(run, png)
-    extra = EXTRA.read_text() if EXTRA.exists() else ""
+    if soaked is not None:
+        plot_soak(soaked, args.output.with_name(SOAK_PLOT))
+    # The Start-up section is measured and written by `python -m bench.startup --write`.
+    extra = kept_section(args.output) + "\n\n" + (EXTRA.read_text() if EXTRA.exists() else "")
     args.output.write_text(markdown(run, png.name, extra))
     print(f"wrote {args.output} and {png}; sandbox money problems: {problems or 'none'}")
     complete = all(
         m.answered == m.published and not m.failed for m in (ours, fast, cost.alone, cost.during)
     )
+    complete = complete and scale.ok and (soaked is None or soaked.complete)
+    complete = complete and ledger_complete(size)
     return 0 if complete and not day.unexplained and not problems else 1
 
 
 def _only(phase: str, setup: phases.Setup, args: argparse.Namespace) -> int:
     phases.declare_topology(setup)  # the full run's first phase leaves it declared
+    if phase == "scale-out":
+        return 0 if _scale_out(setup, args).ok else 1
+    if phase == "ledger-size":  # its own empty-ledger run first
+        return 0 if ledger_complete(_ledger_size(setup, args, None)) else 1
+    if phase == "soak":
+        soaked = _soak(setup, args)
+        plot_soak(soaked, setup.logs / SOAK_PLOT)  # no report: the plot stays with the logs
+        print(f"plot in {setup.logs / SOAK_PLOT}", flush=True)
+        return 0 if soaked.complete else 1
     if phase == "reconcile-day":
         day = reconcile.reconcile_day(setup, args.day_debits)
         _say_day(day)
@@ -131,6 +189,29 @@ def _only(phase: str, setup: phases.Setup, args: argparse.Namespace) -> int:
         measured = phases.bare_celery_noop(setup, args.noop, setup.concurrency or 1)
     _say(measured)
     return 0 if measured.answered == measured.published and not measured.failed else 1
+
+
+def _scale_out(setup: phases.Setup, args: argparse.Namespace) -> ScaleOut:
+    """As many processes in all as the other phases' worker, split between deployments."""
+    per = max(1, args.processes // args.deployments)
+    threads = args.concurrency or max(1, 64 // (per * args.deployments))
+    scale = scale_out(setup, args.deployments, per, threads, args.duration)
+    print("\n".join(say_scale_out(scale)), flush=True)
+    return scale
+
+
+def _ledger_size(
+    setup: phases.Setup, args: argparse.Namespace, empty: phases.Measured | None
+) -> LedgerSize:
+    size = ledger_size(setup, args.rate, args.duration, args.ledger_rows, empty)
+    print("\n".join(say_ledger(size)), flush=True)
+    return size
+
+
+def _soak(setup: phases.Setup, args: argparse.Namespace) -> Soak:
+    soaked = soak(setup, args.soak_minutes, args.rate)
+    print("\n".join(say_soak(soaked)), flush=True)
+    return soaked
 
 
 def _say(m: phases.Measured) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy import event
 
 from bench.load import BENCH_SIGNER, command
 from bench.services import cpu_seconds, own_services, sandbox_process
+from worker.adapters.rate_budget import ENDPOINT_CLASSES
 from worker.app import build_worker, declare_topology
 from worker.handlers import Result, handle_debit_requested
 from worker.settings import Settings
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             stripe_api_key=SecretStr(api_key),
             stripe_api_base=AnyUrl(admin.url),
             stripe_rate_limit=1_000_000,
+            stripe_endpoint_limits=dict.fromkeys(ENDPOINT_CLASSES, 1_000_000),
             producer_keys={
                 BENCH_SIGNER.producer: {BENCH_SIGNER.key_id: SecretStr(BENCH_SIGNER.secret)}
             },

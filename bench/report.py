@@ -14,10 +14,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.ledger_size import LedgerSize
 from bench.phases import Measured
 from bench.reconcile import COST_DAY_DEBITS, DayProofMeasured, ReconcileCost
+from bench.report_ledger import ledger_section, ledger_targets
+from bench.report_scale import scale_out_section, scale_out_targets, soak_section, soak_targets
+from bench.scale_out import ScaleOut
+from bench.soak import Soak
 
 STRIPE_P99_S = 1.0
+SOAK_PLOT = "soak.png"  # beside the report
 PROOF_DEBITS = 1_000_000  # the daily proof's target size
 PROOF_DENSITY = 90  # debits per list request, at least
 COST_DROP = 0.05  # debit throughput lost while the proof runs, at most
@@ -36,6 +42,9 @@ class Run:
     threads: int = 64
     day: DayProofMeasured | None = None  # reconcile-day
     cost: ReconcileCost | None = None  # reconcile-cost
+    scale: ScaleOut | None = None  # scale-out
+    soak: Soak | None = None  # soak (only with --soak)
+    size: LedgerSize | None = None  # ledger-size
 
 
 def machine() -> str:
@@ -160,6 +169,9 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
             max(ours.rss_main_mb, fast.rss_main_mb) <= 150,
         ),
         *_reconcile_targets(run),
+        *(scale_out_targets(run.scale) if run.scale is not None else []),
+        *soak_targets(run.soak),
+        *ledger_targets(run.size),
     ]
     lines = [
         "# Performance",
@@ -217,6 +229,9 @@ def markdown(run: Run, plot_name: str, extra: str) -> str:
         f"![publish-to-event latency over time]({plot_name})",
         "",
         *_reconcile_section(run),
+        *(scale_out_section(run.scale) if run.scale is not None else []),
+        *soak_section(run.soak, SOAK_PLOT),
+        *ledger_section(run.size),
         "## Targets",
         "",
         "| target | measured | |",

@@ -10,6 +10,10 @@
 `--source DIR` measures the code in DIR instead (`python -m worker` with PYTHONPATH=DIR, e.g.
 `git archive OLD | tar -x -C DIR`), to compare two versions on the same machine.
 
+`--write` puts the medians, against the targets (issue 18: consuming within 3 s, every
+`--help` within 1 s), in docs/performance.md's "Start-up" section, between its two marker
+lines; `make bench`, which writes the rest of that file, keeps the section as it finds it.
+
 Needs the services `make bench` needs (RabbitMQ with `rabbitmqctl`, PostgreSQL); the sandbox
 runs as a process of its own. Run it on a quiet machine: start-up is mostly CPU.
 """
@@ -26,7 +30,9 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 import amqp
 import click
@@ -47,6 +53,13 @@ from worker.transport.topology import TASK_QUEUE
 
 API_KEY = "sk_test_51StartupBenchKey"
 CLI = VENV_BIN / "debit-worker"
+REPORT: Final = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+RUN_TARGET_SECONDS: Final = 3.0  # `run --processes 2` to consuming
+HELP_TARGET_SECONDS: Final = 1.0  # any `--help`
+BEGIN: Final = (
+    "<!-- start-up: written by `python -m bench.startup --write`; `make bench` keeps it -->"
+)
+END: Final = "<!-- /start-up -->"
 
 
 def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -174,26 +187,45 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="`run --no-migrate` (the database is migrated by this checkout, so an older "
         "--source cannot migrate it)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--write",
+        nargs="?",
+        type=Path,
+        const=REPORT,
+        help=f"write the Start-up section of this report [{REPORT.relative_to(REPORT.parents[1])}]",
+    )
+    args = parser.parse_args(argv)
+    if args.write and (args.source or args.skip_help or args.skip_run or args.no_migrate):
+        parser.error("--write reports this checkout, both measurements, with migration")
+    return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
-    cli = Cli.of(args.source)
-    if not args.skip_help:
+@dataclass(frozen=True)
+class HelpTimes:
+    name: str
+    wall: list[float]
+    cpu: float  # the least of any run
+
+
+def measure_help(cli: Cli, repeat: int) -> list[HelpTimes]:
+    print(f"`debit-worker … --help`: wall seconds median / worst of {repeat}, least CPU")
+    measured = []
+    for path in command_paths(cli_main):
+        name = " ".join(("debit-worker", *path))
+        try:
+            times, cpu = help_seconds(cli, path, repeat)
+        except subprocess.CalledProcessError:
+            print(f"  {name:42} (no such command there)")
+            continue
+        measured.append(HelpTimes(name, times, cpu))
         print(
-            f"`debit-worker … --help`: wall seconds best / worst of {args.repeat}, CPU of the best"
+            f"  {name:42} {statistics.median(times):5.2f} / {max(times):5.2f}  cpu {cpu:5.2f}",
+            flush=True,
         )
-        for path in command_paths(cli_main):
-            name = " ".join(("debit-worker", *path))
-            try:
-                times, cpu = help_seconds(cli, path, args.repeat)
-            except subprocess.CalledProcessError:
-                print(f"  {name:42} (no such command there)")
-                continue
-            print(f"  {name:42} {min(times):5.2f} / {max(times):5.2f}  cpu {cpu:5.2f}")
-    if args.skip_run:
-        return
+    return measured
+
+
+def measure_run(cli: Cli, args: argparse.Namespace) -> list[float]:
     logs = Path(tempfile.mkdtemp(prefix="debit-startup-"))
     with own_services() as services, sandbox_process(API_KEY) as sandbox:
         env = worker_env(services, sandbox.url, args.processes)
@@ -214,6 +246,84 @@ def main(argv: list[str] | None = None) -> None:
         f"`debit-worker run --processes {args.processes}{flag}` to consuming, seconds: {shown} "
         f"(median {statistics.median(runs):.2f}; logs in {logs})"
     )
+    return runs
+
+
+def section(helps: list[HelpTimes], runs: list[float], processes: int, repeat: int) -> str:
+    """The Start-up section of docs/performance.md, between its markers."""
+    from bench.report import machine  # noqa: PLC0415 - plotting libraries, only to write
+
+    run = statistics.median(runs)
+    slowest = max(helps, key=lambda measured: statistics.median(measured.wall))
+    slowest_help = statistics.median(slowest.wall)
+    lines = [
+        BEGIN,
+        "## Start-up",
+        "",
+        f"- **Date:** {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- **Machine:** {machine().split('; RabbitMQ')[0]}; RabbitMQ, PostgreSQL and the "
+        "sandbox on this machine",
+        "- **Command:** `.venv/bin/python -m bench.startup --write` (medians of "
+        f"{repeat} runs of each measurement)",
+        "",
+        f"`debit-worker run --processes {processes}` from its exec to both worker processes "
+        "consuming both queues (the supervisor migrates first: here the ledger is at the "
+        "newest schema, so it only reads its revision), each run on a fresh start: "
+        + " / ".join(f"{seconds:.2f}" for seconds in runs)
+        + " s.",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| `run --processes {processes}` to consuming <= {RUN_TARGET_SECONDS:g} s "
+        f"| {run:.2f} s | {_verdict(run <= RUN_TARGET_SECONDS)} |",
+        f"| every `--help` < {HELP_TARGET_SECONDS:g} s | slowest `{slowest.name} --help` "
+        f"{slowest_help:.2f} s | {_verdict(slowest_help < HELP_TARGET_SECONDS)} |",
+        "",
+        "| command | `--help` wall seconds (median / worst) | CPU seconds (least) |",
+        "|---|---|---|",
+        *(
+            f"| `{measured.name}` | {statistics.median(measured.wall):.2f} / "
+            f"{max(measured.wall):.2f} | {measured.cpu:.2f} |"
+            for measured in helps
+        ),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def kept_section(report: Path) -> str:
+    """The Start-up section of `report` as written last ('' if it has none)."""
+    text = report.read_text() if report.exists() else ""
+    begin, end = text.find(BEGIN), text.find(END)
+    return text[begin : end + len(END)] if 0 <= begin < end else ""
+
+
+def write_section(report: Path, new: str) -> None:
+    """Replace the Start-up section of `report`, or add it before the method's description
+    (bench/METHOD.md's first line), or at the end."""
+    text = report.read_text() if report.exists() else ""
+    old = kept_section(report)
+    if old:
+        text = text.replace(old, new)
+    else:
+        method = (report.parents[1] / "bench" / "METHOD.md").read_text().splitlines()
+        at = text.find(method[0]) if method and method[0] else -1
+        text = f"{text[:at]}{new}\n\n{text[at:]}" if at >= 0 else f"{text.rstrip()}\n\n{new}\n"
+    report.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    cli = Cli.of(args.source)
+    helps = [] if args.skip_help else measure_help(cli, args.repeat)
+    runs = [] if args.skip_run else measure_run(cli, args)
+    if args.write:
+        write_section(args.write, section(helps, runs, args.processes, args.repeat))
+        print(f"wrote the Start-up section of {args.write}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ RabbitMQ `stop_app`/`start_app`; a PostgreSQL restart; sandbox 429s, 500s, lost 
 (the money moved), debits carried out although answered 500 (at once, or seconds later) and
 latency spikes longer than the worker's Stripe timeout.
 
+After each SIGKILL it notes the debits the dead process held and, at the end, how soon
+another process resumed each one (faults/recovery.py): the report's `recovery` part; a
+resume later than 15 s is a violation.
+
 The workers settle requests in needs_reconciliation every 20 s (a 10 s grace for late
 execution), and once the run has drained the books are closed as an operator would
 (faults/reconcile.py): `debit-worker reconcile` in rounds until no request awaits
@@ -46,6 +50,7 @@ from faults.reconcile import (
     prove_days,
     reconcile_rounds,
 )
+from faults.recovery import RecoveryWatch, recovery_report
 from faults.services import (
     HARNESS_SIGNER,
     RABBIT_HOST,
@@ -57,8 +62,9 @@ from faults.services import (
     sandbox_process,
     worker_env,
 )
-from worker.adapters.ledger import Ledger
+from worker.adapters.ledger import Ledger, utc_now
 from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.dead_letters import DeadLetterStore
 from worker.sandbox import Faults, SandboxAdmin
 from worker.transport.topology import declare_all
 
@@ -87,6 +93,8 @@ class Options:
 class Chaos:
     injected: Counter[str] = field(default_factory=Counter)
     stop: threading.Event = field(default_factory=threading.Event)
+    # (down, up) of each broker or PostgreSQL restart: recoveries overlapping them are apart
+    outages: list[tuple[datetime, datetime]] = field(default_factory=list)
 
 
 def baseline_faults(seed: int) -> Faults:
@@ -147,21 +155,43 @@ def publish_all(broker: Broker, plan: Plan, seconds: float, rng: random.Random) 
 
 
 def restart_broker(chaos: Chaos) -> None:
-    rabbitmqctl("stop_app", timeout=120)
-    time.sleep(2)
-    rabbitmqctl("start_app", timeout=120)
+    down = datetime.now(UTC)
+    try:
+        rabbitmqctl("stop_app", timeout=120)
+        time.sleep(2)
+        rabbitmqctl("start_app", timeout=120)
+    finally:
+        chaos.outages.append((down, datetime.now(UTC)))
     chaos.injected["broker_restart"] += 1
 
 
 def restart_postgres(chaos: Chaos) -> None:
     version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    down = datetime.now(UTC)
+    try:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        chaos.outages.append((down, datetime.now(UTC)))
     chaos.injected["postgres_restart"] += 1
+
+
+def sigkill(pool: WorkerPool, slot: int, watch: RecoveryWatch) -> bool:
+    """SIGKILL one worker process and note what it held (once it is gone) for the recovery
+    figures. False when the slot's process had already ended."""
+    others = pool.alive_except(slot)
+    at = datetime.now(UTC)
+    pid = pool.kill(slot, signal.SIGKILL)
+    if pid is None:
+        return False
+    pool.wait_ended(slot)
+    time.sleep(0.2)  # a commit the process had sent lands before the ledger is read
+    watch.killed(pid, at, others_alive=others > 0)
+    return True
 
 
 def latency_spike(admin: SandboxAdmin, chaos: Chaos, seed: int, rng: random.Random) -> None:
@@ -173,8 +203,13 @@ def latency_spike(admin: SandboxAdmin, chaos: Chaos, seed: int, rng: random.Rand
     admin.set_faults(baseline_faults(seed + chaos.injected["latency_spike"]))
 
 
-def chaos_loop(
-    pool: WorkerPool, admin: SandboxAdmin, chaos: Chaos, opts: Options, rng: random.Random
+def chaos_loop(  # noqa: PLR0917 - each is one part of the run
+    pool: WorkerPool,
+    admin: SandboxAdmin,
+    chaos: Chaos,
+    opts: Options,
+    rng: random.Random,
+    watch: RecoveryWatch,
 ) -> None:
     broker_left, postgres_left = opts.broker_restarts, opts.postgres_restarts
     window = opts.publish_seconds
@@ -196,7 +231,10 @@ def chaos_loop(
                 latency_spike(admin, chaos, opts.seed, rng)
                 continue
             slot = rng.randrange(pool.size)
-            pool.kill(slot, signal.SIGKILL if action == "sigkill" else signal.SIGTERM)
+            if action == "sigkill":
+                sigkill(pool, slot, watch)
+            else:
+                pool.kill(slot, signal.SIGTERM)
             chaos.injected[f"worker_{action}"] += 1
         except (subprocess.SubprocessError, OSError) as exc:
             print(f"chaos step failed: {exc!r}", file=sys.stderr)
@@ -241,6 +279,12 @@ def close_books(
     return closing, prove_days(operator, days)
 
 
+def dead_letters(ledger: Ledger, broker: Broker) -> int:
+    """Kept in the ledger by the workers' keepers, and any not moved there yet."""
+    kept = DeadLetterStore(ledger.engine, utc_now).listed(state=None, limit=10**7)
+    return len(kept) + len(broker.drain("debits.dead-letter", idle_seconds=1))
+
+
 def run(opts: Options) -> int:
     rng = random.Random(opts.seed)
     plan = make_plan(opts.requests, rng)
@@ -258,31 +302,16 @@ def run(opts: Options) -> int:
         broker = Broker(vhost)
         broker.bind_collector(COLLECTOR)
         admin.set_faults(baseline_faults(opts.seed))
-        crash = opts.crash_share
-        env = worker_env(
-            vhost,
-            database_url,
-            admin.url,
-            stripe_timeout_seconds=2,
-            stripe_rate_limit=500,
-            retry_base_seconds=0.5,
-            retry_max_seconds=4,
-            claim_lease_seconds=8,
-            relay_interval_seconds=1,
-            janitor_interval_seconds=2,
-            janitor_stale_after_seconds=30,
-            reconcile_interval_seconds=20,
-            reconcile_grace_seconds=10,
-            log_level="WARNING",
-            crash_points=f"after_stripe:{crash},after_record:{crash},after_publish:{crash}",
-        )
+        env = run_env(vhost, database_url, admin.url, opts.crash_share)
         pool = WorkerPool(env, log_dir, opts.workers, opts.concurrency)
         pool.start_all()
         chaos, done = Chaos(), threading.Event()
+        watch = RecoveryWatch(make_engine(database_url, pool_size=1))
+        watch.host = env.get("DEBIT_WORKER_HOST_NAME") or watch.host
         supervisor = threading.Thread(target=supervise, args=(pool, done), daemon=True)
         supervisor.start()
         chaos_thread = threading.Thread(
-            target=chaos_loop, args=(pool, admin, chaos, opts, rng), daemon=True
+            target=chaos_loop, args=(pool, admin, chaos, opts, rng, watch), daemon=True
         )
         chaos_thread.start()
         try:
@@ -296,11 +325,13 @@ def run(opts: Options) -> int:
             unsettled = unsettled or wait_until_settled(ledger, broker, plan, 120)
             time.sleep(3)  # let the last inline publishes and relay rounds land
             events = events_of(broker.drain(COLLECTOR))
-            dead = broker.drain("debits.dead-letter", idle_seconds=1)
+            dead = dead_letters(ledger, broker)
             state = admin.state()
             problems = admin.problems()
             ended = escalations(ledger)
             result = check(plan, events, ledger, state, problems, closing.left, proofs)
+            recovery, late = recovery_report(watch, pool.started_at, chaos.outages)
+            result.violations.extend(late)
         finally:
             done.set()
             pool.stop_all()
@@ -318,7 +349,7 @@ def run(opts: Options) -> int:
         "faults_injected": dict(sorted(faults.items())),
         "outcomes": result.outcomes,
         "events_received": len(events),
-        "dead_letters": len(dead),
+        "dead_letters": dead,
         "stripe_requests": state.requests,
         "unsettled": unsettled,
         "reconciliation": {
@@ -327,14 +358,40 @@ def run(opts: Options) -> int:
             **closing.summary(),
         },
         "daily_proof": [proof.summary() for proof in proofs],
+        "recovery": recovery,
         "violations": result.violations,
         "logs": str(log_dir),
     }
+    write_report(report, opts.report)
+    return 1 if result.violations or unsettled else 0
+
+
+def run_env(vhost: str, database_url: str, sandbox_url: str, crash: float) -> dict[str, str]:
+    """The workers' settings: quick retries and rounds, a 2 s Stripe timeout (the latency
+    spikes outlast it), crash points; the claim lease and the janitor interval are the
+    defaults, so that the recovery figures are the shipped ones."""
+    return worker_env(
+        vhost,
+        database_url,
+        sandbox_url,
+        stripe_timeout_seconds=2,
+        stripe_rate_limit=500,
+        retry_base_seconds=0.5,
+        retry_max_seconds=4,
+        relay_interval_seconds=1,
+        janitor_stale_after_seconds=30,
+        reconcile_interval_seconds=20,
+        reconcile_grace_seconds=10,
+        log_level="WARNING",
+        crash_points=f"after_stripe:{crash},after_record:{crash},after_publish:{crash}",
+    )
+
+
+def write_report(report: dict[str, Any], path: Path | None) -> None:
     text = json.dumps(report, indent=2)
     print(text)
-    if opts.report:
-        opts.report.write_text(text + "\n")
-    return 1 if result.violations or unsettled else 0
+    if path:
+        path.write_text(text + "\n")
 
 
 def parse(argv: list[str] | None = None) -> Options:

@@ -1,6 +1,7 @@
 """Poison and fuzz: malformed and adversarial messages through the real broker to real worker
-processes. Each must end as a DebitFailed (its request_id was readable) or in the dead-letter
-queue; no worker may crash; Stripe must not be called at all.
+processes. Each must end as a DebitFailed (its request_id was readable) or as a dead letter (in
+the dead-letter queue, from which the workers' keepers move it into the ledger); no worker may
+crash; Stripe must not be called at all.
 
     python -m faults.poison --messages 10000      (make poison M=10000)
 """
@@ -34,6 +35,9 @@ from faults.services import (
     sandbox_process,
     worker_env,
 )
+from worker.adapters.ledger import utc_now
+from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.dead_letters import DeadLetterStore
 from worker.sandbox import SandboxAdmin
 from worker.transport.parsing import InvalidCommand, Undeliverable, parse_command
 from worker.transport.plain_consumer import COMPRESSION_HEADER
@@ -282,7 +286,9 @@ def run(count: int, workers: int, seed: int, timeout: float) -> int:
         stripe_before = admin.state().requests
         for _, body, props in messages:
             broker.publish(body, **props)
-        failed, dead, other = _collect(broker, count, timeout)
+        ledger = make_engine(database_url, pool_size=1)
+        failed, dead, other = _collect(broker, DeadLetterStore(ledger, utc_now), count, timeout)
+        ledger.dispose()
         stripe_after = admin.state().requests
         pool.reap()
         alive = all(proc.poll() is None for proc in pool.procs.values())
@@ -325,8 +331,11 @@ def _reason(message: Any) -> str:
     return str((message.headers or {}).get("x-debit-worker-reason", ""))
 
 
-def _collect(broker: Broker, count: int, timeout: float) -> tuple[dict[str, str], list[Any], int]:
-    """DebitFailed events by event id (deduplicated) and dead letters, until all are in."""
+def _collect(
+    broker: Broker, store: DeadLetterStore, count: int, timeout: float
+) -> tuple[dict[str, str], list[Any], int]:
+    """DebitFailed events by event id (deduplicated) and dead letters (as the workers' keepers
+    moved them into the ledger, each once), until all are in."""
     failed: dict[str, str] = {}
     dead: list[Any] = []
     other = 0
@@ -338,13 +347,13 @@ def _collect(broker: Broker, count: int, timeout: float) -> tuple[dict[str, str]
                 failed[event["id"]] = event["data"]["code"]
             else:
                 other += 1
-        dead.extend(broker.drain("debits.dead-letter", idle_seconds=0.5))
+        dead = store.listed(state=None, limit=count + 1)
     time.sleep(2)  # anything late or duplicated would show up now
     for message in broker.drain(COLLECTOR, idle_seconds=1):
         event = json.loads(message.body)
         if event["type"] == FAILED:
             failed[event["id"]] = event["data"]["code"]
-    dead.extend(broker.drain("debits.dead-letter", idle_seconds=1))
+    dead = store.listed(state=None, limit=count + 1)
     return failed, dead, other
 
 

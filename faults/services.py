@@ -3,6 +3,7 @@ sandbox process, and real `debit-worker run` processes it can kill and restart."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from schemas.signing import Signer
 from worker.adapters.ledger import Ledger
 from worker.adapters.ledger.database import make_engine
 from worker.adapters.ledger.migrate import upgrade
+from worker.adapters.rate_budget import ENDPOINT_CLASSES
 from worker.ops.crashpoints import EXIT_CODES
 from worker.sandbox import SandboxAdmin
 
@@ -113,6 +116,7 @@ class WorkerPool:
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     exits: Counter[str] = field(default_factory=Counter)
     starts: int = 0
+    started_at: list[datetime] = field(default_factory=list)  # when each start happened
     _expected: set[int] = field(default_factory=set)  # pids we killed on purpose
     _counted: set[int] = field(default_factory=set)
 
@@ -122,6 +126,7 @@ class WorkerPool:
 
     def start(self, slot: int) -> None:
         self.starts += 1
+        self.started_at.append(datetime.now(UTC))
         log = (self.log_dir / f"worker-{slot}.log").open("ab")
         self.procs[slot] = subprocess.Popen(
             [CLI, "run", "--no-migrate", f"--concurrency={self.concurrency}"],
@@ -131,11 +136,23 @@ class WorkerPool:
         )
         log.close()
 
-    def kill(self, slot: int, sig: signal.Signals) -> None:
+    def kill(self, slot: int, sig: signal.Signals) -> int | None:
+        """The pid signalled; None when the slot's process had already ended."""
         proc = self.procs[slot]
         if proc.poll() is None:
             self._expected.add(proc.pid)
             proc.send_signal(sig)
+            return proc.pid
+        return None
+
+    def alive_except(self, slot: int) -> int:
+        """How many of the other slots' processes are running."""
+        return sum(1 for other, proc in self.procs.items() if other != slot and proc.poll() is None)
+
+    def wait_ended(self, slot: int, timeout: float = 10.0) -> None:
+        # measured anyway if it outlives the wait: a SIGKILLed process starts nothing new
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.procs[slot].wait(timeout=timeout)
 
     def reap(self) -> list[int]:
         """Slots whose process has ended; counts why (our signal, a crash point, other)."""
@@ -191,5 +208,13 @@ def worker_env(vhost: str, database_url: str, sandbox_url: str, **extra: Any) ->
         "DEBIT_WORKER_STRIPE_API_BASE": sandbox_url,
         "DEBIT_WORKER_SENTRY_DSN": "",
     }
+    if "stripe_rate_limit" in extra and "stripe_endpoint_limits" not in extra:
+        # The fault run's budget is not what it tests: every endpoint may go at the global
+        # rate given (Stripe's default would hold each to 25/s).
+        rate = float(extra["stripe_rate_limit"])
+        extra = {
+            **extra,
+            "stripe_endpoint_limits": json.dumps(dict.fromkeys(ENDPOINT_CLASSES, rate)),
+        }
     env.update({f"DEBIT_WORKER_{k.upper()}": str(v) for k, v in extra.items()})
     return env

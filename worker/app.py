@@ -1,6 +1,6 @@
 """Assembles a runnable worker: the Celery app, its task, the intake, and the background
-jobs of a full worker (outbox relay, janitor, the platform read at start, the metrics and
-health endpoint)."""
+jobs of a full worker (outbox relay, janitor, retention, the platform read at start, the
+metrics and health endpoint)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from worker.bootstrap import Runtime, attach, build_services
 from worker.celery_app import create_app
 from worker.handlers import Services
 from worker.ops import metrics
+from worker.ops.dead_letter_keeper import DeadLetterKeeperStep
 from worker.ops.janitor import JanitorStep
+from worker.ops.lease_keeper import LeaseKeeperStep
 from worker.ops.probe_step import ProbeStep
 from worker.ops.reconcile_schedule import ReconcileStep
+from worker.ops.retention import RetentionStep
 from worker.ops.warm_up import StripeWarmUp
 from worker.settings import Settings
 from worker.transport.intake import CommandIntake
@@ -53,8 +56,12 @@ def build_worker(
     if relay:
         app.steps["worker"].add(RelayStep)
         app.steps["worker"].add(JanitorStep)
+        app.steps["worker"].add(LeaseKeeperStep)
+        app.steps["worker"].add(DeadLetterKeeperStep)
         if settings.reconcile_interval_seconds > 0 or settings.daily_proof:
             app.steps["worker"].add(ReconcileStep)
+        if settings.outbox_retention_seconds > 0:
+            app.steps["worker"].add(RetentionStep)
         app.steps["worker"].add(StripeWarmUp)
         # Not on the embedded broker: the demo and tests run in-process, many at once.
         if settings.metrics_port and not is_embedded(settings.broker_url):

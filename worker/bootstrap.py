@@ -16,8 +16,7 @@ from celery import Celery
 from worker.adapters.facts_cache import CachedStripe
 from worker.adapters.ledger import Ledger, utc_now
 from worker.adapters.ledger.database import make_engine
-from worker.adapters.rate_budget import LocalTokenBucket, RateBudget
-from worker.adapters.redis_budget import RedisRateBudget, budget_key
+from worker.adapters.rate_budget import LocalRateBudget, RateBudget
 from worker.adapters.stripe_gateway import StripeGateway
 from worker.adapters.stripe_http import Urllib3Client
 from worker.domain.ports import EventPublisher, Outbound, StripePort, StripeRecords
@@ -45,17 +44,23 @@ def stripe_client(settings: Settings) -> stripe.StripeClient:
 
 
 def rate_budget(settings: Settings) -> RateBudget:
-    """Shared through Redis when configured, else this process's own token bucket."""
+    """Shared through Redis when configured, else this process's own: Stripe's global limit
+    and each endpoint class's."""
     rate = settings.effective_stripe_rate
-    burst = settings.effective_stripe_burst
+    limits = settings.effective_endpoint_limits
+    burst_seconds = settings.stripe_rate_burst_seconds
     if settings.rate_budget_redis_url is None:
-        return LocalTokenBucket(rate, burst)
+        return LocalRateBudget(rate, limits, burst_seconds=burst_seconds)
+    # Imported only here: without a Redis URL a worker never loads redis (a tenth of a second).
+    from worker.adapters.redis_budget import RedisRateBudget, budget_key  # noqa: PLC0415
+
     key = budget_key(settings.require_stripe_key().get_secret_value())
     return RedisRateBudget.from_url(
         settings.rate_budget_redis_url.get_secret_value(),
         key,
         rate,
-        burst=burst,
+        limits,
+        burst_seconds=burst_seconds,
         processes=settings.rate_budget_processes,
     )
 
@@ -73,10 +78,10 @@ def authenticator(settings: Settings) -> Authenticator:
 
 
 # A worker process's threads besides its `concurrency` worker threads: the outbox relay,
-# the janitor, the reconciler and the event pump use the ledger; the Stripe warm-up reads
-# Stripe only, and is counted anyway so that giving it a ledger read could not starve a
-# worker thread.
-BACKGROUND_THREADS = 5
+# the janitor, the lease keeper, the reconciler, the dead-letter keeper, the retention and
+# the event pump use the ledger; the Stripe warm-up reads Stripe only, and is counted anyway
+# so that giving it a ledger read could not starve a worker thread.
+BACKGROUND_THREADS = 8
 
 
 def build_services(
@@ -156,7 +161,9 @@ class Runtime:
 
     @property
     def identity(self) -> str:
-        return f"{socket.gethostname()}:{os.getpid()}"
+        """host:pid, named in leases and audit entries; DEBIT_WORKER_HOST_NAME tells apart
+        deployments that share a machine's host name (containers, the benchmark)."""
+        return f"{self.settings.host_name or socket.gethostname()}:{os.getpid()}"
 
     @property
     def dead_letters(self) -> DeadLetters:

@@ -6,13 +6,24 @@ ledger says happened, and never moves money twice:
 - once the ledger says ``attempting``, the policy is never asked again: the next attempt
   repeats the same Stripe call with the same idempotency key;
 - transient and unknown outcomes propagate to the attempt engine, which retries later.
+
+Two workers never charge one request at once. A claim is a short lease, renewed while the
+attempt runs (worker/ops/lease_keeper.py), and Stripe is called only after the ledger counted
+the attempt *while this owner still held an unexpired lease* (begin_attempt, count_attempt:
+the fence); otherwise the attempt stops as busy. A process that stalls past its lease after
+the fence (a long pause mid-call) may still be inside its Stripe call when another worker
+resumes the request; both calls carry the same idempotency key, so Stripe carries out one
+and answers the other with that one's result, or with 409 `idempotency_key_in_use` while it
+runs (KeyInUse: retried shortly, never a failure). Whoever records first wins, under status
+guards: a success names the key's one payment, a Stripe refusal is the key's stored answer,
+and a refusal by the rules is recorded only while no attempt has begun (`unattempted`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -38,6 +49,9 @@ from worker.adapters.ledger import (
     Success,
 )
 from worker.adapters.ledger.database import LEDGER_UNAVAILABLE
+from worker.adapters.ledger.outbox_store import RecordedOutcome
+from worker.adapters.ledger.records import RequestRecord
+from worker.adapters.ledger.tables import TERMINAL
 from worker.domain.decision import Refusal, evaluate
 from worker.domain.errors import (
     PermanentFailure,
@@ -56,6 +70,7 @@ from worker.ops.crashpoints import crash_point
 from worker.ops.observability import log_context, report_unauthorized
 from worker.transport.admission import Admission, Admitted, Invalid, Refused, admit
 from worker.transport.authentication import Authenticator, Verified
+from worker.transport.leases import LeaseRegistry
 from worker.transport.parsing import InvalidCommand
 
 log = logging.getLogger(__name__)
@@ -65,7 +80,7 @@ log = logging.getLogger(__name__)
 class HandlerConfig:
     consent_required: bool = True
     balance_precheck: bool = False
-    lease_seconds: float = 120.0
+    lease_seconds: float = 9.0
     # Stripe keeps idempotency keys 24 h: past this age of the first attempt, never call again.
     key_escalation_after_seconds: float = 20 * 3600.0
     event_source: str = "urn:debit-worker"
@@ -84,6 +99,8 @@ class Services:
     auth: Authenticator
     # Stripe's own records, for the reconciler (the real gateway, without the read cache).
     records: StripeRecords | None = None
+    # The leases this process holds while their attempts run, renewed by the lease keeper.
+    leases: LeaseRegistry = field(default_factory=LeaseRegistry)
 
     def require_records(self) -> StripeRecords:
         if self.records is None:
@@ -169,16 +186,7 @@ class _Debit:
                 claim.record.request_id,
                 claim.record.status,
             )
-            outcome_type = (
-                SUCCEEDED_TYPE if claim.record.status is Status.SUCCEEDED else FAILED_TYPE
-            )
-            _publish_recorded(
-                self.command.request_id,
-                self.svc,
-                resend=event_id(
-                    self.svc.config.event_source, self.command.request_id, outcome_type
-                ),
-            )
+            _reemit(self.command.request_id, claim.record.status, self.svc)
             metrics.debit_reemitted()
             return Result.REEMITTED
         if claim.kind is ClaimKind.BUSY:
@@ -187,14 +195,26 @@ class _Debit:
                 f"request {self.command.request_id} is being handled elsewhere",
                 retry_after=(held - self.svc.clock()).total_seconds() if held else None,
             )
-        if claim.record.idempotency_key is None:  # Stripe never asked: the rules decide
+        with self.svc.leases.holding(self.command.request_id, self.owner):
+            return self._attempt(claim.record)
+
+    def _attempt(self, record: RequestRecord) -> Result:
+        """A claimed request's attempt, its lease renewed meanwhile."""
+        if record.idempotency_key is None:  # Stripe never asked: the rules decide
             try:
-                attempt = self._decide_and_begin(claim.record.producer)  # counts attempt 1
+                attempt = self._decide_and_begin(record.producer)  # counts attempt 1
             except PermanentFailure as failure:
-                return self._fail(failure.code, failure.message, failure.stripe_error)
+                return self._fail(
+                    failure.code, failure.message, failure.stripe_error, unattempted=True
+                )
         else:
-            self._refuse_expiring_key(claim.record.first_attempt_at)
-            attempt = self.requests.count_attempt(self.command.request_id)
+            self._refuse_expiring_key(record.first_attempt_at)
+            counted = self.requests.count_attempt(self.command.request_id, self.owner)
+            if counted is None:  # our lease ran out and another took it: no Stripe call
+                raise RequestBusy(
+                    f"request {self.command.request_id} was taken over by another worker"
+                )
+            attempt = counted
         return self._charge(attempt)
 
     def _refuse_expiring_key(self, first_attempt_at: datetime | None) -> None:
@@ -271,7 +291,7 @@ class _Debit:
                 f"refund {cmd.refund} has {format_amount(remaining, cmd.currency)} left to "
                 f"recover; this debit asks for {format_amount(cmd.amount, cmd.currency)}",
             ) from None
-        if began is None:
+        if began is None:  # the fence: our lease ran out, or another worker took it over
             raise RequestBusy(f"request {cmd.request_id} was taken over by another worker")
         return began
 
@@ -316,12 +336,19 @@ class _Debit:
         return Result.SUCCEEDED
 
     def _fail(
-        self, code: FailureCode, message: str, stripe_error: StripeErrorInfo | None
+        self,
+        code: FailureCode,
+        message: str,
+        stripe_error: StripeErrorInfo | None,
+        *,
+        unattempted: bool = False,
     ) -> Result:
+        """`unattempted`: refused before any Stripe call (by the rules, or a read); recorded
+        only while no attempt has begun, since another worker that took the lease over
+        meanwhile may be charging it."""
         cmd = self.command
-        event = failed_outcome(
-            cmd, code, message, stripe_error, self.svc.clock(), self.svc.config.event_source
-        )
+        at = self.svc.clock()  # the event's failed_at and the row's finished_at, alike
+        event = failed_outcome(cmd, code, message, stripe_error, at, self.svc.config.event_source)
         row_id = self.requests.record_failed(
             cmd.request_id,
             self.owner,
@@ -329,7 +356,11 @@ class _Debit:
             message=message,
             stripe_error=stripe_error.model_dump(mode="json") if stripe_error else None,
             event=event,
+            unattempted=unattempted,
+            at=at,
         )
+        if row_id is None and unattempted and not self._finished():
+            raise RequestBusy(f"request {cmd.request_id} was taken over by another worker")
         crash_point("after_record")
         log.info(
             "request %s refused: %s: %s",
@@ -341,6 +372,10 @@ class _Debit:
         self._publish_outcome(row_id, event, code)
         crash_point("after_publish")
         return Result.FAILED
+
+    def _finished(self) -> bool:
+        record = self.requests.get(self.command.request_id)
+        return record is not None and record.status in TERMINAL
 
     def _publish_outcome(
         self, row_id: int | None, event: OutboxEvent, code: FailureCode | None
@@ -480,9 +515,49 @@ def failed_outcome(  # noqa: PLR0917 - each is one field of the event
     return OutboxEvent.of(failed_event(data, source=source), FAILED_ROUTING_KEY)
 
 
-def _publish_recorded(request_id: str, svc: Services, resend: str | None = None) -> None:
+def outcome_event(outcome: RecordedOutcome, source: str) -> OutboxEvent | None:
+    """A finished request's event built again from its row, the same id and body as the one
+    recorded with the outcome: a success's time is its charge's `created` (charged_at), a
+    failure's its finished_at. None: the row lacks what the event says."""
+    cmd = DebitRequested.model_validate(outcome.command)
+    if outcome.status == Status.SUCCEEDED:
+        at = outcome.charged_at
+        if outcome.payment_id is None or at is None:
+            return None
+        paid = Success(outcome.payment_id, outcome.transfer_id, outcome.balance_transaction, at)
+        return succeeded_outcome(cmd, paid, at, source)
+    if outcome.failure_code is None:
+        return None
+    error = StripeErrorInfo.model_validate(outcome.stripe_error) if outcome.stripe_error else None
+    code, message = FailureCode(outcome.failure_code), outcome.failure_message or ""
+    return failed_outcome(cmd, code, message, error, outcome.finished_at, source)
+
+
+def _reemit(request_id: str, status: Status, svc: Services) -> None:
+    """A finished request's outcome event again, with whatever of it is unsent. Once the
+    retention has removed the sent event from the outbox, it is built again from the row and
+    recorded anew (then sent, and left to the relay if that fails)."""
+    source = svc.config.event_source
+    kind = SUCCEEDED_TYPE if status is Status.SUCCEEDED else FAILED_TYPE
+    resend = event_id(source, request_id, kind)
+    if _publish_recorded(request_id, svc, resend):
+        return
+    outcome = svc.ledger.outbox.recorded_outcome(request_id)
+    event = None if outcome is None else outcome_event(outcome, source)
+    if event is None:
+        log.warning("request %s: no event to re-emit (its row lacks the outcome)", request_id)
+        return
+    svc.ledger.outbox.add(event)
+    _publish_recorded(request_id, svc, resend)
+
+
+def _publish_recorded(request_id: str, svc: Services, resend: str | None = None) -> bool:
     """Send the request's unsent events (and the event `resend` again, sent or not); what
-    cannot be sent now stays in the outbox for the relay."""
+    cannot be sent now stays in the outbox for the relay. True: `resend` was there."""
+    found = False
     for pending in svc.ledger.outbox.for_request(request_id):
-        if not pending.sent or pending.event.event_id == resend:
+        again = pending.event.event_id == resend
+        found = found or again
+        if not pending.sent or again:
             svc.outbound.send(pending.row_id, pending.event)
+    return found

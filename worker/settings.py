@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from schemas.signing import valid_id
+from worker.adapters.rate_budget import DEFAULT_ENDPOINT_RATE, ENDPOINT_CLASSES
 from worker.domain.producer_limits import ProducerPolicy
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -72,8 +73,8 @@ class Settings(BaseSettings):
     stripe_rate_limit: float | None = Field(
         default=None,
         gt=0,
-        description="Stripe requests per second for this platform; default from the key's "
-        "mode (test 25, live 100).",
+        description="Stripe's global limit: requests per second for this platform, all "
+        "endpoints together; default from the key's mode (test 25, live 100).",
     )
     stripe_rate_burst_seconds: float = Field(
         default=0.5,
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
         "spell (burst = rate x this). Stripe's limiter allows a second's worth; half keeps a "
         "margin while absorbing the pipeline's jitter near full rate (at a tenth, requests "
         "queued for the budget at 97% load).",
+    )
+    stripe_endpoint_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description="JSON: endpoint class → requests per second Stripe allows on it, for "
+        "the classes whose limit Stripe raised (or lowered); every other class gets Stripe's "
+        "default per-endpoint limit, 25. Classes: " + ", ".join(ENDPOINT_CLASSES) + ".",
     )
     rate_budget_redis_url: SecretStr | None = Field(
         default=None,
@@ -124,6 +131,14 @@ class Settings(BaseSettings):
         description="Worker processes `run` starts on this host, each with `concurrency` "
         "threads; one process uses about one core.",
     )
+    host_name: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The host part of each worker process's identity (host:pid), which names "
+        "it in leases and audit entries; unset, the machine's host name. Set it when "
+        "several deployments share one machine's host name.",
+    )
     max_attempts: int = Field(
         default=12,
         ge=1,
@@ -133,7 +148,11 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
     claim_lease_seconds: float = Field(
-        default=120.0, gt=0, description="How long one worker owns a request it is processing."
+        default=9.0,
+        gt=0,
+        description="How long a claim holds a request: renewed every third of it while the "
+        "debit is in progress, so a dead worker's requests are free this long after its last "
+        "renewal (plus a janitor interval to be resumed).",
     )
     relay_interval_seconds: float = Field(default=5.0, gt=0)
     key_escalation_after_seconds: float = Field(
@@ -144,7 +163,27 @@ class Settings(BaseSettings):
         "retried but escalated (needs_reconciliation): Stripe keeps keys only 24 h.",
     )
     janitor_interval_seconds: float = Field(
-        default=30.0, gt=0, description="How often each worker looks for abandoned claims."
+        default=3.0,
+        gt=0,
+        description="How often each worker process looks for abandoned claims (and at start).",
+    )
+    dead_letter_keep_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each worker process moves what reached the dead-letter queue "
+        "into the ledger, where `dlq list` reads it.",
+    )
+    outbox_retention_seconds: float = Field(
+        default=7 * 86_400.0,
+        ge=0,
+        description="How long a sent event stays in the outbox (and a producer's daily "
+        "reservation past its day) before the retention removes it; 0: keep forever.",
+    )
+    retention_interval_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How often a worker process runs the retention (one process of all "
+        "hosts at a time).",
     )
     janitor_stale_after_seconds: float = Field(
         default=900.0,
@@ -267,6 +306,19 @@ class Settings(BaseSettings):
             raise ValueError(f"ids must be 1-64 of A-Z a-z 0-9 . _ - (not {bad[0]!r})")
         return value
 
+    @field_validator("stripe_endpoint_limits")
+    @classmethod
+    def _known_classes(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, rate in value.items():
+            if name not in ENDPOINT_CLASSES:
+                raise ValueError(
+                    f"{name!r} is not an endpoint class: use "
+                    f"{', '.join(ENDPOINT_CLASSES)} (see docs/operations.md, Stripe's rate limits)"
+                )
+            if not rate > 0:
+                raise ValueError(f"the limit of {name} must be a positive number of requests/s")
+        return value
+
     def require_stripe_key(self) -> SecretStr:
         if self.stripe_api_key is None:
             raise SettingsError(
@@ -323,8 +375,10 @@ class Settings(BaseSettings):
         return LIVE_MODE_RATE if self.live_mode else TEST_MODE_RATE
 
     @property
-    def effective_stripe_burst(self) -> float:
-        return max(1.0, self.effective_stripe_rate * self.stripe_rate_burst_seconds)
+    def effective_endpoint_limits(self) -> dict[str, float]:
+        """Requests per second of every endpoint class: as set, else Stripe's default."""
+        given = self.stripe_endpoint_limits
+        return {name: given.get(name, DEFAULT_ENDPOINT_RATE) for name in ENDPOINT_CLASSES}
 
 
 # pydantic-settings names the field it could not parse: error parsing value for field "x" …

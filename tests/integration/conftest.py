@@ -25,8 +25,9 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from worker.adapters.ledger import Ledger
+from worker.adapters.ledger import Ledger, utc_now
 from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.dead_letters import DeadLetter, DeadLetterStore
 from worker.adapters.ledger.migrate import upgrade
 from worker.app import build_worker
 from worker.sandbox import RunningSandbox, running_sandbox
@@ -267,16 +268,19 @@ class PlainAmqp:
                 continue
             self.received.append(json.loads(message.body))
 
-    def dead_letters(self, body: bytes, timeout: float = 20.0) -> list[amqp.Message]:
-        """The dead letters carrying `body`; others (left by earlier tests) are consumed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = self.channel.basic_get("debits.dead-letter", no_ack=True)
-            if message is None:
-                time.sleep(0.05)
-            elif message.body == body:
-                return [message]
-        return []
+
+def kept_dead_letters(
+    ledger: Ledger, body: bytes, count: int = 1, timeout: float = 30.0
+) -> list[DeadLetter]:
+    """The dead letters carrying `body`, once `count` are in the ledger (the workers'
+    dead-letter keepers move them there from debits.dead-letter every few seconds)."""
+    store = DeadLetterStore(ledger.engine, utc_now)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [d for d in store.listed(state=None, limit=100_000) if d.body == body]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def connect(vhost: str) -> amqp.Connection:

@@ -69,9 +69,13 @@ def test_debits_under_kills_restarts_and_stripe_faults_end_exactly_once() -> Non
         timeout=480,
     )
     # Then every invariant holds (the harness exits 1 otherwise: among them, no request is
-    # left in needs_reconciliation and each settlement is the sandbox's truth), faults did
-    # happen, and the day's proof found nothing unexplained
+    # left in needs_reconciliation, each settlement is the sandbox's truth, and every debit a
+    # SIGKILLed worker held was resumed by another within 15 s), faults did happen, and the
+    # day's proof found nothing unexplained
     assert report["violations"] == []
+    recovery = report["recovery"]
+    assert isinstance(recovery, dict)
+    assert recovery["bound_seconds"] == 15
     reconciliation = report["reconciliation"]
     assert isinstance(reconciliation, dict)
     assert reconciliation["left_open_after_rounds"] == {}

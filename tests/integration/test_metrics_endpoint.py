@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import PlainAmqp, new_id, own_database, own_ledger, own_vhost
+from tests.integration.conftest import (
+    PlainAmqp,
+    kept_dead_letters,
+    new_id,
+    own_database,
+    own_ledger,
+    own_vhost,
+)
 from tests.integration.worker_process import consumers, event_client, start_worker, stop, wait
 from worker.adapters.ledger import Ledger
 from worker.ops.demo import command_body
@@ -109,7 +116,7 @@ def test_the_endpoint_counts_what_the_producers_received_across_two_processes(
         client.publish(b"not json at all")
         events = [client.event_for(command["request_id"], timeout=60) for command in commands]
         # (dead-lettered at the intake: no event, only the dead letter)
-        assert client.dead_letters(b"not json at all")
+        assert kept_dead_letters(ledger, b"not json at all")
         samples = scrape(port)
     finally:
         stop(worker, signal.SIGTERM)

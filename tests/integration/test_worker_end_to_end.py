@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import PlainAmqp, new_id, payments_for
+from tests.integration.conftest import PlainAmqp, kept_dead_letters, new_id, payments_for
 from worker.adapters.ledger import Ledger, Status
 from worker.ops.demo import command_body
 from worker.sandbox import RunningSandbox
@@ -128,14 +128,14 @@ def test_same_request_id_with_other_content_is_an_idempotency_conflict(
     [b"not json", b"\xff\xfe", b"[1, 2]", b'{"amount": 5}', b'{"request_id": "has spaces"}'],
     ids=["text", "bad-utf8", "array", "no-request-id", "bad-request-id"],
 )
-def test_a_message_nobody_can_answer_lands_in_the_dead_letter_queue(
-    broker: PlainAmqp, body: bytes
+def test_a_message_nobody_can_answer_is_dead_lettered_and_kept(
+    broker: PlainAmqp, ledger: Ledger, body: bytes
 ) -> None:
     # Given a message with no usable request_id
     # When it is published to the command exchange
     broker.publish(body, content_type="application/octet-stream")
-    # Then it is kept in the dead-letter queue, with the reason in its headers
-    dead = broker.dead_letters(body)
+    # Then it is dead-lettered with the reason in its headers, and kept in the ledger
+    dead = kept_dead_letters(ledger, body)
     assert len(dead) == 1
     assert dead[0].body == body
     headers = dead[0].headers or {}

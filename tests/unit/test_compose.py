@@ -29,7 +29,7 @@ import yaml
 from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 
 from schemas.topology import COMMAND_EXCHANGE, COMMAND_QUEUE, EVENT_EXCHANGE
-from worker.sandbox.core import DEFAULT_API_KEY
+from worker.sandbox.constants import DEFAULT_API_KEY
 from worker.settings import Settings, load_settings
 from worker.transport.parsing import MAX_BODY_BYTES
 from worker.transport.topology import declare_all, event_exchange, unrouted_events_exchange

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +29,7 @@ from worker.ops.health import (
     metrics_directory,
 )
 from worker.ops.probe_endpoints import LedgerProbe
-from worker.ops.supervisor import Supervisor, child_environment
+from worker.ops.supervisor import Forker, Supervisor, child_environment
 from worker.settings import load_settings
 
 READY = ProcessState(consuming=True, stripe_key_accepted=True)
@@ -284,11 +284,7 @@ def test_the_supervisor_reports_its_live_processes_and_each_ones_exit() -> None:
     # Given a supervisor of one process
     exited: list[int] = []
     supervisor = Supervisor(
-        [sys.executable, "-c", "import time; time.sleep(30)"],
-        {},
-        1,
-        delay=lambda _n: 60.0,
-        on_exit=exited.append,
+        Forker(lambda: time.sleep(30)), 1, delay=lambda _n: 60.0, on_exit=exited.append
     )
     try:
         supervisor.start_all()

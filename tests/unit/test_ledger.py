@@ -604,7 +604,7 @@ def test_count_attempt_counts_up_from_one(ledger: Ledger) -> None:
 
     # When two attempts are counted
     # Then they are numbered 1 and 2
-    assert [ledger.requests.count_attempt("req-1") for _ in range(2)] == [1, 2]
+    assert [ledger.requests.count_attempt("req-1", "w1") for _ in range(2)] == [1, 2]
 
 
 def test_attempts_after_the_first_are_counted_on_from_begin_attempt(
@@ -617,7 +617,7 @@ def test_attempts_after_the_first_are_counted_on_from_begin_attempt(
 
     # When a later retry counts its attempt
     clock.advance(30)
-    again = ledger.requests.count_attempt("req-1")
+    again = ledger.requests.count_attempt("req-1", "w1")
 
     # Then it is attempt 2, and the key's 24 h still start at the first attempt
     record = ledger.requests.get("req-1")

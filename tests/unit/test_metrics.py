@@ -97,7 +97,7 @@ def test_a_stripe_call_is_timed_by_endpoint_and_status_and_a_429_also_counted() 
     before = (sample(count, **limited), sample(total, **limited))
     rate_limited = moved(
         "debit_worker_stripe_rate_limited_total",
-        {"endpoint": endpoint},
+        {"endpoint": endpoint, "reason": "none"},
         lambda: metrics.stripe_answered(endpoint, 429, 0.3),
     )
     silent = moved(
@@ -112,7 +112,7 @@ def test_a_stripe_call_is_timed_by_endpoint_and_status_and_a_429_also_counted() 
     # And a 200 is not a 429
     assert moved(
         "debit_worker_stripe_rate_limited_total",
-        {"endpoint": endpoint},
+        {"endpoint": endpoint, "reason": "none"},
         lambda: metrics.stripe_answered(endpoint, 200, 0.1),
     ) == (0)
 
@@ -318,6 +318,7 @@ def test_the_ledger_gauges_count_what_waits_and_age_the_oldest(
         "debit_worker_outbox_lag_seconds": 90,
         "debit_worker_needs_reconciliation_requests": 2,
         "debit_worker_needs_reconciliation_oldest_age_seconds": (now - start).total_seconds(),
+        "debit_worker_dead_letters_pending": 0,
     }
 
 

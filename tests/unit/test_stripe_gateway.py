@@ -25,6 +25,7 @@ from worker.adapters.stripe_gateway import StripeGateway, charge_params, classif
 from worker.domain.errors import (
     ChargePending,
     DebitWorkerError,
+    KeyInUse,
     OperatorActionNeeded,
     OutcomeUnknown,
     PermanentFailure,
@@ -190,6 +191,23 @@ def test_a_conflict_or_server_error_on_a_charge_is_an_unknown_outcome(status: in
 
     # Then the outcome is unknown
     assert isinstance(result, OutcomeUnknown)
+
+
+def test_a_key_still_in_use_on_a_charge_is_a_busy_retry_not_an_unknown_outcome() -> None:
+    # Given Stripe answers 409 idempotency_key_in_use: an earlier call with the same key (a
+    # lost answer, or a process that stalled past its lease) is still running
+    body = _body("invalid_request_error", "idempotency_key_in_use", "another in-progress request")
+    err = stripe.APIError(
+        "in use", json.dumps(body), 409, body, _headers(stripe_should_retry="true")
+    )
+
+    # When it is classified
+    result = classified(err)
+
+    # Then it is retried as busy: transient, never a failure, and not an unknown outcome
+    assert isinstance(result, KeyInUse)
+    assert isinstance(result, TransientFailure)
+    assert not isinstance(result, OutcomeUnknown)
 
 
 def test_a_server_error_on_a_read_is_merely_transient() -> None:

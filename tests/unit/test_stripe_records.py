@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import stripe
 
+from worker.adapters.rate_budget import Priority
 from worker.adapters.stripe_gateway import CHARGE_EVENT_TYPES, RECORD_READ_TRIES, StripeGateway
 from worker.domain.errors import PermanentFailure, TransientFailure
 from worker.domain.ports import StripeRecords
@@ -121,17 +122,26 @@ class FakeStripe(stripe.HTTPClient):
 
 
 class CountingBudget:
-    """A rate budget that lets everything through and counts which priority was asked for."""
+    """A rate budget that lets everything through and counts which priority was asked for
+    (spare: background), and remembers the endpoint classes and what Stripe rate-limited."""
 
     def __init__(self) -> None:
         self.normal = 0
         self.spare = 0
+        self.classes: list[str] = []
+        self.limited: list[tuple[str, str | None, float | None]] = []
 
-    def acquire(self) -> None:
-        self.normal += 1
+    def acquire(self, endpoint_class: str, priority: Priority) -> None:
+        self.classes.append(endpoint_class)
+        if priority >= Priority.BACKGROUND:
+            self.spare += 1
+        else:
+            self.normal += 1
 
-    def acquire_spare(self) -> None:
-        self.spare += 1
+    def rate_limited(
+        self, endpoint_class: str, reason: str | None, retry_after: float | None
+    ) -> None:
+        self.limited.append((endpoint_class, reason, retry_after))
 
 
 @pytest.fixture
@@ -173,6 +183,7 @@ def test_every_debit_of_the_window_is_read_newest_first_a_page_of_100_at_a_time(
     assert [charge.id for charge in seen] == [f"py_{n:06d}" for n in reversed(range(250))]
     assert gateway.list_requests == 3
     assert (budget.spare, budget.normal) == (3, 0)
+    assert budget.classes == ["charge_lists"] * 3
     # And each page asked for 100 created in the window, after the last one already read
     queries = [query for _, query in fake.requests]
     assert [q["limit"] for q in queries] == ["100"] * 3
@@ -276,9 +287,9 @@ def test_a_window_without_a_time_zone_is_refused(gateway: StripeRecords) -> None
 
 
 def test_a_rate_limited_page_is_read_again_after_stripes_retry_after(
-    gateway: StripeRecords, fake: FakeStripe, slept: list[float]
+    gateway: StripeRecords, fake: FakeStripe, slept: list[float], budget: CountingBudget
 ) -> None:
-    # Given Stripe answers the list with a 429 once, then with the page
+    # Given Stripe answers the list with a 429 once (no reason given), then with the page
     fake.charges = [a_debit(1, T0)]
     error = {"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "slow"}}
     fake.errors.append((429, error, {"retry-after": "3"}))
@@ -291,6 +302,8 @@ def test_a_rate_limited_page_is_read_again_after_stripes_retry_after(
     assert len(slept) == 1
     assert slept[0] >= 3
     assert gateway.list_requests == 1
+    # And the budget was told, with Stripe's retry-after and no reason
+    assert budget.limited == [("charge_lists", None, 3.0)]
 
 
 def test_a_page_rate_limited_on_every_try_is_transient_with_stripes_retry_after(
@@ -321,6 +334,7 @@ def test_a_charge_is_read_on_a_spare_token(
     assert (seen.id, seen.account, seen.request_id) == ("py_000005", ACCOUNT, "req-5")
     assert fake.requests[-1][0] == "/v1/charges/py_000005"
     assert (budget.spare, budget.normal, gateway.list_requests) == (1, 0, 0)
+    assert budget.classes == ["charge_reads"]
 
 
 def test_a_charge_stripe_does_not_have_is_a_permanent_failure_naming_it(
@@ -370,6 +384,7 @@ def test_charge_events_of_the_window_carry_their_idempotency_keys(
     )
     assert events[-4].idempotency_key is None
     assert (gateway.list_requests, budget.spare) == (2, 2)
+    assert budget.classes == ["event_lists"] * 2
     _, query = fake.requests[0]
     assert sorted(v for k, v in query.items() if k.startswith("types[")) == sorted(
         CHARGE_EVENT_TYPES

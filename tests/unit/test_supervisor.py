@@ -1,41 +1,52 @@
 """`run --processes N`: the supervisor keeps N processes running, passes stop signals on,
-gives up on a crash loop, and keeps the host's Stripe budget the host's.
+gives up on a crash loop, and keeps the host's Stripe budget the host's; each process is a
+fork of it that starts as a new interpreter would and exits as one does.
 
-The children here are tiny Python processes standing in for workers (the real one is
-covered by tests/integration/test_worker_process_restart.py).
+The children here are forks running tiny functions that stand in for workers (the real one
+is covered by tests/integration/test_worker_process_restart.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
-import subprocess
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from worker.ops.health import ProbeServer
 from worker.ops.supervisor import (
     MAX_QUICK_DEATHS,
+    Forker,
     Supervisor,
-    child_command,
     child_environment,
     restart_delay,
 )
 from worker.settings import load_settings
 
-SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
-# Stops at once on SIGTERM with exit code 0, as a worker's warm shutdown does.
-GRACEFUL = [
-    sys.executable,
-    "-c",
-    "import signal, sys, time\n"
-    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
-    "time.sleep(60)",
-]
-CRASHER = [sys.executable, "-c", "import sys; sys.exit(3)"]
+
+def sleeper() -> None:
+    time.sleep(60)
+
+
+def graceful() -> None:
+    """Stops at once on SIGTERM with exit code 0, as a worker's warm shutdown does."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    time.sleep(60)
+
+
+def crasher() -> None:
+    sys.exit(3)
+
+
+SLEEPER, GRACEFUL, CRASHER = Forker(sleeper), Forker(graceful), Forker(crasher)
 
 
 @pytest.fixture
@@ -49,8 +60,8 @@ def supervisors() -> Iterator[list[Supervisor]]:
                 slot.process.wait()
 
 
-def supervise(made: list[Supervisor], command: list[str], processes: int) -> Supervisor:
-    supervisor = Supervisor(command, {}, processes, poll_seconds=0.05, delay=lambda _n: 0.0)
+def supervise(made: list[Supervisor], start: Forker, processes: int) -> Supervisor:
+    supervisor = Supervisor(start, processes, poll_seconds=0.05, delay=lambda _n: 0.0)
     made.append(supervisor)
     return supervisor
 
@@ -174,37 +185,6 @@ def test_with_redis_the_budget_stays_shared_and_its_fallback_is_divided() -> Non
     assert env["DEBIT_WORKER_RATE_BUDGET_PROCESSES"] == "4"
 
 
-def test_each_child_is_a_single_worker_process_that_skips_migrations() -> None:
-    command = child_command()
-    assert command[1:4] == ["-m", "worker", "run"]
-    assert "--no-migrate" in command
-    assert command[command.index("--processes") + 1] == "1"
-
-
-def test_the_supervisor_command_refuses_to_start_without_a_process_count() -> None:
-    # Given the supervisor started by hand, without --processes N
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.ops.supervisor"], capture_output=True, text=True, check=False
-    )
-    # Then it says how it is meant to be started, and exits 2
-    assert result.returncode == 2
-    assert "debit-worker run" in result.stdout
-
-
-def test_the_supervisor_is_a_small_process_that_imports_none_of_the_worker() -> None:
-    # Given a fresh interpreter that imports the supervisor as `python -m` would
-    probe = (
-        "import sys, worker.ops.supervisor\n"
-        "heavy = [m for m in ('celery', 'sqlalchemy', 'stripe', 'pydantic') if m in sys.modules]\n"
-        "print(','.join(heavy))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
-    # Then none of the worker's heavy dependencies is loaded
-    assert result.stdout.strip() == ""
-
-
 def test_a_stop_that_comes_before_every_process_started_starts_no_more(
     supervisors: list[Supervisor],
 ) -> None:
@@ -226,3 +206,107 @@ def test_each_process_has_a_process_group_of_its_own(supervisors: list[Superviso
     # Then no child is in the supervisor's process group
     assert all(os.getpgid(pid) == pid for pid in pids(supervisor))
     assert os.getpgid(os.getpid()) not in {os.getpgid(pid) for pid in pids(supervisor)}
+
+
+# --- each process: a fork that starts and ends as a new interpreter would ------------------
+
+
+def interrupted() -> None:
+    raise RuntimeError("a bug")
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (lambda: None, 0),
+        (crasher, 3),
+        (lambda: sys.exit("a reason"), 1),
+        (interrupted, 1),
+    ],
+    ids=["returns", "exit-3", "exit-with-a-message", "exception"],
+)
+def test_a_forked_process_exits_with_the_code_a_new_interpreter_would(
+    body: Callable[[], None], code: int
+) -> None:
+    # Given a process forked to run `body` / When it ends / Then its exit code is the one
+    # `python -c body` would have
+    assert Forker(body)().wait() == code
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_a_forked_process_as_it_ends_a_new_one_not_as_it_ends_the_supervisor(
+    sig: signal.Signals, tmp_path: Path
+) -> None:
+    # Given a supervisor whose own handler for the signal would mark that it ran
+    marker = tmp_path / "the supervisor's handler ran"
+    previous = signal.signal(sig, lambda *_: marker.touch())
+    try:
+        # When a process is forked and gets the signal at once
+        child = Forker(sleeper)()
+        child.send_signal(sig)
+        code = child.wait()
+    finally:
+        signal.signal(sig, previous)
+    # Then it ended by the signal, as a new interpreter does, and never ran that handler
+    # (which in a real supervisor would pass the signal on to the process's siblings)
+    assert code == -sig
+    assert not marker.exists()
+
+
+def test_a_forked_process_waits_for_its_threads_and_runs_its_exit_handlers(
+    tmp_path: Path,
+) -> None:
+    # Given a process that leaves a thread running and registers an exit handler
+    thread_done, handler_ran = tmp_path / "thread", tmp_path / "atexit"
+
+    def late() -> None:
+        time.sleep(0.2)
+        thread_done.touch()
+
+    def body() -> None:
+        atexit.register(handler_ran.touch)
+        threading.Thread(target=late).start()
+
+    # When its body returns
+    code = Forker(body)().wait()
+    # Then, as at an interpreter's exit, the thread finished and the handler ran
+    assert code == 0
+    assert thread_done.exists()
+    assert handler_ran.exists()
+
+
+def test_a_forked_process_configures_its_own_logging() -> None:
+    # Given a supervisor whose root logger has a handler
+    root, handler = logging.getLogger(), logging.NullHandler()
+    root.addHandler(handler)
+    try:
+        # When a process is forked / Then it starts without it, as a new interpreter does
+        code = Forker(lambda: sys.exit(1 if root.handlers else 0))().wait()
+    finally:
+        root.removeHandler(handler)
+    assert code == 0
+
+
+def test_a_forked_process_keeps_no_copy_of_the_supervisors_endpoint_socket() -> None:
+    # Given the supervisor's endpoint listening, and a process forked after it
+    server = ProbeServer.listen("127.0.0.1", 0, lambda: pytest.fail("no request is made"))
+    assert server is not None
+    port = server.port
+    child = Forker(sleeper, servers=[server])()
+    try:
+        # When the supervisor closes the endpoint (as when it stops)
+        server.close()
+
+        def port_free() -> bool:
+            with socket.socket() as again:
+                try:
+                    again.bind(("127.0.0.1", port))
+                except OSError:
+                    return False
+                return True
+
+        # Then the port is free: the process closed its copy of the socket
+        wait_for(port_free)
+    finally:
+        child.kill()
+        child.wait()

@@ -9,6 +9,7 @@ import pytest
 
 from tests.unit.fakes import PLATFORM_ID, FakeStripe
 from worker.adapters.facts_cache import CachedStripe
+from worker.adapters.rate_budget import Priority, effective_priority
 from worker.domain.errors import DebitWorkerError, OperatorActionNeeded, TransientFailure
 from worker.domain.types import PlatformFacts
 from worker.ops.warm_up import read_platform
@@ -77,3 +78,25 @@ def test_a_failed_read_at_start_is_a_warning_and_the_first_debit_reads_again(
     assert "connection refused" in record.getMessage()
     assert stripe.reads == [("platform", "failed"), ("platform", PLATFORM_ID)]
     assert facts.account_id == PLATFORM_ID
+
+
+@dataclass
+class PriorityRecordingStripe(FakeStripe):
+    """A Stripe that records the priority a platform read would take from the budget."""
+
+    priorities: list[Priority] = field(default_factory=list)
+
+    def platform(self) -> PlatformFacts:
+        self.priorities.append(effective_priority(Priority.UNBLOCKS_DEBIT))
+        return super().platform()
+
+
+def test_the_platform_read_at_start_takes_a_background_token_and_a_debits_does_not() -> None:
+    # Given a Stripe recording the priority of each platform read
+    stripe = PriorityRecordingStripe()
+    # When the process starts, and then a debit reads the platform itself
+    read_platform(stripe)
+    stripe.platform()
+    # Then the start's read went in the background, leaving the budget to debits; the
+    # debit's read kept the priority of a read that unblocks a debit
+    assert stripe.priorities == [Priority.BACKGROUND, Priority.UNBLOCKS_DEBIT]

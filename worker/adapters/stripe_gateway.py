@@ -5,9 +5,11 @@ derived from the request id alone, so a retry or redelivery can never move money
 A 200 is a success only when its charge is the money asked for, settled: anything else is
 never reported as a payment.
 
-Stripe's own records (one charge, the account-debit charges and the charge Events of a time
-window) are read for reconciliation at low priority: each read takes a spare token of the
-rate budget, so debits keep theirs.
+Every call takes a token of the rate budget first, from Stripe's global limit and from its
+endpoint's (`ENDPOINT_CLASS`): the charge at the debits' priority, the reads a debit waits for
+(account, refund, balance) next, and Stripe's own records (one charge, the account-debit
+charges and the charge Events of a time window), read for reconciliation, last. A 429 tells
+the budget which limit Stripe enforced (`Stripe-Rate-Limited-Reason`), and it backs off.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ import stripe
 
 from schemas.codes import FailureCode
 from schemas.events import StripeErrorInfo
-from worker.adapters.rate_budget import RateBudget
+from worker.adapters.rate_budget import (
+    Priority,
+    RateBudget,
+    effective_priority,
+    endpoint_class,
+)
 from worker.backoff import retry_delay
 from worker.domain.errors import (
     ChargePending,
     DebitWorkerError,
+    KeyInUse,
     OperatorActionNeeded,
     OutcomeUnknown,
     PermanentFailure,
@@ -80,16 +88,27 @@ def error_info(err: stripe.StripeError) -> StripeErrorInfo:
     )
 
 
+def _header(err: stripe.StripeError, name: str) -> str | None:
+    """A response header of the error, by its name in any case."""
+    for key, value in (err.headers or {}).items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
 def _header_true(err: stripe.StripeError, name: str) -> bool:
-    return (err.headers or {}).get(name) == "true"
+    return _header(err, name) == "true"
 
 
 def _retry_after(err: stripe.StripeError) -> float | None:
-    value = (err.headers or {}).get("retry-after")
+    value = _header(err, "retry-after")
     try:
         return None if value is None else float(value)
     except ValueError:
         return None
+
+
+RATE_LIMITED_REASON: Final = "stripe-rate-limited-reason"
 
 
 # One early return per kind of Stripe error reads better than a table of predicates.
@@ -108,10 +127,20 @@ def classify(err: stripe.StripeError, *, effectful: bool) -> DebitWorkerError:  
         return Unresolvable(
             f"Stripe replays a stored error {err.http_status} ({code}) for this key"
         )
+    if err.http_status == 409 and code == "idempotency_key_in_use":
+        # Busy, not unknown: the earlier call with our key decides, and a repeat returns it.
+        return KeyInUse(
+            "Stripe is still running an earlier call with this key (idempotency_key_in_use)",
+            retry_after=_retry_after(err),
+        )
     if _header_true(err, "stripe-should-retry"):
         return unknown(f"Stripe asked for a retry ({info.type}/{code})")
     if isinstance(err, stripe.RateLimitError):
-        return TransientFailure(f"Stripe rate limit ({code})", retry_after=_retry_after(err))
+        reason = _header(err, RATE_LIMITED_REASON)
+        return TransientFailure(
+            f"Stripe rate limit ({code}{f', {reason}' if reason else ''})",
+            retry_after=_retry_after(err),
+        )
     if isinstance(err, stripe.APIConnectionError):
         return unknown(f"no answer from Stripe: {err.user_message or err}")
     if isinstance(err, stripe.IdempotencyError):
@@ -318,6 +347,8 @@ def created_filter(created_from: datetime, created_until: datetime) -> dict[str,
     }
 
 
+HTTP_TOO_MANY_REQUESTS: Final = 429
+
 # A reconciliation read that Stripe answers with a 429, a 5xx or not at all is simply read
 # again (it changes nothing): a round or a day's proof of 10,000 pages must not end on one.
 RECORD_READ_TRIES: Final = 8
@@ -339,7 +370,11 @@ class StripeGateway:
 
     def platform(self) -> PlatformFacts:
         try:
-            account = self._read("GET /v1/account", self._client.v1.accounts.retrieve_current)
+            account = self._read(
+                "GET /v1/account",
+                Priority.UNBLOCKS_DEBIT,
+                self._client.v1.accounts.retrieve_current,
+            )
         except OperatorActionNeeded:
             metrics.stripe_key_accepted(False)  # readiness says so until a read succeeds
             raise
@@ -349,7 +384,10 @@ class StripeGateway:
     def account(self, account_id: str) -> AccountFacts:
         try:
             account = self._read(
-                "GET /v1/accounts/{id}", self._client.v1.accounts.retrieve, account_id
+                "GET /v1/accounts/{id}",
+                Priority.UNBLOCKS_DEBIT,
+                self._client.v1.accounts.retrieve,
+                account_id,
             )
         except PermanentFailure as failure:
             raise _not_found(
@@ -371,6 +409,7 @@ class StripeGateway:
             # The refunded charge comes expanded in the same request: which account it paid.
             refund = self._read(
                 "GET /v1/refunds/{id}",
+                Priority.UNBLOCKS_DEBIT,
                 self._client.v1.refunds.retrieve,
                 refund_id,
                 params={"expand": ["charge"]},
@@ -393,6 +432,7 @@ class StripeGateway:
     def available_balance(self, account_id: str, currency: str) -> int:
         balance = self._read(
             "GET /v1/balance",
+            Priority.UNBLOCKS_DEBIT,
             self._client.v1.balance.retrieve,
             options={"stripe_account": account_id},
         )
@@ -410,6 +450,7 @@ class StripeGateway:
                 **charge_params(charge),
                 idempotency_key=idempotency_key(charge.request_id),
             ),
+            Priority.DEBIT,
             effectful=True,
         )
         return verified_payment(
@@ -475,7 +516,8 @@ class StripeGateway:
             params["starting_after"] = data[-1]["id"]
 
     def _record(self, endpoint: str, path: str, **params: Any) -> Mapping[str, Any]:
-        """One low-priority GET for reconciliation: a spare token first, reads' errors."""
+        """One background GET for reconciliation: a token of the lowest priority first,
+        reads' errors."""
         # The SDK's raw request rather than `charges.list(...).auto_paging_iter()`: the same
         # encoding, authentication, retries and errors, without a StripeObject tree per
         # charge. Measured on 20 pages of 100 against the sandbox: 0.12-0.18 s of client CPU
@@ -484,7 +526,9 @@ class StripeGateway:
         for attempt in range(1, RECORD_READ_TRIES + 1):
             try:
                 response = self._call(
-                    endpoint, lambda: self._client.raw_request("get", path, **params), spare=True
+                    endpoint,
+                    lambda: self._client.raw_request("get", path, **params),
+                    Priority.BACKGROUND,
                 )
             except TransientFailure as passing:
                 if attempt == RECORD_READ_TRIES or isinstance(passing, OperatorActionNeeded):
@@ -497,28 +541,47 @@ class StripeGateway:
             return answer
         raise AssertionError("unreachable: the last try returns or raises")
 
-    def _read(self, endpoint: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._call(endpoint, lambda: call(*args, **kwargs))
+    def _read(self, endpoint: str, priority: Priority, call: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._call(endpoint, lambda: call(*args, **kwargs), priority)
 
     def _call(
-        self, endpoint: str, send: Callable[[], _T], *, effectful: bool = False, spare: bool = False
+        self,
+        endpoint: str,
+        send: Callable[[], _T],
+        priority: Priority,
+        *,
+        effectful: bool = False,
     ) -> _T:
-        """One Stripe call: a token of the rate budget (a spare one: low priority), then the
-        call; both timed for the metrics, Stripe's errors sorted (`classify`)."""
+        """One Stripe call: a token of the rate budget (the endpoint's class, `priority`
+        unless the caller runs `in_background()`), then the call; both timed for the
+        metrics, a 429 reported to the budget, Stripe's errors sorted (`classify`)."""
+        priority = effective_priority(priority)
+        limited_by = endpoint_class(endpoint)
         asked = time.perf_counter()
-        if spare:
-            self._budget.acquire_spare()
-        else:
-            self._budget.acquire()
+        self._budget.acquire(limited_by, priority)
         started = time.perf_counter()
-        metrics.rate_budget_waited(started - asked, spare=spare)
+        metrics.rate_budget_waited(started - asked, spare=priority >= Priority.BACKGROUND)
         try:
             answer = send()
         except stripe.StripeError as err:
-            metrics.stripe_answered(endpoint, err.http_status, time.perf_counter() - started)
+            reason = None
+            if err.http_status == HTTP_TOO_MANY_REQUESTS:
+                reason = self._rate_limited(limited_by, err)
+            metrics.stripe_answered(
+                endpoint, err.http_status, time.perf_counter() - started, rate_limited_by=reason
+            )
             raise classify(err, effectful=effectful) from err
         metrics.stripe_answered(endpoint, _status(answer), time.perf_counter() - started)
         return answer
+
+    def _rate_limited(self, limited_by: str, err: stripe.StripeError) -> str | None:
+        """Tell the budget which limit Stripe enforced; returns the reason Stripe gave. A 429
+        `lock_timeout` is contention on one object, not a rate: nothing to back off."""
+        reason = _header(err, RATE_LIMITED_REASON)
+        code = err.error.code if err.error is not None else None
+        if code != "lock_timeout":
+            self._budget.rate_limited(limited_by, reason, _retry_after(err))
+        return reason
 
 
 def _status(answer: object) -> int:

@@ -69,6 +69,13 @@ class RequestBusy(TransientFailure):
     """Another worker holds this request's lease; look again when it has expired."""
 
 
+class KeyInUse(TransientFailure):
+    """Stripe is still running an earlier call with this request's idempotency key (409
+    `idempotency_key_in_use`): one whose answer was lost, or one of a process that stalled
+    past its lease. Nothing is decided yet and no second charge can come of it: a repeat with
+    the same key, shortly, gets that call's result. Retried like any transient failure."""
+
+
 class ChargePending(Unresolvable):
     """Stripe took the debit but reports its charge `pending`: money may yet move or not.
     A repeat of the call replays the same pending answer, so only reading the charge later

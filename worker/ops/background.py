@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 class PeriodicStep(bootsteps.StartStopStep):
     thread_name = "periodic"
+    # False: the first round waits one interval (the relay, the reconciler); True: it runs as
+    # the thread starts (the janitor and the lease keeper, whose delay is a recovery's).
+    first_round_at_start = False
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -45,8 +48,13 @@ class PeriodicStep(bootsteps.StartStopStep):
     def _loop(self) -> None:
         runtime = runtime_of(self._app)
         interval = self.interval(runtime)
+        if self.first_round_at_start:
+            self._round(runtime, interval)
         while not self._stop.wait(interval):
-            try:
-                self.run_round(runtime)
-            except Exception:  # one bad round (e.g. a database restart) must not end the job
-                log.exception("%s round failed; trying again in %.0f s", self.thread_name, interval)
+            self._round(runtime, interval)
+
+    def _round(self, runtime: Runtime, interval: float) -> None:
+        try:
+            self.run_round(runtime)
+        except Exception:  # one bad round (e.g. a database restart) must not end the job
+            log.exception("%s round failed; trying again in %.0f s", self.thread_name, interval)

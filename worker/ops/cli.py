@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import click
 
-from worker.ops.cli_common import CONTEXT, settings
+from worker.ops.cli_common import CONTEXT, ledger, settings
 from worker.ops.cli_consent import consent
 from worker.ops.cli_dlq import dlq
 from worker.ops.cli_errors import AnsweringGroup
@@ -246,6 +246,31 @@ def janitor(once: bool) -> None:  # noqa: ARG001 - the flag documents the only m
     enqueue = functools.partial(send_attempt, app)
     done = janitor_once(services.ledger, enqueue, found, services.clock())
     click.echo(f"re-enqueued {done.requeued}, escalated {done.escalated}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--once", is_flag=True, required=True, help="One round, then exit.")
+def retention(once: bool) -> None:  # noqa: ARG001 - the flag documents the only mode
+    """Remove outbox events sent more than DEBIT_WORKER_OUTBOX_RETENTION_SECONDS ago, and
+    producers' reservations as old (at least a day), until none is left. Every worker also
+    runs this every DEBIT_WORKER_RETENTION_INTERVAL_SECONDS, one process at a time."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from worker.ops.retention import retention_once  # noqa: PLC0415
+
+    found = settings()
+    if found.outbox_retention_seconds <= 0:
+        click.echo("retention is off (DEBIT_WORKER_OUTBOX_RETENTION_SECONDS=0): nothing removed")
+        return
+    engine = ledger(found).engine
+    done = retention_once(
+        engine, datetime.now(UTC), found.outbox_retention_seconds, round_seconds=None
+    )
+    if not done.ran:
+        raise click.ClickException(
+            "another process is running the retention now: run the command again later"
+        )
+    click.echo(f"removed {done.events} sent event(s) and {done.reservations} reservation(s)")
 
 
 @main.command(context_settings=CONTEXT)

@@ -1,17 +1,20 @@
 """`debit-worker run`: check, migrate, declare, then become the worker (or its supervisor).
 
 With several processes, this process only checks the settings and migrates (when the ledger is
-not already at the newest schema) before it becomes the supervisor: each worker process builds
-its own services and declares the topology as it starts, so doing either here first would
-only delay them (start-up is mostly imports; see bench/startup.py).
+not already at the newest schema) before it becomes the supervisor: it imports the worker's
+code once, then forks each worker process, which builds its own services and declares the
+topology as it starts. Start-up is mostly imports (see bench/startup.py): done once and shared,
+they no longer delay each process.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import platform
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from worker.settings import Settings
 
@@ -42,18 +45,79 @@ def _migrate(settings: Settings, echo: Callable[[str], None]) -> None:
 def _supervise(settings: Settings, *, migrate: bool, echo: Callable[[str], None]) -> None:
     """Become the supervisor of `settings.processes` worker processes (never returns)."""
     from worker.ops.cli_schema import known_at_head, newest_revision  # noqa: PLC0415
-    from worker.ops.supervisor import exec_supervisor  # noqa: PLC0415
+    from worker.ops.supervisor import supervise  # noqa: PLC0415
 
     if migrate and known_at_head(settings.database_url):
         echo(f"ledger schema at revision {newest_revision()}")
     elif migrate:
         _migrate(settings, echo)
-    sys.stdout.flush()
-    exec_supervisor(settings, settings.processes)
+    sys.exit(supervise(settings, settings.processes, prepare=load_worker, work=_worker_process))
+
+
+def _worker_process() -> None:
+    """One supervised worker process, forked from the supervisor: `run` with one process and
+    no migration, configured by the environment the supervisor made for it."""
+    from worker.ops.cli import main  # noqa: PLC0415 - loaded already; not at import (a cycle)
+
+    main(["run", "--no-migrate", "--processes", "1"], prog_name="debit-worker")
+
+
+# Libraries the Stripe SDK imports as it loads, to choose its default HTTP clients (requests,
+# then httpx or aiohttp for async calls). The worker hands it its own (worker/adapters/
+# stripe_http.py), so none is ever used here: hidden while the SDK loads, they cost nothing
+# instead of a sixth of a second of each start.
+_STRIPE_DEFAULT_CLIENT_LIBRARIES: Final = ("requests", "httpx", "anyio", "aiohttp", "pycurl")
+
+# What a worker process loads as it starts, beyond what importing worker.app loads: Celery's
+# worker (which imports most of its parts only as it builds and starts one), the AMQP
+# transport, the Stripe client. One missing costs its import in each process, no more.
+WORKER_START_MODULES: Final = (
+    "worker.ops.observability",
+    "worker.transport.plain_consumer",
+    "billiard.pool",
+    "celery.app.amqp",
+    "celery.app.control",
+    "celery.app.events",
+    "celery.app.log",
+    "celery.app.routes",
+    "celery.apps.worker",
+    "celery.backends.base",
+    "celery.concurrency.thread",
+    "celery.events",
+    "celery.fixups.django",
+    "celery.worker.autoscale",
+    "celery.worker.components",
+    "celery.worker.consumer",
+    "celery.worker.consumer.delayed_delivery",
+    "celery.worker.strategy",
+    "kombu.transport.pyamqp",
+    "stripe._account",
+    "stripe._object_classes",
+    "stripe._stripe_client",
+)
+
+
+def load_worker() -> None:
+    """Import the code a worker process runs (its start is mostly this). Opens nothing:
+    the supervisor forks its processes after it."""
+    if "stripe" not in sys.modules:
+        hidden = [name for name in _STRIPE_DEFAULT_CLIENT_LIBRARIES if name not in sys.modules]
+        for name in hidden:  # None: `import name` fails (ImportError), as if not installed
+            sys.modules[name] = None  # type: ignore[assignment]
+        try:
+            importlib.import_module("stripe")
+        finally:
+            for name in hidden:
+                del sys.modules[name]  # importable again, by anything else that needs it
+    importlib.import_module("worker.app")
+    for module in WORKER_START_MODULES:
+        importlib.import_module(module)
+    platform.platform()  # for Celery's banner: read once here (`uname -p`), cached after
 
 
 def _work(settings: Settings, *, migrate: bool, echo: Callable[[str], None]) -> None:
     """Be one worker process, until it is stopped (exits with the worker's status)."""
+    load_worker()
     from worker.app import build_worker, declare_topology  # noqa: PLC0415
     from worker.ops.observability import configure_logging, init_sentry  # noqa: PLC0415
     from worker.transport.plain_consumer import refuse_decompression  # noqa: PLC0415

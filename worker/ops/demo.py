@@ -22,20 +22,16 @@ from celery.contrib.testing.worker import start_worker
 from kombu import Connection, Queue
 
 from schemas.signing import Signer
-from schemas.topology import DEAD_LETTER_QUEUE
-from worker.adapters.ledger import Ledger
+from worker.adapters.ledger import Ledger, utc_now
 from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.dead_letters import DeadLetter, DeadLetterStore
 from worker.adapters.ledger.migrate import upgrade
 from worker.app import build_worker
 from worker.domain.money import format_amount
 from worker.producer import DebitProducer
 from worker.sandbox.runner import running_sandbox
 from worker.settings import load_settings
-from worker.transport.topology import (
-    EMBEDDED_BROKER_URL,
-    dead_letter_queue,
-    event_exchange,
-)
+from worker.transport.topology import EMBEDDED_BROKER_URL, event_exchange
 
 US = "acct_1ExpressUS00000001"
 LEGACY = "acct_1CustomLegacy000001"
@@ -193,6 +189,7 @@ def _embedded(workdir: Path) -> Iterator[tuple[Any, Any, Ledger, Connection]]:
             stripe_api_base=sandbox.url,
             concurrency=4,
             relay_interval_seconds=1.0,
+            dead_letter_keep_interval_seconds=0.5,
             producer_keys={DEMO_SIGNER.producer: {DEMO_SIGNER.key_id: DEMO_SIGNER.secret}},
         )
         app, _runtime = build_worker(settings)
@@ -211,10 +208,10 @@ def run_demo(echo: Any = click.echo) -> int:
             ledger.consents.grant(account, "demo-agreement-2026", "demo")
         events = Queue("demo.events", event_exchange, routing_key="debit.*")
         events(connection.default_channel).declare()
-        dead_letter_queue(connection.default_channel).declare()
         # kombu accepts a Queue here; its type stubs only know queue names.
         inbox = connection.SimpleQueue(events)  # type: ignore[arg-type]
-        dead = connection.SimpleQueue(dead_letter_queue)  # type: ignore[arg-type]
+        # The worker's dead-letter keeper moves dead letters from their queue to the ledger.
+        dead = DeadLetterStore(ledger.engine, utc_now)
         with (
             start_worker(
                 app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
@@ -239,13 +236,14 @@ def run_demo(echo: Any = click.echo) -> int:
         return misses
 
 
-def _play(s: Scenario, producer: DebitProducer, inbox: Any, dead: Any, echo: Any) -> bool:
+def _play(
+    s: Scenario, producer: DebitProducer, inbox: Any, dead: DeadLetterStore, echo: Any
+) -> bool:
     if isinstance(s.body, bytes):
         producer.publish_raw(s.body, content_type="application/octet-stream")
-        message = dead.get(timeout=20)
+        letter = _next_dead_letter(dead, s.body)
         outcome = "dead-letter"
-        detail = f"in {DEAD_LETTER_QUEUE}: {message.headers.get('x-debit-worker-reason')}"
-        message.ack()
+        detail = f"kept in the ledger (dead letter {letter.id}, {letter.stage}): {letter.reason}"
     else:
         producer.publish_raw(json.dumps(s.body), message_id=str(s.body["request_id"]))
         message = _next_event(inbox, str(s.body["request_id"]))
@@ -261,6 +259,18 @@ def _play(s: Scenario, producer: DebitProducer, inbox: Any, dead: Any, echo: Any
     mark = "" if ok else "  <-- UNEXPECTED"
     echo(f"{s.title:44} {s.expect:32} {outcome:32} {detail[:110]}{mark}")
     return ok
+
+
+def _next_dead_letter(dead: DeadLetterStore, body: bytes, timeout: float = 20.0) -> DeadLetter:
+    """The pending dead letter holding `body`, once the keeper has kept it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for letter in dead.listed(limit=1000):
+            if letter.body == body:
+                return letter
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no dead letter kept in the ledger within {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def _next_event(inbox: Any, request_id: str, timeout: float = 30.0) -> dict[str, Any]:

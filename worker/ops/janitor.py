@@ -1,8 +1,10 @@
 """The janitor: finishes what dead workers left behind, and escalates what time has run out on.
 
-- A request still `received`/`attempting` whose lease ran out (its worker died mid-task), or
-  that nobody has touched for `janitor_stale_after_seconds` (its retry message was lost), is
-  re-enqueued as a `process_debit` task naming it; a duplicate task costs only a lookup.
+- A request still `received`/`attempting` whose lease ran out (its worker died mid-task: a
+  live one renews its leases every third of `claim_lease_seconds`), or that nobody has
+  touched for `janitor_stale_after_seconds` (its retry message was lost), is re-enqueued as a
+  `process_debit` task naming it, with a `requeued` audit entry naming the lease it found; a
+  duplicate task costs only a lookup.
 - A request `attempting` whose first Stripe call is older than `key_escalation_after_seconds`
   is escalated to `needs_reconciliation` (Sentry, status) before Stripe forgets its key, and
   never called again.
@@ -59,7 +61,7 @@ def janitor_once(
     requeued = 0
     stale = settings.janitor_stale_after_seconds
     for record in abandoned_claims(ledger.engine, now=now, stale_after=stale, limit=BATCH):
-        if take_over(ledger.engine, record.request_id, now=now, stale_after=stale):
+        if take_over(ledger.engine, record, now=now, stale_after=stale, actor=ACTOR):
             enqueue(record.request_id)
             requeued += 1
     if requeued or escalated:
@@ -71,6 +73,7 @@ class JanitorStep(PeriodicStep):
     """Runs the janitor in a background thread of every worker process."""
 
     thread_name = "janitor"
+    first_round_at_start = True  # a restarted process resumes what the dead one held
 
     def interval(self, runtime: Runtime) -> float:
         return runtime.settings.janitor_interval_seconds

@@ -9,8 +9,9 @@ PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, chosen when the
 imported), and the supervisor serves their sum (`serving_registry`). Gauges say how they
 combine: `livesum` (added up over the processes alive) or `liveall` (one series per process,
 labelled `pid`: readiness reads them per process). What the ledger knows (outbox lag,
-requests awaiting reconciliation) is not recorded by anyone: the serving process reads it
-from the ledger at each scrape (`LEDGER_GAUGES`, worker/ops/probe_endpoints.py).
+requests awaiting reconciliation, dead letters pending) is not recorded by anyone: the
+serving process reads it from the ledger at each scrape (`LEDGER_GAUGES`,
+worker/ops/probe_endpoints.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from worker.adapters.rate_budget import KNOWN_REASONS
 
 # No `_created` series: they would differ between one process and several (multiprocess
 # mode has none), and rate() needs none.
@@ -57,9 +60,11 @@ STRIPE_SECONDS = Histogram(
 )
 STRIPE_RATE_LIMITED = Counter(
     "debit_worker_stripe_rate_limited",
-    "Stripe API calls answered 429 (rate limited), by endpoint.",
-    ["endpoint"],
+    "Stripe API calls answered 429 (rate limited), by endpoint and the limit Stripe named "
+    "(Stripe-Rate-Limited-Reason; none: no header).",
+    ["endpoint", "reason"],
 )
+
 BUDGET_WAIT = Histogram(
     "debit_worker_rate_budget_wait_seconds",
     "Time each Stripe call waited for the rate budget, by priority (debits, spare).",
@@ -118,6 +123,8 @@ LEDGER_GAUGES: Final[Mapping[str, str]] = {
     "debit_worker_needs_reconciliation_requests": "Requests in needs_reconciliation.",
     "debit_worker_needs_reconciliation_oldest_age_seconds": "Seconds since the oldest "
     "request in needs_reconciliation last changed (its escalation or resend); 0: none.",
+    "debit_worker_dead_letters_pending": "Dead letters kept in the ledger that no operator "
+    "has replayed or discarded yet.",
 }
 
 _SUCCEEDED = DEBITS.labels("succeeded", "")
@@ -150,11 +157,19 @@ def attempt(number: int) -> Iterator[None]:
         IN_FLIGHT.dec()
 
 
-def stripe_answered(endpoint: str, status: int | None, seconds: float) -> None:
-    """A Stripe call ended: its HTTP status (None: no answer) after `seconds`."""
+def stripe_answered(
+    endpoint: str, status: int | None, seconds: float, *, rate_limited_by: str | None = None
+) -> None:
+    """A Stripe call ended: its HTTP status (None: no answer) after `seconds`; a 429 with
+    the reason Stripe gave (its Stripe-Rate-Limited-Reason header, if any)."""
     STRIPE_SECONDS.labels(endpoint, "no_answer" if status is None else str(status)).observe(seconds)
     if status == 429:
-        STRIPE_RATE_LIMITED.labels(endpoint).inc()
+        reason = rate_limited_by or "none"
+        STRIPE_RATE_LIMITED.labels(
+            # Reasons Stripe is not known to give count as `other`: the labels stay bounded.
+            endpoint,
+            reason if reason in KNOWN_REASONS | {"none"} else "other",
+        ).inc()
 
 
 def rate_budget_waited(seconds: float, *, spare: bool) -> None:

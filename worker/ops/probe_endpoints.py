@@ -2,8 +2,9 @@
 
 The serving process reads what only the ledger knows at each scrape, on a connection of its
 own (so a probe never takes a worker thread's): the events not yet published and the age of
-the oldest, and the requests awaiting reconciliation and the age of the oldest. Readiness asks
-the ledger `SELECT 1` on the same connection, at most every two seconds.
+the oldest, the requests awaiting reconciliation and the age of the oldest, and the dead
+letters pending. Readiness asks the ledger `SELECT 1` on the same connection, at most every
+two seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import Engine, func, make_url, select, text
 
 from worker.adapters.ledger import utc_now
 from worker.adapters.ledger.database import LEDGER_UNAVAILABLE, make_engine
-from worker.adapters.ledger.tables import Status, debit_requests, outbox
+from worker.adapters.ledger.tables import Status, dead_letters, debit_requests, outbox
 from worker.ops.health import LEDGER_CACHE_SECONDS, Cached, Check, ProcessState, Report, judge
 from worker.ops.metrics import LEDGER_GAUGES, LEDGER_UP, STATE_GAUGES, serving_registry
 from worker.settings import Settings, load_settings
@@ -70,6 +71,9 @@ class LedgerGauges(Collector):
                         events.sent_at.is_(None)
                     )
                 ).one()
+                pending_dead_letters = conn.execute(
+                    select(func.count()).where(dead_letters.c.state == "pending")
+                ).scalar_one()
         except LEDGER_UNAVAILABLE as exc:
             if self._was_up:
                 log.warning("metrics: the ledger does not answer (%s); no ledger gauges", exc)
@@ -85,6 +89,7 @@ class LedgerGauges(Collector):
         yield _gauge(
             "debit_worker_needs_reconciliation_oldest_age_seconds", _age(oldest_waiting, now)
         )
+        yield _gauge("debit_worker_dead_letters_pending", pending_dead_letters)
 
 
 def _gauge(name: str, value: float) -> GaugeMetricFamily:

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 ACTOR: Final = "reconciler"
 BATCH: Final = 500
+# The lease of a round run where no lease keeper renews it (`debit-worker reconcile`): long
+# enough for a round. In a worker process the keeper renews a short one instead, so the
+# requests of a reconciler that dies are free again within one claim lease.
 LEASE_SECONDS: Final = 300.0
 RESENT: Final = "reconcile_resent"  # the audit action of the one resend a request gets
 
@@ -92,12 +95,22 @@ def as_unknown(record: RequestRecord) -> Unknown:
 
 class Reconciler:
     def __init__(
-        self, svc: Services, records: StripeRecords, *, grace_seconds: float, owner: str
+        self,
+        svc: Services,
+        records: StripeRecords,
+        *,
+        grace_seconds: float,
+        owner: str,
+        renewed_lease_seconds: float | None = None,
     ) -> None:
+        """`renewed_lease_seconds`: the lease to take when this process's lease keeper renews
+        what the round holds (a worker process); None: LEASE_SECONDS, not renewed."""
         self.svc = svc
         self.records = records
         self.grace = timedelta(seconds=grace_seconds)
         self.owner = owner
+        self.renewed = renewed_lease_seconds is not None
+        self.lease_seconds = renewed_lease_seconds or LEASE_SECONDS
 
     def settle_round(self, limit: int = BATCH) -> RoundReport:
         report = RoundReport()
@@ -109,11 +122,15 @@ class Reconciler:
                 unknown = unknown_of(record)
                 if unknown is None:
                     report.for_a_person.append(record.request_id)
-                elif ledger.reconciliation.take(record.request_id, self.owner, LEASE_SECONDS):
+                elif ledger.reconciliation.take(record.request_id, self.owner, self.lease_seconds):
                     taken.append(unknown)  # not taken: another reconciler holds it
+                    if self.renewed:
+                        self.svc.leases.hold(unknown.request_id, self.owner)
             self._settle(taken, report)
         finally:
             for unknown in taken:
+                if self.renewed:
+                    self.svc.leases.forget(unknown.request_id, self.owner)
                 if unknown.request_id not in report.settled:
                     ledger.reconciliation.release(unknown.request_id, self.owner)
             report.list_requests = self.records.list_requests - before
@@ -249,7 +266,8 @@ def record_settlement(  # noqa: PLR0917 - one settlement, each part named
             request_id, owner, success, event, evidence=evidence, actor=actor
         )
     else:
-        event = failed_outcome(command, verdict.code, verdict.message, None, svc.clock(), source)
+        at = svc.clock()  # the event's failed_at and the row's finished_at, alike
+        event = failed_outcome(command, verdict.code, verdict.message, None, at, source)
         row_id = requests.record_failed(
             request_id,
             owner,
@@ -259,6 +277,7 @@ def record_settlement(  # noqa: PLR0917 - one settlement, each part named
             event=event,
             evidence=evidence,
             actor=actor,
+            at=at,
         )
     if row_id is None:
         return False

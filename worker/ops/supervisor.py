@@ -1,44 +1,59 @@
 """`debit-worker run --processes N`: several worker processes on one host, kept running.
 
 One worker process uses about one core (one interpreter lock); N processes, each with its own
-threads, connections and ledger pool, use N. This parent starts them, restarts one that dies
-(as Celery's prefork pool would), and passes SIGTERM/SIGINT on so that each finishes its tasks.
-The Stripe rate budget stays the host's: shared through Redis when
-DEBIT_WORKER_RATE_BUDGET_REDIS_URL is set, otherwise split evenly between the processes.
+threads, connections and ledger pool, use N. The process `run` started becomes their
+supervisor: it restarts one that dies (as Celery's prefork pool would), and passes
+SIGTERM/SIGINT on so that each finishes its tasks. The Stripe rate budget stays the host's:
+shared through Redis when DEBIT_WORKER_RATE_BUDGET_REDIS_URL is set, otherwise split evenly
+between the processes.
 
-`run` checks the settings and migrates (each worker process declares the topology), then execs
-`python -m worker.ops.supervisor`, which imports nothing of the worker, so that the supervisor
-stays a small process instead of a second copy of a worker's memory. With
-DEBIT_WORKER_METRICS_PORT it also serves the metrics and health endpoint
+Each worker process is a fork of the supervisor, which first imports the worker's code once
+(`prepare`): a process then starts in a few tenths of a second instead of importing for a
+second and more of CPU of its own, and so does one restarted after a crash. The first forks
+come before the supervisor opens any connection or thread. A restart forks a supervisor that
+serves the endpoint: the child closes its copy of the listening socket and never touches the
+probe's ledger connection (psycopg leaves a connection alone in a process that did not
+open it).
+
+With DEBIT_WORKER_METRICS_PORT the supervisor also serves the metrics and health endpoint
 (worker/ops/health.py) for all of them: the worker processes record their metrics in files of
-a shared directory (PROMETHEUS_MULTIPROC_DIR), which it serves summed; it loads the ledger and
-metrics code that needs on the endpoint's first call.
+a shared directory (PROMETHEUS_MULTIPROC_DIR), which it serves summed; it loads the ledger
+code that needs on the endpoint's first call.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import gc
+import glob
+import json
 import logging
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 if TYPE_CHECKING:
+    from worker.ops.health import ProbeServer
     from worker.settings import Settings
 
-# Named, not __name__: run as `python -m worker.ops.supervisor`, __name__ would be "__main__".
-log = logging.getLogger("worker.ops.supervisor")
+log = logging.getLogger(__name__)
 
 # A process that dies sooner than this after its start counts as a crash loop.
 QUICK_DEATH_SECONDS: Final = 30.0
 MAX_QUICK_DEATHS: Final = 5
 RESTART_DELAY_MAX_SECONDS: Final = 30.0
+# The supervisor's own lines stay text whatever DEBIT_WORKER_LOG_FORMAT says.
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
 
 
 def child_environment(settings: Settings, processes: int) -> dict[str, str]:
@@ -46,86 +61,227 @@ def child_environment(settings: Settings, processes: int) -> dict[str, str]:
     env = dict(os.environ)
     env["DEBIT_WORKER_CONCURRENCY"] = str(settings.concurrency)
     env["DEBIT_WORKER_LOG_LEVEL"] = settings.log_level
-    # The supervisor serves the endpoint; `main` gives the processes port 0.
+    # The supervisor serves the endpoint; `supervise` gives the processes port 0.
     env["DEBIT_WORKER_METRICS_PORT"] = str(settings.metrics_port)
     env["DEBIT_WORKER_METRICS_HOST"] = settings.metrics_host
     if settings.rate_budget_redis_url is None:
-        # Each process keeps its own bucket: together they must not exceed the host's rate.
+        # Each process keeps its own budget: together they must not exceed the host's limits.
         env["DEBIT_WORKER_STRIPE_RATE_LIMIT"] = repr(settings.effective_stripe_rate / processes)
+        env["DEBIT_WORKER_STRIPE_ENDPOINT_LIMITS"] = json.dumps(
+            {name: rate / processes for name, rate in settings.effective_endpoint_limits.items()}
+        )
     elif settings.rate_budget_processes == 1:
         # While Redis is unreachable, each process falls back to its share of the rate.
         env["DEBIT_WORKER_RATE_BUDGET_PROCESSES"] = str(processes)
     return env
 
 
-def child_command() -> list[str]:
-    return [sys.executable, "-m", "worker", "run", "--no-migrate", "--processes", "1"]
+def supervise(
+    settings: Settings,
+    processes: int,
+    *,
+    prepare: Callable[[], None],
+    work: Callable[[], object],
+) -> int:
+    """Be the supervisor of `processes` worker processes, each running `work` in a fork of
+    this one, until stopped (0) or a process keeps dying at start-up (1). `prepare` imports
+    what `work` needs, once, before the first fork."""
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    env = child_environment(settings, processes)
+    with ExitStack() as stack:
+        directory = _metrics_directory(stack, env) if settings.metrics_port else None
+        # This process runs with its children's environment, which they inherit: what a module
+        # reads as it is imported (prometheus-client its multiprocess directory) is the same
+        # in both.
+        os.environ.clear()
+        os.environ.update(env)
+        prepare()
+        if directory is not None:
+            _forget_own_metric_files(directory)
+        gc.freeze()  # what is loaded now stays shared with the children (copy-on-write)
+        fork = Forker(work)
+        supervisor = Supervisor(fork, processes)
+        if directory is not None:
+            supervisor.on_exit = _forget_in(directory)
+            supervisor.after_start = lambda: _serve(settings, directory, supervisor, fork, stack)
+        return supervisor.run()
 
 
-def supervisor_command(processes: int) -> list[str]:
-    return [sys.executable, "-m", "worker.ops.supervisor", "--processes", str(processes)]
+def _metrics_directory(stack: ExitStack, env: dict[str, str]) -> str:
+    """The processes' shared metrics directory (removed at exit unless given)."""
+    from worker.ops.health import metrics_directory  # noqa: PLC0415 - only when serving
+
+    directory = stack.enter_context(metrics_directory(env.get("PROMETHEUS_MULTIPROC_DIR")))
+    env.update(PROMETHEUS_MULTIPROC_DIR=directory, DEBIT_WORKER_METRICS_PORT="0")
+    return directory
 
 
-def exec_supervisor(settings: Settings, processes: int) -> None:
-    """Become the supervisor (never returns)."""
-    command = supervisor_command(processes)
-    os.execve(command[0], command, child_environment(settings, processes))  # noqa: S606
+def _forget_own_metric_files(directory: str) -> None:
+    """Importing the metrics made this process's (empty) files; it records nothing."""
+    for path in glob.glob(os.path.join(glob.escape(directory), f"*_{os.getpid()}.db")):
+        os.remove(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m worker.ops.supervisor --processes N`, with the children's environment."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "--processes" or not args[1].isdigit():
-        print("usage: python -m worker.ops.supervisor --processes N (use `debit-worker run`)")
-        return 2
-    logging.basicConfig(
-        level=os.environ.get("DEBIT_WORKER_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    processes = int(args[1])
-    port = int(os.environ.get("DEBIT_WORKER_METRICS_PORT") or 0)
-    if port == 0:
-        return Supervisor(child_command(), dict(os.environ), processes).run()
-    return _run_serving(processes, os.environ.get("DEBIT_WORKER_METRICS_HOST", ""), port)
+def _forget_in(directory: str) -> Callable[[int], None]:
+    from worker.ops.health import forget_process  # noqa: PLC0415 - only when serving
+
+    return lambda pid: forget_process(directory, pid)
 
 
-def _run_serving(processes: int, host: str, port: int) -> int:
-    """Supervise, serving the metrics and health endpoint between checks on the processes."""
-    from worker.ops.health import (  # noqa: PLC0415 - only when serving
-        Endpoints,
-        ProbeServer,
-        forget_process,
-        metrics_directory,
-    )
+def _serve(
+    settings: Settings, directory: str, supervisor: Supervisor, fork: Forker, stack: ExitStack
+) -> None:
+    """Serve the endpoint between checks on the processes (once they have been forked)."""
+    from worker.ops.health import Endpoints, ProbeServer  # noqa: PLC0415 - only when serving
 
-    # Not in this process's own environment: the supervisor records no metrics of its own.
-    given = os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with metrics_directory(given) as directory:
-        env = dict(os.environ)
-        env.update(PROMETHEUS_MULTIPROC_DIR=directory, DEBIT_WORKER_METRICS_PORT="0")
-        supervisor = Supervisor(
-            child_command(), env, processes, on_exit=lambda pid: forget_process(directory, pid)
-        )
+    def endpoints() -> Endpoints:
+        from worker.ops.probe_endpoints import for_supervisor  # noqa: PLC0415 - on first use
 
-        def endpoints() -> Endpoints:
-            from worker.ops.probe_endpoints import for_supervisor  # noqa: PLC0415 - on first use
+        return for_supervisor(directory, supervisor.live_pids, supervisor.processes)
 
-            return for_supervisor(directory, supervisor.live_pids, processes)
+    server = ProbeServer.listen(settings.metrics_host, settings.metrics_port, endpoints)
+    if server is None:
+        return
+    stack.callback(server.close)
+    fork.servers.append(server)
+    supervisor.idle = server.serve_for
 
-        server = ProbeServer.listen(host, port, endpoints)
-        if server is not None:
-            supervisor.idle = server.serve_for
+
+class Child(Protocol):
+    """A worker process, as the supervisor watches it (a Popen has the same methods)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Forked:
+    """A child forked from this process: its exit code as Popen gives one (-N: signal N)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # never a signal to a pid reaped, maybe reused since
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+@dataclass
+class Forker:
+    """Starts a child that runs `body` in a fork of this process, then exits as a new
+    interpreter would after it: the exit code of its SystemExit, 1 and the traceback after
+    any other exception, non-daemon threads joined and atexit handlers run first."""
+
+    body: Callable[[], object]
+    # The endpoint's listening socket: open here, closed in each child.
+    servers: list[ProbeServer] = field(default_factory=list)
+
+    def __call__(self) -> Forked:
+        sys.stdout.flush()  # else the child writes this process's buffered output again
+        sys.stderr.flush()
+        parent = os.getpid()
+        # Blocked across the fork: a stop signal reaches the child only once it has its own
+        # handlers, never this supervisor's (which would signal the child's siblings).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            return supervisor.run()
+            pid = os.fork()
+            if pid == 0:
+                self._be_child(parent, blocked)
         finally:
-            if server is not None:
-                server.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        with suppress(ProcessLookupError, PermissionError):
+            os.setpgid(pid, pid)  # the child does too: whoever comes first, no race
+        return Forked(pid)
+
+    def _be_child(self, parent: int, mask: set[int]) -> NoReturn:
+        code = 1
+        try:
+            code = _run_to_exit_code(lambda: self._child_main(parent, mask))
+        finally:
+            os._exit(code)  # never back into the supervisor's frames
+
+    def _child_main(self, parent: int, mask: set[int]) -> object:
+        # A process group of its own: a terminal's Ctrl-C reaches the supervisor only, which
+        # passes it on once (a second SIGINT makes Celery stop without finishing its tasks).
+        os.setpgid(0, 0)
+        _stop_with(parent)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a new interpreter
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for server in self.servers:
+            server.close()
+        _fresh_logging()
+        return self.body()
+
+
+def _run_to_exit_code(body: Callable[[], object]) -> int:
+    interrupted = False
+    try:
+        body()
+        code = 0
+    except SystemExit as stop:
+        code = _exit_code(stop)
+    except BaseException as exc:  # noqa: BLE001 - as the interpreter does: report, exit 1
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        code, interrupted = 1, isinstance(exc, KeyboardInterrupt)
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if interrupted:  # an interpreter ends by the signal itself (the supervisor: a clean stop)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
+
+
+def _exit_code(stop: SystemExit) -> int:
+    if stop.code is None:
+        return 0
+    if isinstance(stop.code, int):
+        return stop.code
+    print(stop.code, file=sys.stderr)
+    return 1
+
+
+def _fresh_logging() -> None:
+    """Logging as a new interpreter has it: the worker process configures its own."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 @dataclass
 class _Slot:
     number: int
-    process: subprocess.Popen[bytes] | None = None
+    process: Child | None = None
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float = 0.0
@@ -138,8 +294,7 @@ def restart_delay(quick_deaths: int) -> float:
 
 @dataclass
 class Supervisor:
-    command: list[str]
-    env: dict[str, str]
+    start: Callable[[], Child]  # one new worker process
     processes: int
     clock: Callable[[], float] = time.monotonic
     poll_seconds: float = 0.5
@@ -148,6 +303,8 @@ class Supervisor:
     idle: Callable[[float], None] = time.sleep
     # A process ended (its pid), before it is restarted.
     on_exit: Callable[[int], None] = lambda _pid: None
+    # Once the first processes are started (and forked: nothing of this is in them).
+    after_start: Callable[[], None] = lambda: None
     slots: list[_Slot] = field(init=False)
     stopping: bool = field(default=False, init=False)
 
@@ -156,11 +313,10 @@ class Supervisor:
 
     def run(self) -> int:
         """Until a signal asks to stop (0) or a process keeps dying at start-up (1)."""
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
         try:
             self.start_all()
+            self.after_start()
             while not self.stopping:
                 if not self.watch():
                     self.stop_all()
@@ -194,14 +350,7 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         if self.stopping:
             return
-        # A process group of its own: a terminal's Ctrl-C reaches the supervisor only, which
-        # passes it on once (a second SIGINT would make Celery stop without finishing tasks).
-        slot.process = subprocess.Popen(  # noqa: S603 (our own CLI)
-            self.command,
-            env=self.env,
-            process_group=0,
-            preexec_fn=_stop_with(os.getpid()),  # noqa: PLW1509 (the supervisor has no threads)
-        )
+        slot.process = self.start()
         slot.started_at = self.clock()
         if self._stop_requested():  # the stop signal came while it was being started
             slot.process.send_signal(signal.SIGTERM)
@@ -277,22 +426,13 @@ class Supervisor:
 _PR_SET_PDEATHSIG: Final = 1  # prctl(2)
 
 
-def _stop_with(supervisor: int) -> Callable[[], None] | None:
-    """Run in each worker process between fork and exec (the supervisor has no threads):
-    when the supervisor dies, even by SIGKILL, the process gets SIGTERM and finishes its tasks,
-    instead of running on unsupervised in its own process group, which a kill of the
-    supervisor's group does not reach. Linux only; elsewhere nothing is set."""
+def _stop_with(supervisor: int) -> None:
+    """In a worker process: when the supervisor dies, even by SIGKILL, this process gets
+    SIGTERM and finishes its tasks, instead of running on unsupervised in its own process
+    group, which a kill of the supervisor's group does not reach. Linux only."""
     if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
-
-    def set_parent_death_signal() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != supervisor:  # it died before the line above
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return set_parent_death_signal
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)

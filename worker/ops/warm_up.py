@@ -5,6 +5,8 @@ trip in front of the first debits of every process. Read in the background as th
 starts consuming, it is usually cached before the first command arrives (a debit that comes
 sooner waits for this same read). The log also says at once whether Stripe accepts the key.
 It never stops the worker: if the read fails, the first debit reads the platform again.
+The read takes a background token of the rate budget: at full load, the debits that other
+processes are making go first.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from worker.adapters.rate_budget import in_background
 from worker.bootstrap import runtime_of
 from worker.domain.errors import DebitWorkerError, OperatorActionNeeded
 from worker.domain.ports import StripePort
@@ -37,7 +40,8 @@ class StripeWarmUp(bootsteps.StartStopStep):
 def read_platform(stripe: StripePort) -> None:
     """Read (and so cache) the platform's facts, saying in the log how that went."""
     try:
-        platform = stripe.platform()
+        with in_background():
+            platform = stripe.platform()
     except OperatorActionNeeded as refused:
         _refused(refused)
     except DebitWorkerError as failed:

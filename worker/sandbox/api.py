@@ -1,5 +1,5 @@
 """The Stripe-shaped routes (`/v1/...`) and the front door every one of them passes:
-authentication, Stripe-Account, the rate limiter and injected 429s."""
+authentication, Stripe-Account, the rate limiters and injected 429s."""
 
 from __future__ import annotations
 
@@ -44,12 +44,14 @@ async def stripe_front(request: web.Request, handler: Handler) -> web.StreamResp
     request_id = sandbox.ids.new("req")
     request[REQUEST_ID] = request_id
     resource = request.match_info.route.resource
-    sandbox.requests[f"{request.method} {resource.canonical if resource else request.path}"] += 1
+    endpoint = f"{request.method} {resource.canonical if resource else request.path}"
+    sandbox.requests[endpoint] += 1
     try:
         request[API_KEY] = _authenticate(request, sandbox.api_key)
         _account_header(request, sandbox)
-        if not sandbox.injector.admit():
-            raise errors.rate_limited("global-rate")
+        refused = sandbox.injector.admit(endpoint)
+        if refused is not None:
+            raise errors.rate_limited(refused)
         if sandbox.injector.front_fault(request.method == "POST") == "rate_limit":
             raise errors.rate_limited("global-rate")
         return await handler(request)

@@ -22,7 +22,7 @@ import aiohttp
 import click
 
 from worker.sandbox.admin_client import SandboxAdmin
-from worker.sandbox.core import DEFAULT_API_KEY
+from worker.sandbox.constants import DEFAULT_API_KEY
 from worker.sandbox.runner import wait_until_answering
 
 SOURCE = "acct_1ExpressUS00000001"

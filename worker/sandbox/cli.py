@@ -1,20 +1,17 @@
-"""`debit-worker sandbox` / `python -m worker.sandbox`: serve the local Stripe."""
+"""`debit-worker sandbox` / `python -m worker.sandbox`: serve the local Stripe.
+
+Loading this module loads click and the sandbox's constants only, so that `--help` answers at
+once; the server (aiohttp, the models) is imported when the command runs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-from aiohttp import web
-from pydantic import ValidationError
 
-from worker.sandbox.app import build_app
-from worker.sandbox.core import DEFAULT_API_KEY, Sandbox
-from worker.sandbox.faults import TEST_MODE_RPS, Faults
-from worker.sandbox.runner import ALLOW_FLAG, NotLoopback, require_loopback
-from worker.sandbox.seed import load_seed
+from worker.sandbox.constants import ALLOW_FLAG, DEFAULT_API_KEY, DEFAULT_PORT, TEST_MODE_RPS
 
-DEFAULT_PORT = 12111
 _SHARE = click.FloatRange(0.0, 1.0)
 
 
@@ -116,6 +113,15 @@ def sandbox(  # click passes every option by keyword
     Test-only admin routes (no auth!) live under /_sandbox/: state, check, faults, clock,
     reset, accounts, charges. Never expose this server beyond localhost.
     """
+    from aiohttp import web  # noqa: PLC0415 - the server, only to serve
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from worker.sandbox.app import build_app  # noqa: PLC0415
+    from worker.sandbox.core import Sandbox  # noqa: PLC0415
+    from worker.sandbox.faults import Faults  # noqa: PLC0415
+    from worker.sandbox.runner import NotLoopback, require_loopback  # noqa: PLC0415
+    from worker.sandbox.seed import load_seed  # noqa: PLC0415
+
     try:
         require_loopback(host, allow_non_loopback=allow_non_loopback)
     except NotLoopback as exc:

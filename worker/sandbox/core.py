@@ -9,6 +9,7 @@ from typing import Any
 from worker.sandbox import objects
 from worker.sandbox.charges import ChargeBook, DirectCharge
 from worker.sandbox.clock import IdFactory, SandboxClock
+from worker.sandbox.constants import DEFAULT_API_KEY
 from worker.sandbox.errors import StripeError
 from worker.sandbox.events import EventLog
 from worker.sandbox.faults import FaultInjector, Faults
@@ -17,8 +18,6 @@ from worker.sandbox.late import LateDebits
 from worker.sandbox.params import DebitParams
 from worker.sandbox.seed import Seed
 from worker.sandbox.state import Ledger, Payment, PaymentStatus
-
-DEFAULT_API_KEY = "sk_test_sandbox"
 
 
 class Sandbox:

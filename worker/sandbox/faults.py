@@ -1,6 +1,7 @@
-"""Faults the sandbox injects: latency, 429s, 500s, dropped connections, a rate limit,
-account debits answered with a charge that is not a plain success, and debits carried out
-although they were answered 500 (at once, or later).
+"""Faults the sandbox injects: latency, 429s, 500s, dropped connections, rate limits (the
+global one and one per endpoint, as Stripe's), account debits answered with a charge that is
+not a plain success, and debits carried out although they were answered 500 (at once, or
+later).
 
 `Faults` is the configuration (CLI flags, the runner, `POST /_sandbox/faults`);
 `FaultInjector` draws from it with its own seeded random generator, so a `random_seed`
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections import Counter
 from typing import Any, Literal
@@ -36,8 +38,9 @@ FRONT_KINDS: frozenset[str] = frozenset({"rate_limit"})
 # Faults that only an account debit (POST /v1/charges) can carry: a read never draws them,
 # and at the head of `script` they wait for the next POST.
 WRITE_KINDS: frozenset[str] = frozenset({"executed_server_error", "executed_late"})
+# An endpoint as the sandbox counts requests (`GET /_sandbox/state`): method and route.
+ENDPOINT = re.compile(r"(GET|POST|DELETE) /v1/\S+")
 Z_99 = 2.3263478740408408  # standard normal quantile at 0.99
-TEST_MODE_RPS = 25.0  # Stripe's test-mode limit; live mode allows 100
 
 
 class Faults(BaseModel):
@@ -69,6 +72,10 @@ class Faults(BaseModel):
     )
     writes_only: bool = Field(False, description="inject only into POSTs (latency excepted)")
     rate_limit_rps: float | None = Field(None, gt=0, description="token bucket; 25 = test mode")
+    endpoint_rate_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description='a token bucket per endpoint ("POST /v1/charges", "*" for every other one)',
+    )
     random_seed: int | None = None
 
     @model_validator(mode="after")
@@ -83,6 +90,14 @@ class Faults(BaseModel):
         )
         if shares > 1:
             raise ValueError("fault shares add up to more than 1")
+        for endpoint, rate in self.endpoint_rate_limits.items():
+            if endpoint != "*" and not ENDPOINT.fullmatch(endpoint):
+                raise ValueError(
+                    f"endpoint_rate_limits: {endpoint!r} is not an endpoint: write it as "
+                    '"POST /v1/charges" or "GET /v1/charges/{charge}" (or "*": every other one)'
+                )
+            if not rate > 0:
+                raise ValueError(f"endpoint_rate_limits: the rate of {endpoint} must be positive")
         if (self.latency_p50_ms is None) != (self.latency_p99_ms is None):
             raise ValueError("give latency_p50_ms and latency_p99_ms together")
         if (
@@ -103,11 +118,14 @@ class TokenBucket:
         self.tokens = self.capacity
         self.updated = time.monotonic()
 
-    def take(self) -> bool:
+    def holds_one(self) -> bool:
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1:
+        return self.tokens >= 1
+
+    def take(self) -> bool:
+        if self.holds_one():
             self.tokens -= 1
             return True
         return False
@@ -124,13 +142,32 @@ class FaultInjector:
         self._script = list(faults.script)
         self._answers = list(faults.charge_answers)
         self._bucket = TokenBucket(faults.rate_limit_rps) if faults.rate_limit_rps else None
+        self._endpoint_buckets: dict[str, TokenBucket] = {}
 
-    def admit(self) -> bool:
-        """The rate limiter's verdict; counts a refusal as a `rate_limit_bucket` fault."""
-        if self._bucket is None or self._bucket.take():
-            return True
-        self.injected["rate_limit_bucket"] += 1
-        return False
+    def admit(self, endpoint: str) -> str | None:
+        """The rate limiters' verdict on a request to `endpoint` (`POST /v1/charges`): None,
+        or the `Stripe-Rate-Limited-Reason` of its 429, counted as a `rate_limit_bucket`
+        (global) or `rate_limit_endpoint` fault. A refused request spends no token."""
+        own = self._endpoint_bucket(endpoint)
+        if self._bucket is not None and not self._bucket.holds_one():
+            self.injected["rate_limit_bucket"] += 1
+            return "global-rate"
+        if own is not None and not own.holds_one():
+            self.injected["rate_limit_endpoint"] += 1
+            return "endpoint-rate"
+        for bucket in (self._bucket, own):
+            if bucket is not None:
+                bucket.take()
+        return None
+
+    def _endpoint_bucket(self, endpoint: str) -> TokenBucket | None:
+        limits = self.faults.endpoint_rate_limits
+        rate = limits.get(endpoint, limits.get("*"))
+        if rate is None:
+            return None
+        if endpoint not in self._endpoint_buckets:
+            self._endpoint_buckets[endpoint] = TokenBucket(rate)
+        return self._endpoint_buckets[endpoint]
 
     def front_fault(self, is_write: bool) -> FaultKind | None:
         """A fault decided before the request reaches idempotency: only 429s."""

@@ -15,12 +15,12 @@ from aiohttp import web
 
 from worker.sandbox.admin_client import SandboxAdmin
 from worker.sandbox.app import build_app
-from worker.sandbox.core import DEFAULT_API_KEY, Sandbox
+from worker.sandbox.constants import ALLOW_FLAG, DEFAULT_API_KEY
+from worker.sandbox.core import Sandbox
 from worker.sandbox.faults import Faults
 from worker.sandbox.seed import load_seed
 
 STARTUP_TIMEOUT_SECONDS = 10.0
-ALLOW_FLAG = "--allow-non-loopback"
 
 
 class NotLoopback(ValueError):

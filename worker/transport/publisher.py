@@ -4,8 +4,10 @@ returns only once the broker has taken responsibility for the message."""
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +25,15 @@ from worker.transport.topology import (
 )
 
 log = logging.getLogger(__name__)
+
+# The headers of every dead letter the worker publishes (docs/operations.md "Dead letters").
+REASON_HEADER: Final = "x-debit-worker-reason"
+STAGE_HEADER: Final = "x-debit-worker-stage"
+REQUEST_ID_HEADER: Final = "x-debit-worker-request-id"
+# Its own id (uuid4 hex), so that the dead-letter keeper stores it once however often it
+# comes back, and when it was dead-lettered (epoch seconds).
+DEAD_LETTER_ID_HEADER: Final = "x-debit-worker-dead-letter-id"
+DEAD_LETTERED_AT_HEADER: Final = "x-debit-worker-dead-lettered-at"
 
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
 
@@ -85,7 +96,8 @@ class PublishingOutbound:
 
 
 class DeadLetters:
-    """Puts a message nobody can act on where an operator can inspect and replay it."""
+    """Puts a message nobody can act on where an operator can inspect and replay it: the queue
+    debits.dead-letter, from which the dead-letter keeper moves it into the ledger."""
 
     def __init__(self, app: Celery) -> None:
         self._app = app
@@ -111,8 +123,10 @@ class DeadLetters:
             content_encoding="binary",
             headers={
                 **kept,
-                "x-debit-worker-reason": reason[:500],
-                "x-debit-worker-stage": stage,
+                REASON_HEADER: reason[:500],
+                STAGE_HEADER: stage,
+                DEAD_LETTER_ID_HEADER: uuid.uuid4().hex,
+                DEAD_LETTERED_AT_HEADER: f"{time.time():.3f}",
             },
             declare=[dead_letter_exchange],
         )

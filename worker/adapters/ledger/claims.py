@@ -1,12 +1,14 @@
 """Claiming a debit request: the first claim writes it (with its "received" entry); a claim
-of a request already there resumes it, finds it finished, busy or in conflict."""
+of a request already there resumes it, finds it finished, busy or in conflict. A claim is a
+short lease, renewed while the debit is in progress (worker/ops/lease_keeper.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql
 
 from schemas.commands import DebitRequested
@@ -63,6 +65,29 @@ class Claims(Store):
             return Claim(ClaimKind.NEW, fresh_record(row))
         with self._engine.begin() as conn:
             return _claim_seen(conn, row, now)
+
+    def renew_leases(
+        self, held: Collection[tuple[str, str]], lease_seconds: float
+    ) -> set[tuple[str, str]]:
+        """Extend each lease of `held` (request id, owner) that its owner still holds to now +
+        `lease_seconds`, all in one statement; returns the pairs renewed. A lease no longer
+        held (taken over, released, finished) is left alone. `updated_at` is not touched: it
+        says when the request last changed (the reconciler reads it as its last attempt)."""
+        if not held:
+            return set()
+        pairs = sorted(held)
+        renew = (
+            update(debit_requests)
+            .where(
+                # the primary key first, so that each pair is one index lookup
+                _c.request_id.in_([request_id for request_id, _ in pairs]),
+                tuple_(_c.request_id, _c.lease_owner).in_(pairs),
+            )
+            .values(lease_until=self._clock() + timedelta(seconds=lease_seconds))
+            .returning(_c.request_id, _c.lease_owner)
+        )
+        with self._engine.begin() as conn:
+            return {(str(row[0]), str(row[1])) for row in conn.execute(renew)}
 
 
 def _claim_seen(conn: Connection, row: dict[str, Any], now: datetime) -> Claim:

@@ -1,29 +1,53 @@
-"""The janitor's queries: claims abandoned by a dead worker, and keys about to expire."""
+"""The janitor's queries: claims abandoned by a dead worker, and keys about to expire.
+
+The abandoned-claims query runs every few seconds in every worker process: it reads only
+open requests (the status index), however many finished ones the table holds."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 
+from worker.adapters.ledger.audit import audit_entry
 from worker.adapters.ledger.records import RequestRecord, record_of
+from worker.adapters.ledger.statements import Transition, given
 from worker.adapters.ledger.tables import Status, debit_requests
 
+REQUEUED: Final = "requeued"  # the audit action of a take-over by the janitor
+
 _OPEN = (Status.RECEIVED, Status.ATTEMPTING)
+_c = debit_requests.c
+Moment = datetime | ColumnElement[datetime]
 
 
-def _abandoned(now: datetime, stale_after: float) -> ColumnElement[bool]:
-    """Open, and either its lease ran out, or nobody has held or touched it for a while
-    (a released lease means a retry is scheduled; only a long silence means it was lost)."""
-    c = debit_requests.c
+def _abandoned(now: Moment, untouched_since: Moment) -> ColumnElement[bool]:
+    """Open, and either its lease ran out, or nobody has held or touched it since
+    `untouched_since` (a released lease means a retry is scheduled; only a long silence
+    means it was lost)."""
     return and_(
-        c.status.in_([s.value for s in _OPEN]),
+        or_(*(_c.status == str(s) for s in _OPEN)),
         or_(
-            and_(c.lease_until.is_not(None), c.lease_until < now),
-            and_(c.lease_until.is_(None), c.updated_at < now - timedelta(seconds=stale_after)),
+            and_(_c.lease_until.is_not(None), _c.lease_until < now),
+            and_(_c.lease_until.is_(None), _c.updated_at < untouched_since),
         ),
     )
+
+
+_now = given("now", _c.updated_at)
+# Still abandoned (only one janitor wins): lease cleared, touched now, with an entry naming
+# the lease it found (the owner that died, and until when it held the request).
+_TAKE_OVER = Transition(
+    update(debit_requests)
+    .where(
+        _c.request_id == given("request_id", _c.request_id),
+        _abandoned(_now, given("untouched_since", _c.updated_at)),
+    )
+    .values(lease_owner=None, lease_until=None, updated_at=_now)
+    .returning(_c.request_id),
+    (audit_entry(REQUEUED),),
+)
 
 
 def _records(
@@ -37,31 +61,35 @@ def _records(
 def abandoned_claims(
     engine: Engine, *, now: datetime, stale_after: float, limit: int
 ) -> list[RequestRecord]:
-    return _records(engine, _abandoned(now, stale_after), debit_requests.c.updated_at, limit)
+    abandoned = _abandoned(now, now - timedelta(seconds=stale_after))
+    return _records(engine, abandoned, _c.updated_at, limit)
 
 
-def take_over(engine: Engine, request_id: str, *, now: datetime, stale_after: float) -> bool:
-    """Mark an abandoned claim as re-enqueued (lease cleared, touched now). Only one janitor
-    wins; the row is not abandoned again until `stale_after` has passed once more."""
+def take_over(
+    engine: Engine, record: RequestRecord, *, now: datetime, stale_after: float, actor: str
+) -> bool:
+    """Mark an abandoned claim (as `abandoned_claims` read it) as re-enqueued by `actor`:
+    lease cleared, touched now, audited. Only one janitor wins; the row is not abandoned
+    again until `stale_after` has passed once more."""
+    held = record.lease_until.isoformat() if record.lease_until else None
+    params = {
+        "request_id": record.request_id,
+        "now": now,
+        "untouched_since": now - timedelta(seconds=stale_after),
+        "owner": actor,
+        "detail": {"lease_owner": record.lease_owner, "lease_until": held},
+    }
     with engine.begin() as conn:
-        return bool(
-            conn.execute(
-                update(debit_requests)
-                .where(debit_requests.c.request_id == request_id, _abandoned(now, stale_after))
-                .values(lease_owner=None, lease_until=None, updated_at=now)
-            ).rowcount
-        )
+        return _TAKE_OVER.in_transaction(conn, params) is not None
 
 
 def expiring_attempts(
     engine: Engine, *, first_attempt_before: datetime, limit: int
 ) -> list[RequestRecord]:
     """Attempting requests whose first Stripe call is older than the cut-off."""
-    c = debit_requests.c
-    where = and_(c.status == Status.ATTEMPTING, c.first_attempt_at < first_attempt_before)
-    return _records(engine, where, c.first_attempt_at, limit)
+    where = and_(_c.status == Status.ATTEMPTING, _c.first_attempt_at < first_attempt_before)
+    return _records(engine, where, _c.first_attempt_at, limit)
 
 
 def needing_reconciliation(engine: Engine, *, limit: int) -> list[RequestRecord]:
-    c = debit_requests.c
-    return _records(engine, c.status == Status.NEEDS_RECONCILIATION, c.updated_at, limit)
+    return _records(engine, _c.status == Status.NEEDS_RECONCILIATION, _c.updated_at, limit)

@@ -1,16 +1,21 @@
-"""The outbox: events recorded with the outcome they announce, published after commit."""
+"""The outbox: events recorded with the outcome they announce, published after commit.
+
+A sent event is removed by the retention (worker/ops/retention.py) once it is old; the
+outcome it announced stays in its request's row, from which handlers.outcome_event builds
+the same event again when a finished request's command is redelivered."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, func, literal, select, update
+from sqlalchemy import Connection, bindparam, func, literal, select, update
 
 from worker.adapters.ledger.database import insert_ignoring_duplicates
 from worker.adapters.ledger.statements import AnyOf, Write, given
 from worker.adapters.ledger.store import Store
-from worker.adapters.ledger.tables import outbox
+from worker.adapters.ledger.tables import TERMINAL, debit_requests, outbox
 from worker.domain.types import OutboxEvent
 
 
@@ -20,6 +25,37 @@ class PendingEvent:
     event: OutboxEvent
     created_at: datetime
     sent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedOutcome:
+    """What a finished request's row holds of its outcome: everything its event says."""
+
+    command: dict[str, Any]
+    status: str  # "succeeded" | "failed"
+    payment_id: str | None
+    transfer_id: str | None
+    balance_transaction: str | None
+    charged_at: datetime | None
+    failure_code: str | None
+    failure_message: str | None
+    stripe_error: dict[str, Any] | None
+    finished_at: datetime
+
+
+_r = debit_requests.c
+_OUTCOME = select(
+    _r.command,
+    _r.status,
+    _r.payment_id,
+    _r.transfer_id,
+    _r.balance_transaction,
+    _r.charged_at,
+    _r.failure_code,
+    _r.failure_message,
+    _r.stripe_error,
+    _r.finished_at,
+).where(_r.request_id == bindparam("request_id"))
 
 
 def event_row_id(conn: Connection, event_id: str) -> int:
@@ -90,6 +126,14 @@ class OutboxStore(Store):
                 select(outbox).where(outbox.c.request_id == request_id).order_by(outbox.c.id)
             ).mappings()
             return [_pending(dict(row)) for row in rows]
+
+    def recorded_outcome(self, request_id: str) -> RecordedOutcome | None:
+        """The outcome of a finished request (None: unknown or not finished)."""
+        with self._single.connect() as conn:
+            row = conn.execute(_OUTCOME, {"request_id": request_id}).mappings().one_or_none()
+        if row is None or row["status"] not in TERMINAL or row["finished_at"] is None:
+            return None
+        return RecordedOutcome(**row)
 
     def unsent(self, *, older_than_seconds: float, limit: int) -> list[PendingEvent]:
         """Oldest first; rows younger than the threshold are left to their inline publish."""

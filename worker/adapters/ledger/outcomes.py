@@ -29,12 +29,16 @@ _OUTCOME_COLUMNS = {
 }
 
 
-def _finish(status: Status, *writes: Write) -> Transition:
+def _finish(status: Status, *writes: Write, unattempted: bool = False) -> Transition:
     """RETURNING only columns the UPDATE leaves alone (what the row held: whether a
-    reservation was made, and of what), then the event's outbox row id."""
+    reservation was made, and of what), then the event's outbox row id. `unattempted`: only
+    while no Stripe attempt has begun (no key yet)."""
+    guards = [_c.status != str(s) for s in TERMINAL]
+    if unattempted:
+        guards.append(_c.idempotency_key.is_(None))
     return Transition(
         update(debit_requests)
-        .where(_request, and_(*(_c.status != str(s) for s in TERMINAL)))
+        .where(_request, and_(*guards))
         .values(
             status=str(status),
             finished_at=_now,
@@ -49,6 +53,9 @@ def _finish(status: Status, *writes: Write) -> Transition:
 
 
 _FINISH = {status: _finish(status) for status in _OUTCOME_COLUMNS}
+# A refusal decided before any Stripe call: it must not land on a request whose attempt
+# another worker began meanwhile (having taken over a lease this one lost).
+_REFUSE = _finish(Status.FAILED, unattempted=True)
 # The same, settling a request awaiting reconciliation: its settlement row is written too.
 _SETTLE = {status: _finish(status, settlement_entry(status)) for status in _OUTCOME_COLUMNS}
 _ESCALATE = Transition(
@@ -116,13 +123,23 @@ class Outcomes(Store):
         event: OutboxEvent,
         evidence: Mapping[str, Any] | None = None,
         actor: str | None = None,
+        unattempted: bool = False,
+        at: datetime | None = None,
     ) -> int | None:
-        """The outbox row id of the recorded event; None if the request was already finished.
-        What the attempt reserved is given back in the same transaction."""
+        """The outbox row id of the recorded event; None if the request was already finished
+        (or, `unattempted`: a refusal made before any Stripe call, if an attempt has begun
+        since). What the attempt reserved is given back in the same transaction. `at`: the
+        event's `failed_at`, recorded as `finished_at`, from which the event is built again
+        once the retention has removed it from the outbox (default: now)."""
         values = {"failure_code": code, "failure_message": message, "stripe_error": stripe_error}
         params = self._outcome(request_id, owner, event, values, evidence=evidence, actor=actor)
+        if at is not None:
+            params["now"] = at
         now = params["now"]
-        finish = (_FINISH if evidence is None else _SETTLE)[Status.FAILED]
+        if unattempted and evidence is None:
+            finish = _REFUSE
+        else:
+            finish = (_FINISH if evidence is None else _SETTLE)[Status.FAILED]
         with self._engine.begin() as conn:
 
             def given_back(row: Row[Any]) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -235,4 +236,31 @@ scheduled_proofs = Table(
     Column("day", String(10), primary_key=True),
     Column("claimed_at", UTCDateTime, nullable=False),
     Column("owner", String(200), nullable=False),
+)
+
+# Dead letters, kept here by the keeper (worker/ops/dead_letter_keeper.py) from the queue
+# debits.dead-letter: listing them reads rows, so it never counts as a delivery. One row per
+# message (dedupe_key: the worker's dead-letter id, else a hash of body and headers); an
+# operator's replay or discard resolves it, audited.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedupe_key", String(80), nullable=False, unique=True),
+    Column("dead_lettered_at", UTCDateTime, nullable=False),
+    Column("kept_at", UTCDateTime, nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("producer", String(64), nullable=True),
+    Column("stage", String(16), nullable=False),  # "intake" | "task" | "broker"
+    Column("reason", Text, nullable=False),
+    Column("routing_key", String(255), nullable=False),
+    Column("content_type", String(255), nullable=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("state", String(16), nullable=False, default="pending", server_default="pending"),
+    Column("resolved_at", UTCDateTime, nullable=True),
+    Column("resolved_by", String(200), nullable=True),
+    Column("resolution", Text, nullable=True),  # the discard reason, or "replayed"
+    Index("ix_dead_letters_request_id", "request_id"),
+    Index("ix_dead_letters_state_id", "state", "id"),
 )
