@@ -254,8 +254,8 @@ def test_a_global_rate_429_holds_back_every_class_in_every_process(key: str) -> 
         redis.Redis.from_url(REDIS_URL), key, 100.0, burst_seconds=BURST_SECONDS, sleep=sleep
     )
 
-    # When Stripe answers the first a 429 without a reason (the global limit, then)
-    first.rate_limited("refund_reads", None, None)
+    # When Stripe answers the first a 429 for the global limit
+    first.rate_limited("refund_reads", "global-rate", None)
 
     # Then the second's charge waits about a second too
     second.acquire("charges", Priority.DEBIT)

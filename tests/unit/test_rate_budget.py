@@ -310,11 +310,11 @@ def test_a_lower_priority_that_finds_too_little_takes_nothing() -> None:
         ("resource-specific", "endpoint"),
         ("global-rate", "global"),
         ("global-concurrency", "global"),
-        ("something-new", "global"),
-        (None, "global"),
+        ("something-new", None),
+        (None, None),
     ],
 )
-def test_a_429s_reason_names_the_limit_backed_off(reason: str | None, limit: str) -> None:
+def test_a_429s_reason_names_the_limit_backed_off(reason: str | None, limit: str | None) -> None:
     assert backed_off(reason) == limit
 
 
@@ -331,17 +331,31 @@ def test_an_endpoint_rate_429_holds_back_that_class_for_a_second_and_no_other() 
     assert waited(clock, lambda: budget.acquire("charges", DEBIT)) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("reason", ["global-rate", None])
-def test_a_global_429_or_one_without_a_reason_holds_back_every_class(reason: str | None) -> None:
+@pytest.mark.parametrize("reason", ["global-rate", "global-concurrency"])
+def test_a_global_429_holds_back_every_class(reason: str) -> None:
     # Given a full budget
     clock = FakeMonotonic()
     budget = budget_on(clock, 100)
 
-    # When Stripe answers a refund read 429 for the global limit (or gives no reason)
+    # When Stripe answers a refund read 429 for the global limit
     budget.rate_limited("refund_reads", reason, None)
 
     # Then a charge waits a second too
     assert waited(clock, lambda: budget.acquire("charges", DEBIT)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("reason", [None, "something-new"])
+def test_a_429_that_names_no_limit_holds_nothing_back(reason: str | None) -> None:
+    # Given a full budget
+    clock = FakeMonotonic()
+    budget = budget_on(clock, 100)
+
+    # When Stripe answers a charge 429 without a reason, or with one not known
+    budget.rate_limited("charges", reason, None)
+
+    # Then the next charge and the next read go at once
+    assert waited(clock, lambda: budget.acquire("charges", DEBIT)) == 0
+    assert waited(clock, lambda: budget.acquire("refund_reads", UNBLOCKS)) == 0
 
 
 def test_a_429_with_retry_after_holds_back_that_long_and_repeats_do_not_add_up() -> None:

@@ -12,7 +12,8 @@ only while both schedules hold a mark saved up (a quarter, then half the burst),
 again when they might, so at full debit load the charges go first.
 
 A 429 whose `Stripe-Rate-Limited-Reason` names a limit pushes that schedule forward: nobody
-under that limit goes for a second (or Stripe's Retry-After).
+under that limit goes for a second (or Stripe's Retry-After). One that names none holds
+nothing back (the call itself is retried with backoff).
 
 Each schedule is a GCRA: `free` is when its next slot is free; up to `burst` slots are saved
 up after a quiet spell, so the tokens held at `now` are 1 + (now - free) / interval, at most
@@ -48,8 +49,8 @@ ENDPOINT_CLASSES: Final = tuple(dict.fromkeys(ENDPOINT_CLASS.values()))
 DEFAULT_ENDPOINT_RATE: Final = 25.0  # Stripe's per-endpoint limit unless it raised one
 GLOBAL: Final = "global"
 
-# Reasons Stripe gives for a 429 that name one endpoint's limit; any other (the global
-# ones, an unknown one, none at all) backs off the global schedule.
+# Reasons Stripe gives for a 429 that name one endpoint's limit; the global ones back off the
+# global schedule; an unknown one, or none at all, backs off nothing (`backed_off`).
 ENDPOINT_REASONS: Final = frozenset({"endpoint-rate", "endpoint-concurrency", "resource-specific"})
 KNOWN_REASONS: Final = ENDPOINT_REASONS | {"global-rate", "global-concurrency"}
 PENALTY_SECONDS: Final = 1.0
@@ -73,9 +74,14 @@ def mark(priority: int, burst: float) -> float:
     return max(1.0, burst / (4 if priority == Priority.UNBLOCKS_DEBIT else 2))
 
 
-def backed_off(reason: str | None) -> Literal["endpoint", "global"]:
-    """Which limit a 429 names: its class's for the endpoint reasons, else the global."""
-    return "endpoint" if reason in ENDPOINT_REASONS else "global"
+def backed_off(reason: str | None) -> Literal["endpoint", "global"] | None:
+    """Which limit a 429 names: its class's for the endpoint reasons, the global one for the
+    global reasons. None for no reason or one not known: the header is optional, and holding
+    every process back a second on a 429 that names no limit would let a few stray ones (a
+    lock, a blip) stall the whole fleet; such a request is retried with backoff, as before."""
+    if reason in ENDPOINT_REASONS:
+        return "endpoint"
+    return "global" if reason in KNOWN_REASONS else None
 
 
 def penalty_seconds(retry_after: float | None) -> float:
@@ -248,7 +254,10 @@ class LocalRateBudget:
     def rate_limited(
         self, endpoint_class: str, reason: str | None, retry_after: float | None
     ) -> None:
-        name = endpoint_class if backed_off(reason) == "endpoint" else GLOBAL
+        limit = backed_off(reason)
+        if limit is None:
+            return
+        name = endpoint_class if limit == "endpoint" else GLOBAL
         with self._lock:
             until = self._clock() + penalty_seconds(retry_after)
             self._free[name] = max(self._free[name], until)

@@ -221,7 +221,10 @@ class RedisRateBudget:
     def rate_limited(
         self, endpoint_class: str, reason: str | None, retry_after: float | None
     ) -> None:
-        name = endpoint_class if backed_off(reason) == "endpoint" else GLOBAL
+        limit = backed_off(reason)
+        if limit is None:
+            return
+        name = endpoint_class if limit == "endpoint" else GLOBAL
         if self._shared():
             try:
                 self._penalize_script(keys=[self._keys[name]], args=[penalty_seconds(retry_after)])
