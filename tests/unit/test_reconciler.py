@@ -349,39 +349,3 @@ def test_a_resend_whose_outcome_is_unknown_is_never_settled_in_the_same_round(
     record = world.ledger.requests.get("req-1")
     assert record is not None
     assert record.status is Status.NEEDS_RECONCILIATION
-
-
-def test_in_a_worker_the_round_holds_short_leases_its_lease_keeper_renews_then_lets_go(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given an escalated request whose only charge is still pending at Stripe
-    world.stripe.fail_next(OutcomeUnknown("connection reset"))
-    escalated(world)
-    world.stripe.plant_charge(a_charge_for("req-1", "py_Pending", world, status="pending"))
-    world.clock.advance(21 * 3600)
-    services = world.services()
-    held_while_reading: list[list[tuple[str, str]]] = []
-    read_events = world.stripe.charge_events
-
-    def reading(*args: object, **kwargs: object) -> object:
-        held_while_reading.append(services.leases.held())
-        return read_events(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(world.stripe, "charge_events", reading)
-
-    # When a worker process's reconciler (renewed short leases) runs a round
-    Reconciler(
-        services,
-        world.stripe,
-        grace_seconds=GRACE_SECONDS,
-        owner="reconciler:test",
-        renewed_lease_seconds=9.0,
-    ).settle_round()
-
-    # Then while it read Stripe the request was in the process's renewed leases, and after
-    # the round neither the registry nor the ledger holds it any more
-    assert held_while_reading == [[("req-1", "reconciler:test")]]
-    assert services.leases.held() == []
-    record = world.ledger.requests.get("req-1")
-    assert record is not None
-    assert record.lease_owner is None

@@ -33,7 +33,6 @@ class ReconcileStep(PeriodicStep):
                 records,
                 grace_seconds=settings.reconcile_grace_seconds,
                 owner=f"reconciler:{runtime.identity}",
-                renewed_lease_seconds=settings.claim_lease_seconds,
             ).settle_round()
         if not settings.daily_proof:
             return

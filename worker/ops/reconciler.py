@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 
 ACTOR: Final = "reconciler"
 BATCH: Final = 500
-# The lease of a round run where no lease keeper renews it (`debit-worker reconcile`): long
-# enough for a round. In a worker process the keeper renews a short one instead, so the
-# requests of a reconciler that dies are free again within one claim lease.
 LEASE_SECONDS: Final = 300.0
 RESENT: Final = "reconcile_resent"  # the audit action of the one resend a request gets
 
@@ -95,22 +92,12 @@ def as_unknown(record: RequestRecord) -> Unknown:
 
 class Reconciler:
     def __init__(
-        self,
-        svc: Services,
-        records: StripeRecords,
-        *,
-        grace_seconds: float,
-        owner: str,
-        renewed_lease_seconds: float | None = None,
+        self, svc: Services, records: StripeRecords, *, grace_seconds: float, owner: str
     ) -> None:
-        """`renewed_lease_seconds`: the lease to take when this process's lease keeper renews
-        what the round holds (a worker process); None: LEASE_SECONDS, not renewed."""
         self.svc = svc
         self.records = records
         self.grace = timedelta(seconds=grace_seconds)
         self.owner = owner
-        self.renewed = renewed_lease_seconds is not None
-        self.lease_seconds = renewed_lease_seconds or LEASE_SECONDS
 
     def settle_round(self, limit: int = BATCH) -> RoundReport:
         report = RoundReport()
@@ -122,15 +109,11 @@ class Reconciler:
                 unknown = unknown_of(record)
                 if unknown is None:
                     report.for_a_person.append(record.request_id)
-                elif ledger.reconciliation.take(record.request_id, self.owner, self.lease_seconds):
+                elif ledger.reconciliation.take(record.request_id, self.owner, LEASE_SECONDS):
                     taken.append(unknown)  # not taken: another reconciler holds it
-                    if self.renewed:
-                        self.svc.leases.hold(unknown.request_id, self.owner)
             self._settle(taken, report)
         finally:
             for unknown in taken:
-                if self.renewed:
-                    self.svc.leases.forget(unknown.request_id, self.owner)
                 if unknown.request_id not in report.settled:
                     ledger.reconciliation.release(unknown.request_id, self.owner)
             report.list_requests = self.records.list_requests - before
