@@ -56,10 +56,19 @@ class Resume:
     resumed_at: datetime | None
     finished_at: datetime | None
     finished_by_the_dead: bool  # its outcome was committed as the process died: not resumed
+    # The janitor's take-over (`requeued`): what the lease and the janitor cost, before the
+    # re-enqueued attempt waits its turn among the surviving workers' tasks.
+    taken_over_at: datetime | None = None
 
     @property
     def resumed_after(self) -> float | None:
         return None if self.resumed_at is None else (self.resumed_at - self.since).total_seconds()
+
+    @property
+    def taken_over_after(self) -> float | None:
+        if self.taken_over_at is None:
+            return None
+        return (self.taken_over_at - self.since).total_seconds()
 
     @property
     def outcome_after(self) -> float | None:
@@ -118,7 +127,10 @@ class RecoveryWatch:
                     ),
                     None,
                 )
-                found.append(Resume(rid, kill, since, resumed, finished.get(rid), by_the_dead))
+                taken_over = next((at for at, action, actor in after if actor == "janitor"), None)
+                found.append(
+                    Resume(rid, kill, since, resumed, finished.get(rid), by_the_dead, taken_over)
+                )
         return found
 
 
@@ -208,6 +220,7 @@ def recovery_report(
         "bound_met": all(
             r.resumed_after is not None and r.resumed_after <= RESUME_BOUND_SECONDS for r in held
         ),
+        "taken_over_after_seconds": _figures(_known([r.taken_over_after for r in held])),
         "outcome_after_seconds": _figures(_known([r.outcome_after for r in held])),
         "overlapping_restarts": {
             "resumed_after_seconds": _figures(_known([r.resumed_after for r in apart])),

@@ -101,6 +101,8 @@ def test_a_debit_held_by_the_killed_worker_is_measured_from_the_kill_to_its_next
     }
     assert report["bound_met"] is True
     assert report["over_bound"] == []
+    # and the janitor's take-over, in the same second, is its own figure
+    assert report["taken_over_after_seconds"]["max"] == LEASE + 1
     assert violations == []
 
 

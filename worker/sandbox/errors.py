@@ -128,14 +128,15 @@ def idempotency_key_in_use(key: str) -> StripeError:
     )
 
 
-def rate_limited(reason: str) -> StripeError:
+def rate_limited(reason: str | None) -> StripeError:
+    """`reason`: the limiter that refused (`Stripe-Rate-Limited-Reason`); None: no header."""
     return StripeError(
         429,
         INVALID,
         "Request rate limit exceeded. Learn more about rate limits here "
         "https://stripe.com/docs/rate-limits.",
         "rate_limit",
-        headers={"Stripe-Rate-Limited-Reason": reason},
+        headers={"Stripe-Rate-Limited-Reason": reason} if reason else {},
     )
 
 
