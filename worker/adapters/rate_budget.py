@@ -84,6 +84,15 @@ def backed_off(reason: str | None) -> Literal["endpoint", "global"] | None:
     return "global" if reason in KNOWN_REASONS else None
 
 
+def schedule_backed_off(endpoint_class: str, reason: str | None) -> str | None:
+    """The schedule a 429 of `endpoint_class` for `reason` pushes: the class's, GLOBAL, or
+    None (it names no limit)."""
+    limit = backed_off(reason)
+    if limit is None:
+        return None
+    return endpoint_class if limit == "endpoint" else GLOBAL
+
+
 def penalty_seconds(retry_after: float | None) -> float:
     """How far a 429 pushes its schedule: a second, or Stripe's Retry-After if longer."""
     return min(MAX_PENALTY_SECONDS, max(PENALTY_SECONDS, retry_after or 0.0))
@@ -254,10 +263,9 @@ class LocalRateBudget:
     def rate_limited(
         self, endpoint_class: str, reason: str | None, retry_after: float | None
     ) -> None:
-        limit = backed_off(reason)
-        if limit is None:
+        name = schedule_backed_off(endpoint_class, reason)
+        if name is None:
             return
-        name = endpoint_class if limit == "endpoint" else GLOBAL
         with self._lock:
             until = self._clock() + penalty_seconds(retry_after)
             self._free[name] = max(self._free[name], until)

@@ -35,10 +35,10 @@ from worker.adapters.rate_budget import (
     TAKEN,
     LocalRateBudget,
     Priority,
-    backed_off,
     limits_of,
     mark,
     penalty_seconds,
+    schedule_backed_off,
 )
 from worker.ops import metrics
 
@@ -221,10 +221,9 @@ class RedisRateBudget:
     def rate_limited(
         self, endpoint_class: str, reason: str | None, retry_after: float | None
     ) -> None:
-        limit = backed_off(reason)
-        if limit is None:
+        name = schedule_backed_off(endpoint_class, reason)
+        if name is None:
             return
-        name = endpoint_class if limit == "endpoint" else GLOBAL
         if self._shared():
             try:
                 self._penalize_script(keys=[self._keys[name]], args=[penalty_seconds(retry_after)])
