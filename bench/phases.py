@@ -200,9 +200,9 @@ def _connection(vhost: str) -> Iterator[amqp.Connection]:
 
 
 def _counts(admin: SandboxAdmin) -> tuple[int, int]:
-    state = admin.state()
-    stripe_calls = sum(n for route, n in state.requests.items() if " /v1/" in route)
-    return stripe_calls, state.faults_injected.get("rate_limit_bucket", 0)
+    counts = admin.counts()
+    stripe_calls = sum(n for route, n in counts.requests.items() if " /v1/" in route)
+    return stripe_calls, counts.faults_injected.get("rate_limit_bucket", 0)
 
 
 def _per_second(timeline: load.Timeline) -> list[int]:

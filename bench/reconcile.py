@@ -226,8 +226,8 @@ def wait_with_peak_rss(process: subprocess.Popen[bytes], timeout: float) -> tupl
 
 def _list_counts(admin: SandboxAdmin) -> tuple[int, int]:
     """(list requests for charges, 429s of the limiter) the sandbox has answered so far."""
-    state = admin.state()
-    return state.requests.get(LIST_ROUTE, 0), state.faults_injected.get("rate_limit_bucket", 0)
+    counts = admin.counts()
+    return counts.requests.get(LIST_ROUTE, 0), counts.faults_injected.get("rate_limit_bucket", 0)
 
 
 def _run_seconds(database_url: str, run_id: int) -> float:

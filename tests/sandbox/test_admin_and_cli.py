@@ -65,6 +65,26 @@ def test_the_state_counts_requests_by_endpoint_and_faults_by_kind(
     assert state.idempotency_keys == 2
 
 
+def test_the_counts_alone_match_the_states_counts(
+    sandbox: RunningSandbox, client: stripe.StripeClient
+) -> None:
+    # Given a debit hit by a 500, one that went through, and an account read
+    sandbox.admin.set_faults(script=("server_error",))
+    with pytest.raises(stripe.APIError):
+        debit(client, "c-1")
+    debit(client, "c-2")
+    client.v1.accounts.retrieve(EXPRESS_US)
+
+    # When only the counts are read
+    counts = sandbox.admin.counts()
+
+    # Then they are the state's, without its objects
+    assert counts.requests == {"POST /v1/charges": 2, "GET /v1/accounts/{account}": 1}
+    assert counts.faults_injected == {"server_error": 1}
+    state = sandbox.admin.state()
+    assert (counts.requests, counts.faults_injected) == (state.requests, state.faults_injected)
+
+
 def test_reset_returns_to_the_seed(sandbox: RunningSandbox, client: stripe.StripeClient) -> None:
     # Given a debit and changed faults
     debit(client, "r-1")

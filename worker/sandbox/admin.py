@@ -62,6 +62,15 @@ async def state(request: web.Request) -> web.Response:
     return _json(request.app[SANDBOX].snapshot())
 
 
+async def counts(request: web.Request) -> web.Response:
+    """The request and fault counts alone: `state` lists every payment, which after a long
+    run takes longer than a caller polling the counts can wait."""
+    sandbox = request.app[SANDBOX]
+    return _json(
+        {"requests": dict(sandbox.requests), "faults_injected": dict(sandbox.injector.injected)}
+    )
+
+
 async def check(request: web.Request) -> web.Response:
     problems = request.app[SANDBOX].ledger.problems()
     return _json({"ok": not problems, "problems": problems})
@@ -139,6 +148,7 @@ async def generate_day(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/_sandbox/health", health)
     app.router.add_get("/_sandbox/state", state)
+    app.router.add_get("/_sandbox/counts", counts)
     app.router.add_get("/_sandbox/check", check)
     app.router.add_get("/_sandbox/faults", get_faults)
     app.router.add_post("/_sandbox/faults", set_faults)

@@ -17,6 +17,15 @@ from worker.sandbox.seed import AccountSeed
 from worker.sandbox.state import PaymentStatus
 
 
+class SandboxCounts(BaseModel):
+    """What `GET /_sandbox/counts` reports: `SandboxState`'s counts, cheap at any size."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requests: dict[str, int]
+    faults_injected: dict[str, int]
+
+
 class SandboxState(BaseModel):
     """What `GET /_sandbox/state` reports."""
 
@@ -61,6 +70,10 @@ class SandboxAdmin:
 
     def state(self) -> SandboxState:
         return SandboxState.model_validate(self._call("GET", "/_sandbox/state"))
+
+    def counts(self) -> SandboxCounts:
+        """Requests per endpoint and faults injected per kind, without the objects."""
+        return SandboxCounts.model_validate(self._call("GET", "/_sandbox/counts"))
 
     def problems(self) -> list[str]:
         """Broken money invariants; empty when every currency adds up."""
