@@ -45,15 +45,21 @@ def test_the_default_seed_holds_the_ids_the_worker_relies_on() -> None:
     assert legacy.controller is None
 
 
+def _two_debits_one_hit_by_a_500_and_an_account_read(
+    sandbox: RunningSandbox, client: stripe.StripeClient, prefix: str
+) -> None:
+    sandbox.admin.set_faults(script=("server_error",))
+    with pytest.raises(stripe.APIError):
+        debit(client, f"{prefix}-1")
+    debit(client, f"{prefix}-2")
+    client.v1.accounts.retrieve(EXPRESS_US)
+
+
 def test_the_state_counts_requests_by_endpoint_and_faults_by_kind(
     sandbox: RunningSandbox, client: stripe.StripeClient
 ) -> None:
     # Given two debits, one of them hit by a 500
-    sandbox.admin.set_faults(script=("server_error",))
-    with pytest.raises(stripe.APIError):
-        debit(client, "s-1")
-    debit(client, "s-2")
-    client.v1.accounts.retrieve(EXPRESS_US)
+    _two_debits_one_hit_by_a_500_and_an_account_read(sandbox, client, "s")
 
     # When the state is read
     state = sandbox.admin.state()
@@ -69,11 +75,7 @@ def test_the_counts_alone_match_the_states_counts(
     sandbox: RunningSandbox, client: stripe.StripeClient
 ) -> None:
     # Given a debit hit by a 500, one that went through, and an account read
-    sandbox.admin.set_faults(script=("server_error",))
-    with pytest.raises(stripe.APIError):
-        debit(client, "c-1")
-    debit(client, "c-2")
-    client.v1.accounts.retrieve(EXPRESS_US)
+    _two_debits_one_hit_by_a_500_and_an_account_read(sandbox, client, "c")
 
     # When only the counts are read
     counts = sandbox.admin.counts()
