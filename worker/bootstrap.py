@@ -15,7 +15,7 @@ from celery import Celery
 
 from worker.adapters.facts_cache import CachedStripe
 from worker.adapters.ledger import Ledger, utc_now
-from worker.adapters.ledger.database import make_engine
+from worker.adapters.ledger.database import make_engine, open_pool
 from worker.adapters.rate_budget import LocalRateBudget, RateBudget
 from worker.adapters.stripe_gateway import StripeGateway
 from worker.adapters.stripe_http import Urllib3Client
@@ -94,7 +94,8 @@ def build_services(
     clock: Callable[[], datetime] = utc_now,
 ) -> Services:
     # One connection for every thread that may use the ledger (each holds at most one), all
-    # kept open: one closed on return and opened again costs PostgreSQL a new backend. No
+    # opened now and kept open: one closed on return and opened again costs PostgreSQL a new
+    # backend, and a pool that opens on demand grows for as long as the process runs. No
     # pre-ping (a round trip per checkout): a connection that died with its server fails its
     # first statement, SQLAlchemy discards the pool, and the task retries as on any outage.
     connections = settings.concurrency + BACKGROUND_THREADS
@@ -106,6 +107,7 @@ def build_services(
         statement_timeout_ms=settings.database_statement_timeout_ms,
         lock_timeout_ms=settings.database_lock_timeout_ms,
     )
+    open_pool(engine)
     ledger = Ledger.on(engine, clock)
     if stripe_port is None:  # one gateway (one rate budget) for debits and reconciliation
         gateway = StripeGateway(stripe_client(settings), rate_budget(settings))

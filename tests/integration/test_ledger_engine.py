@@ -1,12 +1,15 @@
 """The worker's ledger engine on a real PostgreSQL: every pooled connection (the ones psycopg
 is used on directly too) carries the statement and lock timeouts, a statement or lock wait
 past them fails as the ledger being unavailable, errors never show a statement's
-parameters, and the pool has a connection for every thread of the process at once."""
+parameters, and the pool has a connection for every thread of the process at once, all
+opened as the process starts."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import datetime
+from typing import cast
 
 import psycopg
 import pytest
@@ -17,18 +20,15 @@ from sqlalchemy.exc import DBAPIError
 from tests.integration.conftest import own_database
 from tests.unit.fakes import FakePublisher, FakeStripe
 from worker.adapters.ledger import Ledger
-from worker.adapters.ledger.database import LEDGER_UNAVAILABLE
+from worker.adapters.ledger.database import LEDGER_UNAVAILABLE, make_engine, open_pool
 from worker.adapters.ledger.pg_direct import run_alone
-from worker.bootstrap import build_services
+from worker.bootstrap import BACKGROUND_THREADS, build_services
 from worker.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
 # A parameter value no error message may show.
 PARAMETER = "param-value-7f3a9c"
-# The threads of a worker process besides its worker threads: relay, janitor, event pump,
-# Stripe warm-up.
-BACKGROUND_THREADS = 4
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,16 @@ def database_url() -> Iterator[str]:
 
 
 def worker_ledger(database_url: str, **overrides: object) -> Ledger:
-    """The ledger exactly as a worker process builds it from its settings."""
+    """The ledger exactly as a worker process builds it from its settings (2 worker threads
+    unless told: the default 64 would open 72 of PostgreSQL's 100 connections at once)."""
     settings: Settings = load_settings(
-        broker_url="memory://",
-        database_url=database_url,
-        stripe_api_key="sk_test_engine",
-        **overrides,
+        **{
+            "broker_url": "memory://",
+            "database_url": database_url,
+            "stripe_api_key": "sk_test_engine",
+            "concurrency": 2,
+            **overrides,
+        }
     )
     app = Celery("ledger-engine-test", broker="memory://", set_as_current=False)
     services = build_services(settings, app, stripe_port=FakeStripe(), publisher=FakePublisher())
@@ -155,3 +159,55 @@ def test_every_thread_of_a_worker_process_can_hold_a_connection_at_once(
     engine.dispose()
     # Then none waited in vain for the pool
     assert failures == []
+
+
+def _server_now(database_url: str) -> datetime:
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return cast(datetime, row[0])
+
+
+def _opened_since(database_url: str, since: datetime) -> int:
+    """PostgreSQL's count of the connections to the test's database opened since `since`
+    and still open, this one excepted (other tests' closed ones may still be exiting)."""
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_start >= %s",
+            (since,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_worker_process_opens_its_ledger_connections_as_it_starts(database_url: str) -> None:
+    # Given the ledger's PostgreSQL
+    since = _server_now(database_url)
+
+    # When a worker process with 3 worker threads builds its ledger, and uses none of it
+    engine = worker_ledger(database_url, concurrency=3).engine
+    try:
+        # Then a connection for each of its threads is already open, and idle in the pool
+        assert _opened_since(database_url, since) == 3 + BACKGROUND_THREADS
+        assert engine.pool.checkedin() == 3 + BACKGROUND_THREADS  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+
+
+def test_a_ledger_that_cannot_connect_at_start_says_so_and_opens_them_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given an engine whose PostgreSQL is not there
+    engine = make_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:1/nowhere", pool_size=4, max_connections=4
+    )
+
+    # When its pool is opened at start
+    with caplog.at_level("WARNING", logger="worker.adapters.ledger.database"):
+        opened = open_pool(engine)
+
+    # Then nothing is opened, and the log says what to check instead of failing
+    assert opened == 0
+    assert "opened 0 of the 4 ledger connections" in caplog.text
+    assert "max_connections" in caplog.text

@@ -2,7 +2,7 @@
 limit and one per endpoint class, both binding; background reads in another process only
 take what the charges leave; charges queued behind their class leave the global capacity to
 reads; a 429 backs off every process; Redis away, a local share of every limit; Redis back,
-the shared budget again."""
+the shared budget again; a process's few connections opened at start, never more."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from worker.adapters.rate_budget import Priority
-from worker.adapters.redis_budget import RedisRateBudget
+from worker.adapters.redis_budget import CONNECTIONS, RedisRateBudget
 
 pytestmark = pytest.mark.integration
 
@@ -363,3 +363,36 @@ def test_reads_and_back_offs_with_redis_away_use_the_local_share(key: str) -> No
     sleep.slept.clear()
     budget.acquire("charge_lists", Priority.BACKGROUND)
     assert sum(sleep.slept) >= 0.9
+
+
+def _clients(client: redis.Redis) -> int:
+    return int(client.info("clients")["connected_clients"])
+
+
+def test_a_process_opens_its_few_redis_connections_at_start_and_never_more(key: str) -> None:
+    # Given Redis's count of its clients
+    admin = redis.Redis.from_url(REDIS_URL)
+    before = _clients(admin)
+
+    # When a budget is built
+    budget = _budget(key, PLENTY)
+    opened_at_start = _clients(admin) - before
+    # And 32 threads then take tokens as fast as they can for half a second
+    taken = [0] * 32
+
+    def take(index: int) -> None:
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            budget.acquire("charges", Priority.DEBIT)
+            taken[index] += 1
+
+    threads = [threading.Thread(target=take, args=(index,)) for index in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    # Then its connections were all opened at start, and the threads needed no more
+    assert opened_at_start == CONNECTIONS
+    assert all(count > 0 for count in taken)
+    assert _clients(admin) - before == CONNECTIONS
