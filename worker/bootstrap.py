@@ -93,15 +93,17 @@ def build_services(
     publisher: EventPublisher | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Services:
-    # One connection for every thread that may use the ledger (each holds at most one), all
-    # opened now and kept open: one closed on return and opened again costs PostgreSQL a new
-    # backend, and a pool that opens on demand grows for as long as the process runs. No
-    # pre-ping (a round trip per checkout): a connection that died with its server fails its
-    # first statement, SQLAlchemy discards the pool, and the task retries as on any outage.
+    # At most one connection for every thread that may use the ledger (each holds at most
+    # one), so none waits for a free one. The ledger's work is bounded by Stripe's rate (a few
+    # short statements a debit), so a few connections carry it: `database_pool_size` are
+    # opened now and kept (PostgreSQL sees one steady count, not one that creeps up with each
+    # new peak), and a burst's extra ones are closed once returned. No pre-ping (a round trip
+    # per checkout): a connection that died with its server fails its first statement,
+    # SQLAlchemy discards the pool, and the task retries as on any outage.
     connections = settings.concurrency + BACKGROUND_THREADS
     engine = make_engine(
         settings.database_url,
-        pool_size=connections,
+        pool_size=min(settings.database_pool_size, connections),
         max_connections=connections,
         pre_ping=False,
         statement_timeout_ms=settings.database_statement_timeout_ms,

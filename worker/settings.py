@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="PostgreSQL lock_timeout of the worker's ledger connections: a statement "
         "waiting longer for a lock fails and the attempt is retried (0: no limit).",
     )
+    database_pool_size: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Ledger connections each worker process opens as it starts and keeps "
+        "open; in a burst it opens more, up to CONCURRENCY + 8, and closes them once used.",
+    )
     stripe_api_key: SecretStr | None = Field(
         default=None,
         description="Stripe secret (sk_…) or restricted (rk_…) key; required to run the worker.",

@@ -1,12 +1,13 @@
 """The worker's ledger engine on a real PostgreSQL: every pooled connection (the ones psycopg
 is used on directly too) carries the statement and lock timeouts, a statement or lock wait
 past them fails as the ledger being unavailable, errors never show a statement's
-parameters, and the pool has a connection for every thread of the process at once, all
-opened as the process starts."""
+parameters, and the pool has a connection for every thread of the process at once; the ones
+it keeps are opened as the process starts, a burst's others closed once used."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import cast
@@ -38,7 +39,7 @@ def database_url() -> Iterator[str]:
 
 def worker_ledger(database_url: str, **overrides: object) -> Ledger:
     """The ledger exactly as a worker process builds it from its settings (2 worker threads
-    unless told: the default 64 would open 72 of PostgreSQL's 100 connections at once)."""
+    unless told)."""
     settings: Settings = load_settings(
         **{
             "broker_url": "memory://",
@@ -181,16 +182,41 @@ def _opened_since(database_url: str, since: datetime) -> int:
     return int(row[0])
 
 
-def test_a_worker_process_opens_its_ledger_connections_as_it_starts(database_url: str) -> None:
+def test_a_worker_process_opens_the_connections_it_keeps_as_it_starts_and_closes_a_bursts(
+    database_url: str,
+) -> None:
     # Given the ledger's PostgreSQL
     since = _server_now(database_url)
 
-    # When a worker process with 3 worker threads builds its ledger, and uses none of it
-    engine = worker_ledger(database_url, concurrency=3).engine
+    # When a worker process with 3 worker threads, keeping 5 ledger connections, builds its
+    # ledger
+    engine = worker_ledger(database_url, concurrency=3, database_pool_size=5).engine
     try:
-        # Then a connection for each of its threads is already open, and idle in the pool
-        assert _opened_since(database_url, since) == 3 + BACKGROUND_THREADS
-        assert engine.pool.checkedin() == 3 + BACKGROUND_THREADS  # type: ignore[attr-defined]
+        # Then those 5 are open at once, idle in the pool
+        assert _opened_since(database_url, since) == 5
+        assert engine.pool.checkedin() == 5  # type: ignore[attr-defined]
+        # And when every one of its threads holds a connection at the same moment
+        threads = 3 + BACKGROUND_THREADS
+        everyone_connected = threading.Barrier(threads, timeout=10)
+
+        def hold_a_connection() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                everyone_connected.wait()
+
+        workers = [threading.Thread(target=hold_a_connection) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        # Then each had one, and once they are back only the 5 kept are still open (a closed
+        # connection's server process ends a moment later)
+        assert not everyone_connected.broken
+        deadline = time.monotonic() + 5
+        while _opened_since(database_url, since) > 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _opened_since(database_url, since) == 5
+        assert engine.pool.checkedin() == 5  # type: ignore[attr-defined]
     finally:
         engine.dispose()
 

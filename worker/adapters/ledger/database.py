@@ -67,11 +67,11 @@ def make_engine(
 
 
 def open_pool(engine: Engine) -> int:
-    """Open every connection of a PostgreSQL engine's pool now; they stay open. PostgreSQL
-    then sees from the start the connections it must plan for, instead of a count that creeps
-    up whenever more threads than ever before happen to need one at once, and a server whose
-    `max_connections` is too small says so at start rather than under load. Never fatal:
-    whatever could not be opened opens when needed. Returns how many were opened."""
+    """Open the connections a PostgreSQL engine's pool keeps (its `pool_size`) now. PostgreSQL
+    then sees one steady count from the start, instead of one that creeps up each time more
+    threads than ever before happen to need one at once, and a server with too few
+    free connection slots says so at start rather than under load. Never fatal: whatever
+    could not be opened opens when needed. Returns how many were opened."""
     if engine.dialect.name != "postgresql":
         return 0
     wanted = engine.pool.size()  # type: ignore[attr-defined]  # QueuePool's
@@ -81,9 +81,9 @@ def open_pool(engine: Engine) -> int:
             held.append(engine.connect())  # connects, runs nothing
     except LEDGER_UNAVAILABLE as exc:
         log.warning(
-            "opened %d of the %d ledger connections this process may use (%s); the rest open "
+            "opened %d of the %d ledger connections this process keeps (%s); the rest open "
             "when needed; if PostgreSQL has too few connection slots, raise its "
-            "max_connections or lower DEBIT_WORKER_CONCURRENCY",
+            "max_connections or lower DEBIT_WORKER_DATABASE_POOL_SIZE",
             len(held),
             wanted,
             exc,
