@@ -277,26 +277,31 @@ STAGES = (
 )
 
 
-def stage_breakdown(database_url: str, timeline: load.Timeline) -> dict[str, tuple[float, float]]:
-    """Split publish → event by the ledger's timestamps (claimed, first Stripe attempt,
-    outcome recorded). Nothing for the naive worker, which keeps no ledger."""
+def stage_spans(database_url: str, timeline: load.Timeline) -> list[tuple[float, dict[str, float]]]:
+    """(published at, seconds spent in each stage) of every answered request, from the
+    ledger's timestamps (claimed, first Stripe attempt, outcome recorded). Nothing for the
+    naive worker, which keeps no ledger."""
     ids = list(timeline.answered)
     if not ids:
-        return {}
+        return []
     engine = make_engine(database_url, pool_size=1)
+    columns = (
+        debit_requests.c.request_id,
+        debit_requests.c.received_at,
+        debit_requests.c.first_attempt_at,
+        debit_requests.c.finished_at,
+    )
+    rows: list[Any] = []
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    debit_requests.c.request_id,
-                    debit_requests.c.received_at,
-                    debit_requests.c.first_attempt_at,
-                    debit_requests.c.finished_at,
-                ).where(debit_requests.c.request_id.in_(ids))
-            ).all()
+            # In chunks: a soak's ids are more than PostgreSQL's 65,535 parameters.
+            for start in range(0, len(ids), 10_000):
+                chunk = ids[start : start + 10_000]
+                query = select(*columns).where(debit_requests.c.request_id.in_(chunk))
+                rows += conn.execute(query).all()
     finally:
         engine.dispose()
-    spans: dict[str, list[float]] = {name: [] for name, _, _ in STAGES}
+    spans: list[tuple[float, dict[str, float]]] = []
     for request_id, received, attempt, finished in rows:
         if attempt is None or finished is None:
             continue
@@ -307,12 +312,17 @@ def stage_breakdown(database_url: str, timeline: load.Timeline) -> dict[str, tup
             "finished": finished.timestamp(),
             "answered": timeline.answered[request_id],
         }
-        for name, since, until in STAGES:
-            spans[name].append(at[until] - at[since])
+        spans.append((at["published"], {name: at[b] - at[a] for name, a, b in STAGES}))
+    return spans
+
+
+def stage_breakdown(database_url: str, timeline: load.Timeline) -> dict[str, tuple[float, float]]:
+    """p50 and p99 of each stage of publish → event (`stage_spans`)."""
+    spans = stage_spans(database_url, timeline)
     return {
         name: (load.percentile(values, 0.5), load.percentile(values, 0.99))
-        for name, values in spans.items()
-        if values
+        for name, _, _ in STAGES
+        if (values := [stages[name] for _, stages in spans])
     }
 
 

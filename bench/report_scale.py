@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.phases import Measured
+from bench.phases import STAGES, Measured
 from bench.scale_out import KILL_DROP, SHARE_SPREAD, ScaleOut, ScaleRun
 from bench.soak import MEMORY_GROWTH, P99_GROWTH, Soak, change, growth, p99_per_minute
 
@@ -208,7 +208,7 @@ def soak_section(soak: Soak | None, plot_name: str) -> list[str]:
         "",
         f"Our worker offered {soak.rate:g} debits/s on its budget of {soak.budget:g} Stripe "
         f"requests/s for {soak.minutes:g} minutes (not all of the budget: offered exactly "
-        "what it can serve, a queue has no steady state): {m.published} published, "
+        f"what it can serve, a queue has no steady state): {m.published} published, "
         f"{m.answered} answered, {sum(m.failed.values())} failed, {m.rate_limited} 429s. "
         f"Sampled every 10 s; each figure below is the median over the {w.tail:g} s after the "
         f"first {w.edge:g} s (baseline) and over the last {w.tail:g} s (end). The sandbox "
@@ -335,4 +335,10 @@ def say_soak(soak: Soak) -> list[str]:
         f"  {_connection_name(kind)}: {_pair(change(soak.connection_series(kind), w), 0)}"
         for kind in soak.connection_kinds()
     ]
+    if soak.stages_by_minute:
+        lines.append("  p99 ms of each stage, by the minute commands were published:")
+        lines += [
+            f"    {name}: " + " ".join(_ms(minute[name]) for minute in soak.stages_by_minute)
+            for name, _, _ in STAGES
+        ]
     return lines

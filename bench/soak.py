@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +29,7 @@ import psycopg
 
 from bench import load
 from bench.phases import (
+    STAGES,
     STRIPE_LIKE,
     Measured,
     Setup,
@@ -36,6 +37,7 @@ from bench.phases import (
     _per_second,
     product_env,
     product_worker,
+    stage_spans,
 )
 from bench.procfs import ProcessStat, connections, descendants, stat
 from bench.scale_out import FULL_BUDGET
@@ -120,6 +122,9 @@ class Soak:
     measured: Measured
     samples: list[Sample]
     budget: float = FULL_BUDGET  # Stripe requests/s
+    # p99 seconds of each stage of publish → event, by the minute commands were published:
+    # where the time went when the latency moved.
+    stages_by_minute: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def windows(self) -> Windows:
@@ -280,4 +285,24 @@ def soak(setup: Setup, minutes: float, rate: float) -> Soak:
         per_second=_per_second(timeline),
         failed=dict(Counter(timeline.failed.values())),
     )
-    return Soak(minutes, rate, measured, samples)
+    by_minute = stages_by_minute(stage_spans(setup.services.database_url, timeline))
+    return Soak(minutes, rate, measured, samples, stages_by_minute=by_minute)
+
+
+def stages_by_minute(spans: Sequence[tuple[float, dict[str, float]]]) -> list[dict[str, float]]:
+    """Each minute's p99 of every stage, minutes counted from the first command published."""
+    if not spans:
+        return []
+    start = min(published for published, _ in spans)
+    minutes: dict[int, list[dict[str, float]]] = {}
+    for published, stages in spans:
+        minutes.setdefault(int((published - start) // 60), []).append(stages)
+    return [
+        {
+            name: load.percentile([s[name] for s in minutes.get(minute, [])], 0.99)
+            if minutes.get(minute)
+            else math.nan
+            for name, _, _ in STAGES
+        }
+        for minute in range(max(minutes) + 1)
+    ]

@@ -7,11 +7,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench.phases import Measured
+from bench.phases import STAGES, Measured
 from bench.procfs import ProcessStat
 from bench.report import Run, markdown
 from bench.report_scale import plot_soak
-from bench.soak import Sample, Soak, Windows, change, growth, p99_first_last, p99_per_minute
+from bench.soak import (
+    Sample,
+    Soak,
+    Windows,
+    change,
+    growth,
+    p99_first_last,
+    p99_per_minute,
+    stages_by_minute,
+)
 
 
 def test_a_thirty_minute_soak_is_judged_on_five_minute_edges_and_one_minute_medians() -> None:
@@ -140,3 +149,20 @@ def test_the_soak_plot_is_written(tmp_path: Path) -> None:
     # Given a soak's figures / When plotted / Then a PNG is written
     plot_soak(a_soak(worker_rss_end=100.0, latency_end=0.5), tmp_path / "soak.png")
     assert (tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stage_p99s_are_split_by_the_minute_commands_were_published() -> None:
+    # Given stage spans of commands published in the first and the third minute
+    quick = {name: 0.01 for name, _, _ in STAGES}
+    slow = {**quick, "publish → claimed": 2.0}
+    spans = [(1000.0, quick), (1030.0, quick), (1130.0, slow)]
+
+    # When they are grouped by minute
+    minutes = stages_by_minute(spans)
+
+    # Then each minute has its own p99, and a minute with no command has none
+    assert len(minutes) == 3
+    assert minutes[0]["publish → claimed"] == 0.01
+    assert math.isnan(minutes[1]["publish → claimed"])
+    assert minutes[2]["publish → claimed"] == 2.0
+    assert minutes[2]["recorded → event"] == 0.01
