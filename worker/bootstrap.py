@@ -15,7 +15,7 @@ from celery import Celery
 
 from worker.adapters.facts_cache import CachedStripe
 from worker.adapters.ledger import Ledger, utc_now
-from worker.adapters.ledger.database import make_engine, open_pool
+from worker.adapters.ledger.database import make_engine
 from worker.adapters.rate_budget import LocalRateBudget, RateBudget
 from worker.adapters.stripe_gateway import StripeGateway
 from worker.adapters.stripe_http import Urllib3Client
@@ -95,10 +95,11 @@ def build_services(
 ) -> Services:
     # At most one connection for every thread that may use the ledger (each holds at most
     # one), so none waits for a free one. The ledger's work is bounded by Stripe's rate (a few
-    # short statements a debit), so a few connections carry it: `database_pool_size` are
-    # opened now and kept (PostgreSQL sees one steady count, not one that creeps up with each
-    # new peak), and a burst's extra ones are closed once returned. No pre-ping (a round trip
-    # per checkout): a connection that died with its server fails its first statement,
+    # short statements a debit), so a few connections carry it: up to `database_pool_size`
+    # are kept open once opened (closing and reopening costs PostgreSQL a new backend), a
+    # burst's extra ones are closed once returned, so the count PostgreSQL sees stops at the
+    # pool size instead of creeping up with each new peak. No pre-ping (a round trip per
+    # checkout): a connection that died with its server fails its first statement,
     # SQLAlchemy discards the pool, and the task retries as on any outage.
     connections = settings.concurrency + BACKGROUND_THREADS
     engine = make_engine(
@@ -109,7 +110,6 @@ def build_services(
         statement_timeout_ms=settings.database_statement_timeout_ms,
         lock_timeout_ms=settings.database_lock_timeout_ms,
     )
-    open_pool(engine)
     ledger = Ledger.on(engine, clock)
     if stripe_port is None:  # one gateway (one rate budget) for debits and reconciliation
         gateway = StripeGateway(stripe_client(settings), rate_budget(settings))

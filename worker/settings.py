@@ -63,8 +63,8 @@ class Settings(BaseSettings):
         default=16,
         ge=1,
         le=1024,
-        description="Ledger connections each worker process opens as it starts and keeps "
-        "open; in a burst it opens more, up to CONCURRENCY + 8, and closes them once used.",
+        description="Ledger connections each worker process keeps open once opened; in a "
+        "burst it opens more, up to CONCURRENCY + 8, and closes those once used.",
     )
     stripe_api_key: SecretStr | None = Field(
         default=None,

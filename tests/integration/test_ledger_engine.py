@@ -1,8 +1,8 @@
 """The worker's ledger engine on a real PostgreSQL: every pooled connection (the ones psycopg
 is used on directly too) carries the statement and lock timeouts, a statement or lock wait
 past them fails as the ledger being unavailable, errors never show a statement's
-parameters, and the pool has a connection for every thread of the process at once; the ones
-it keeps are opened as the process starts, a burst's others closed once used."""
+parameters, and the pool has a connection for every thread of the process at once, keeping
+only its pool size open after a burst."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from tests.integration.conftest import own_database
 from tests.unit.fakes import FakePublisher, FakeStripe
 from worker.adapters.ledger import Ledger
-from worker.adapters.ledger.database import LEDGER_UNAVAILABLE, make_engine, open_pool
+from worker.adapters.ledger.database import LEDGER_UNAVAILABLE
 from worker.adapters.ledger.pg_direct import run_alone
 from worker.bootstrap import BACKGROUND_THREADS, build_services
 from worker.settings import Settings, load_settings
@@ -182,20 +182,14 @@ def _opened_since(database_url: str, since: datetime) -> int:
     return int(row[0])
 
 
-def test_a_worker_process_opens_the_connections_it_keeps_as_it_starts_and_closes_a_bursts(
+def test_after_a_burst_a_worker_process_keeps_only_its_pool_size_of_connections(
     database_url: str,
 ) -> None:
-    # Given the ledger's PostgreSQL
+    # Given a worker process with 3 worker threads, keeping 5 ledger connections
     since = _server_now(database_url)
-
-    # When a worker process with 3 worker threads, keeping 5 ledger connections, builds its
-    # ledger
     engine = worker_ledger(database_url, concurrency=3, database_pool_size=5).engine
     try:
-        # Then those 5 are open at once, idle in the pool
-        assert _opened_since(database_url, since) == 5
-        assert engine.pool.checkedin() == 5  # type: ignore[attr-defined]
-        # And when every one of its threads holds a connection at the same moment
+        # When every one of its threads holds a connection at the same moment
         threads = 3 + BACKGROUND_THREADS
         everyone_connected = threading.Barrier(threads, timeout=10)
 
@@ -209,7 +203,8 @@ def test_a_worker_process_opens_the_connections_it_keeps_as_it_starts_and_closes
             worker.start()
         for worker in workers:
             worker.join(timeout=30)
-        # Then each had one, and once they are back only the 5 kept are still open (a closed
+
+        # Then each had one, and once they are back only 5 are still open (a closed
         # connection's server process ends a moment later)
         assert not everyone_connected.broken
         deadline = time.monotonic() + 5
@@ -219,21 +214,3 @@ def test_a_worker_process_opens_the_connections_it_keeps_as_it_starts_and_closes
         assert engine.pool.checkedin() == 5  # type: ignore[attr-defined]
     finally:
         engine.dispose()
-
-
-def test_a_ledger_that_cannot_connect_at_start_says_so_and_opens_them_later(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # Given an engine whose PostgreSQL is not there
-    engine = make_engine(
-        "postgresql+psycopg://postgres@127.0.0.1:1/nowhere", pool_size=4, max_connections=4
-    )
-
-    # When its pool is opened at start
-    with caplog.at_level("WARNING", logger="worker.adapters.ledger.database"):
-        opened = open_pool(engine)
-
-    # Then nothing is opened, and the log says what to check instead of failing
-    assert opened == 0
-    assert "opened 0 of the 4 ledger connections" in caplog.text
-    assert "max_connections" in caplog.text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, make_url
@@ -13,8 +12,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 # What "the ledger is unavailable" looks like: a database error (OperationalError is one),
 # or no pooled connection free in time. The work is retried later; nothing is decided.
 LEDGER_UNAVAILABLE = (DBAPIError, PoolTimeout)
-
-log = logging.getLogger(__name__)
 
 
 def make_engine(
@@ -64,34 +61,6 @@ def make_engine(
         hide_parameters=True,
         connect_args=_session_options(url, statement_timeout_ms, lock_timeout_ms),
     )
-
-
-def open_pool(engine: Engine) -> int:
-    """Open the connections a PostgreSQL engine's pool keeps (its `pool_size`) now. PostgreSQL
-    then sees one steady count from the start, instead of one that creeps up each time more
-    threads than ever before happen to need one at once, and a server with too few
-    free connection slots says so at start rather than under load. Never fatal: whatever
-    could not be opened opens when needed. Returns how many were opened."""
-    if engine.dialect.name != "postgresql":
-        return 0
-    wanted = engine.pool.size()  # type: ignore[attr-defined]  # QueuePool's
-    held: list[Connection] = []
-    try:
-        while len(held) < wanted:
-            held.append(engine.connect())  # connects, runs nothing
-    except LEDGER_UNAVAILABLE as exc:
-        log.warning(
-            "opened %d of the %d ledger connections this process keeps (%s); the rest open "
-            "when needed; if PostgreSQL has too few connection slots, raise its "
-            "max_connections or lower DEBIT_WORKER_DATABASE_POOL_SIZE",
-            len(held),
-            wanted,
-            exc,
-        )
-    finally:
-        for connection in held:
-            connection.close()  # back to the pool, which keeps it open
-    return len(held)
 
 
 def _session_options(
