@@ -95,11 +95,11 @@ def build_services(
 ) -> Services:
     # At most one connection for every thread that may use the ledger (each holds at most
     # one), so none waits for a free one. The ledger's work is bounded by Stripe's rate (a few
-    # short statements a debit), so a few connections carry it: up to `database_pool_size`
-    # are kept open once opened (closing and reopening costs PostgreSQL a new backend), a
-    # burst's extra ones are closed once returned, so the count PostgreSQL sees stops at the
-    # pool size instead of creeping up with each new peak. No pre-ping (a round trip per
-    # checkout): a connection that died with its server fails its first statement,
+    # short statements a debit), so a few connections carry it: `database_pool_size` are
+    # kept open (closing and reopening costs PostgreSQL a new backend; `run` opens them as it
+    # starts), a burst's extra ones are closed once returned, so the count PostgreSQL sees
+    # stays at the pool size instead of creeping up with each new peak. No pre-ping (a round
+    # trip per checkout): a connection that died with its server fails its first statement,
     # SQLAlchemy discards the pool, and the task retries as on any outage.
     connections = settings.concurrency + BACKGROUND_THREADS
     engine = make_engine(

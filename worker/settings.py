@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         default=16,
         ge=1,
         le=1024,
-        description="Ledger connections each worker process keeps open once opened; in a "
+        description="Ledger connections each worker process opens as it starts and keeps; in a "
         "burst it opens more, up to CONCURRENCY + 8, and closes those once used.",
     )
     stripe_api_key: SecretStr | None = Field(

@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -319,3 +320,12 @@ def payments_for(sandbox: RunningSandbox, request_id: str) -> list[dict[str, Any
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local port where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

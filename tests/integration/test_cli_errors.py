@@ -4,7 +4,6 @@ that says what to do, a non-zero exit, and never a traceback."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -63,15 +62,6 @@ def assert_answered_in_words(answer: Answer, *says: str) -> None:
     assert "Traceback" not in answer.output, answer.output
     for phrase in says:
         assert phrase in answer.error, answer.output
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A local port where nothing listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 @pytest.fixture

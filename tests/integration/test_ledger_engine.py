@@ -6,6 +6,7 @@ only its pool size open after a burst."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -17,11 +18,12 @@ import pytest
 from celery import Celery
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 
 from tests.integration.conftest import own_database
 from tests.unit.fakes import FakePublisher, FakeStripe
 from worker.adapters.ledger import Ledger
-from worker.adapters.ledger.database import LEDGER_UNAVAILABLE
+from worker.adapters.ledger.database import LEDGER_UNAVAILABLE, make_engine, open_kept_connections
 from worker.adapters.ledger.pg_direct import run_alone
 from worker.bootstrap import BACKGROUND_THREADS, build_services
 from worker.settings import Settings, load_settings
@@ -214,3 +216,66 @@ def test_after_a_burst_a_worker_process_keeps_only_its_pool_size_of_connections(
         assert engine.pool.checkedin() == 5  # type: ignore[attr-defined]
     finally:
         engine.dispose()
+
+
+def _backend_pid(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_each_pooled_connection_is_replaced_at_its_own_age_not_all_at_once(
+    database_url: str,
+) -> None:
+    # Given two connections opened in one moment, whose ages are half the recycle period
+    # and all of it (the lowest and the highest draw of the spread)
+    draws = itertools.cycle([0.0, 1.0])
+    engine = make_engine(
+        database_url,
+        pool_size=2,
+        max_connections=2,
+        recycle_seconds=1.0,
+        spread=lambda: next(draws),
+    )
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            young = int(first.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            old = int(second.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        # When both are checked out again past the first one's age only
+        time.sleep(0.6)
+        with engine.connect() as first, engine.connect() as second:
+            now = {
+                int(first.execute(text("SELECT pg_backend_pid()")).scalar_one()),
+                int(second.execute(text("SELECT pg_backend_pid()")).scalar_one()),
+            }
+        # Then exactly one was replaced by a new backend, and the pool still holds two
+        assert len(now) == 2
+        assert len(now & {young, old}) == 1
+        assert cast(QueuePool, engine.pool).checkedin() == 2
+    finally:
+        engine.dispose()
+
+
+def test_a_worker_opens_the_connections_its_pool_keeps_at_start(database_url: str) -> None:
+    # Given a worker process's engine that keeps 3 connections, none opened yet
+    since = _server_now(database_url)
+    engine = worker_ledger(database_url, concurrency=2, database_pool_size=3).engine
+    try:
+        assert _opened_since(database_url, since) == 0
+        # When its connections are opened at start
+        opened = open_kept_connections(engine)
+        # Then PostgreSQL sees the 3, kept open in the pool
+        assert opened == 3
+        assert _opened_since(database_url, since) == 3
+        assert cast(QueuePool, engine.pool).checkedin() == 3
+    finally:
+        engine.dispose()
+
+
+def test_with_the_ledger_unreachable_a_worker_starts_with_no_connection_open(
+    closed_port: int,
+) -> None:
+    # Given a worker process's engine for a database that does not answer
+    engine = make_engine(f"postgresql+psycopg://u@127.0.0.1:{closed_port}/x", pool_size=3)
+    # When its connections are opened at start / Then none is, and nothing is raised
+    assert open_kept_connections(engine) == 0
+    engine.dispose()

@@ -59,6 +59,8 @@ def start_worker(
         "DEBIT_WORKER_STRIPE_API_KEY": sandbox.api_key,
         "DEBIT_WORKER_STRIPE_API_BASE": sandbox.url,
         "DEBIT_WORKER_CONCURRENCY": "4",
+        # each process opens its kept ledger connections at start, and tests run several
+        "DEBIT_WORKER_DATABASE_POOL_SIZE": "2",
         # no probe server unless a test asks for one: tests run several workers at once
         "DEBIT_WORKER_METRICS_PORT": "0",
         # the tests' plain clients sign with the integration producers' keys

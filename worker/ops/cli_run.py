@@ -83,6 +83,7 @@ WORKER_START_MODULES: Final = (
     "celery.apps.worker",
     "celery.backends.base",
     "celery.concurrency.thread",
+    "worker.transport.thread_pool",
     "celery.events",
     "celery.fixups.django",
     "celery.worker.autoscale",
@@ -118,6 +119,7 @@ def load_worker() -> None:
 def _work(settings: Settings, *, migrate: bool, echo: Callable[[str], None]) -> None:
     """Be one worker process, until it is stopped (exits with the worker's status)."""
     load_worker()
+    from worker.adapters.ledger.database import open_kept_connections  # noqa: PLC0415
     from worker.app import build_worker, declare_topology  # noqa: PLC0415
     from worker.ops.observability import configure_logging, init_sentry  # noqa: PLC0415
     from worker.transport.plain_consumer import refuse_decompression  # noqa: PLC0415
@@ -127,7 +129,8 @@ def _work(settings: Settings, *, migrate: bool, echo: Callable[[str], None]) -> 
     if migrate:
         _migrate(settings, echo)
     app, runtime = build_worker(settings)
-    runtime.services()  # fail now, not on the first command, if a setting is unusable
+    services = runtime.services()  # fail now, not on the first command, if a setting is unusable
+    open_kept_connections(services.ledger.engine)
     declare_topology(app)
     refuse_decompression()  # no message is ever inflated in a worker process
     # A thread whose reply has arrived waits for the interpreter lock: at the default 5 ms
@@ -137,12 +140,13 @@ def _work(settings: Settings, *, migrate: bool, echo: Callable[[str], None]) -> 
 
 
 def _celery_worker(app: Celery, settings: Settings) -> int:
-    """What `celery worker --pool=threads --queues=… --without-gossip --without-mingle` does,
-    without loading Celery's command line (its every subcommand and their libraries: about
-    half a second of each worker process's start)."""
+    """What `celery worker --pool=threads --queues=… --without-gossip --without-mingle` does
+    (its threads all started at once), without loading Celery's command line (its every
+    subcommand and their libraries: about half a second of each worker process's start)."""
     from celery.platforms import maybe_drop_privileges  # noqa: PLC0415
     from celery.utils.nodenames import default_nodename, host_format  # noqa: PLC0415
 
+    from worker.transport.thread_pool import StartedThreadPool  # noqa: PLC0415
     from worker.transport.topology import TASK_QUEUE  # noqa: PLC0415
 
     maybe_drop_privileges(uid=None, gid=None)  # refuses, or warns about, running as root
@@ -150,7 +154,7 @@ def _celery_worker(app: Celery, settings: Settings) -> int:
         # One node name per process: two workers on one host would otherwise share
         # `celery@host` and the second dies on its remote-control (pidbox) queue.
         hostname=host_format(default_nodename(f"debit-worker.{os.getpid()}@%h")),
-        pool_cls="threads",
+        pool_cls=StartedThreadPool,
         concurrency=settings.concurrency,
         queues=[TASK_QUEUE],
         loglevel=settings.log_level,

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import QueuePool
+
+log = logging.getLogger(__name__)
 
 # What "the ledger is unavailable" looks like: a database error (OperationalError is one),
 # or no pooled connection free in time. The work is retried later; nothing is decided.
 LEDGER_UNAVAILABLE = (DBAPIError, PoolTimeout)
+
+# A PostgreSQL connection is replaced after between half of this and all of it, so that a
+# server-side or network idle limit never meets one that lived for days.
+RECYCLE_SECONDS = 1800.0
 
 
 def make_engine(
@@ -22,13 +33,16 @@ def make_engine(
     pre_ping: bool = True,
     statement_timeout_ms: int | None = None,
     lock_timeout_ms: int | None = None,
+    recycle_seconds: float = RECYCLE_SECONDS,
+    spread: Callable[[], float] = random.random,
 ) -> Engine:
     """`pool_size` connections are kept open; up to `max_connections` (default twice the
     pool) under load, so PostgreSQL's own limit can be planned for. `pre_ping` (one round
     trip per checkout) spares commands and tools a connection that died with a restarted
     server; the worker turns it off (see bootstrap). On PostgreSQL the timeouts are set on
     each connection as it opens, so they also cover statements run on psycopg directly; None
-    leaves the server's own. Errors never show parameters (amounts, accounts, commands)."""
+    leaves the server's own. Connections are replaced after `recycle_seconds` each, spread
+    (see `_recycle_spread`). Errors never show parameters (amounts, accounts, commands)."""
     most = max(pool_size, max_connections if max_connections is not None else 2 * pool_size)
     if url.startswith("sqlite"):
         # A file's pool is sized like PostgreSQL's (SQLAlchemy's default is 5 + 10); an
@@ -52,15 +66,54 @@ def make_engine(
             cursor.close()
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=most - pool_size,
         pool_pre_ping=pre_ping,
-        pool_recycle=1800,
         hide_parameters=True,
         connect_args=_session_options(url, statement_timeout_ms, lock_timeout_ms),
     )
+    _recycle_spread(engine, recycle_seconds, spread)
+    return engine
+
+
+def _recycle_spread(engine: Engine, seconds: float, spread: Callable[[], float]) -> None:
+    """Each connection is replaced at its first checkout after its own age, between half of
+    `seconds` and all of it. SQLAlchemy's `pool_recycle` gives every connection the same
+    age: a pool opened in one moment was replaced in one moment (the benchmark's soak saw a
+    bump in the p99 in each minute where it happened)."""
+
+    @event.listens_for(engine, "connect")
+    def _set_age(_dbapi_connection: Any, record: Any) -> None:
+        record.info["replace_at"] = time.monotonic() + seconds * (0.5 + spread() / 2)
+
+    @event.listens_for(engine, "checkout")
+    def _replace_when_old(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() >= record.info.get("replace_at", float("inf")):
+            # SQLAlchemy's documented way out of a checkout: it closes this connection and
+            # hands over a new one (a connect event, so a new age).
+            raise DisconnectionError("connection reached its age")
+
+
+def open_kept_connections(engine: Engine) -> int:
+    """Opens now the connections the pool keeps (its `pool_size`), so that their count is
+    the same from the start to the end of a worker's life, instead of rising with each new
+    peak of load; returns how many opened. With the ledger unreachable, the rest open on
+    demand later, as they always can."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):  # SQLite in memory: one connection per thread
+        return 0
+    held: list[Connection] = []
+    try:
+        while len(held) < pool.size():
+            held.append(engine.connect())
+    except LEDGER_UNAVAILABLE as exc:
+        log.info("opened %d of %d ledger connections at start: %s", len(held), pool.size(), exc)
+    finally:
+        for connection in held:
+            connection.close()
+    return len(held)
 
 
 def _session_options(
