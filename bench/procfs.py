@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,13 +51,13 @@ def stat(pid: int) -> ProcessStat | None:
     return ProcessStat(rss_kib / 1024, fds, int(fields["Threads"]))
 
 
-def connections(pids: list[int]) -> Counter[str]:
-    """Established TCP connections of `pids` by the service they reach (SERVICE_PORTS)."""
+def connections(pids: list[int], services: Mapping[int, str] = SERVICE_PORTS) -> Counter[str]:
+    """Established TCP connections of `pids` by the service they reach (port → name)."""
     remote_port = _remote_ports()
     counted: Counter[str] = Counter()
     for pid in pids:
         for inode in _socket_inodes(pid):
-            service = SERVICE_PORTS.get(remote_port.get(inode, 0))
+            service = services.get(remote_port.get(inode, 0))
             if service:
                 counted[service] += 1
     return counted

@@ -1,8 +1,8 @@
 """Steady over time (`soak`): the load of "ours" near the full budget for `--soak-minutes`,
 sampling every 10 s the memory, open files and threads of every worker process (and the
 memory of the sandbox, RabbitMQ and the database's PostgreSQL backends), the workers'
-connections to RabbitMQ, PostgreSQL and Redis, and PostgreSQL's own count of the database's
-connections; publish → event latency per minute from the timeline.
+connections to RabbitMQ, PostgreSQL, Redis and Stripe (the sandbox), and PostgreSQL's own
+count of the database's connections; publish → event latency per minute from the timeline.
 
 The workers' connections are counted from their own sockets (/proc), not by asking
 RabbitMQ: `rabbitmqctl` costs a second of CPU a call, which on two cores would be part of
@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -39,7 +40,7 @@ from bench.phases import (
     product_worker,
     stage_spans,
 )
-from bench.procfs import ProcessStat, connections, descendants, stat
+from bench.procfs import SERVICE_PORTS, ProcessStat, connections, descendants, stat
 from bench.scale_out import FULL_BUDGET
 from bench.services import POSTGRES
 from worker.sandbox.admin_client import SandboxAdmin
@@ -180,6 +181,11 @@ class Watcher:
         self._root = worker_pid
         self._database = setup.services.database_url.rsplit("/", 1)[1]
         self._services = _service_pids(setup.admin.url)
+        # The sandbox stands in for Stripe: the workers' HTTP keep-alive connections to it.
+        self._ports = {
+            **SERVICE_PORTS,
+            urlsplit(setup.admin.url).port or 80: "stripe (the sandbox)",
+        }
         self._postgres = psycopg.connect(POSTGRES, autocommit=True)
         self._started = time.monotonic()
         self.samples: list[Sample] = []
@@ -205,7 +211,7 @@ class Watcher:
         for name, pid in self._services.items():
             if (figures := stat(pid)) is not None:
                 processes[name] = figures
-        counted: Counter[str] = connections(workers)
+        counted: Counter[str] = connections(workers, self._ports)
         backends = self._backends()
         counted["postgresql (server)"] = len(backends)
         rss = sum(figures.rss_mb for pid in backends if (figures := stat(pid)) is not None)

@@ -5,10 +5,12 @@ it."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 from pathlib import Path
 
 from bench.phases import STAGES, Measured
-from bench.procfs import ProcessStat
+from bench.procfs import ProcessStat, connections
 from bench.report import Run, markdown
 from bench.report_scale import plot_soak
 from bench.soak import (
@@ -166,3 +168,17 @@ def test_stage_p99s_are_split_by_the_minute_commands_were_published() -> None:
     assert math.isnan(minutes[1]["publish → claimed"])
     assert minutes[2]["publish → claimed"] == 2.0
     assert minutes[2]["recorded → event"] == 0.01
+
+
+def test_a_process_connections_are_counted_by_the_named_port_they_reach() -> None:
+    # Given this process connected once to a local port named "stripe (the sandbox)"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = server.accept()
+            with accepted:
+                # When its connections are counted by port
+                counted = connections([os.getpid()], {port: "stripe (the sandbox)"})
+                # Then the one to that port is counted once (the accepted end reaches a
+                # port with no name), and nothing else is
+                assert counted == {"stripe (the sandbox)": 1}
