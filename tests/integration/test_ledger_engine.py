@@ -16,7 +16,7 @@ from typing import cast
 import psycopg
 import pytest
 from celery import Celery
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
@@ -218,9 +218,8 @@ def test_after_a_burst_a_worker_process_keeps_only_its_pool_size_of_connections(
         engine.dispose()
 
 
-def _backend_pid(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+def _backend_pid(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
 def test_each_pooled_connection_is_replaced_at_its_own_age_not_all_at_once(
@@ -238,18 +237,17 @@ def test_each_pooled_connection_is_replaced_at_its_own_age_not_all_at_once(
     )
     try:
         with engine.connect() as first, engine.connect() as second:
-            young = int(first.execute(text("SELECT pg_backend_pid()")).scalar_one())
-            old = int(second.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            first_pid, second_pid = _backend_pid(first), _backend_pid(second)
         # When both are checked out again past the first one's age only
         time.sleep(0.6)
         with engine.connect() as first, engine.connect() as second:
             now = {
-                int(first.execute(text("SELECT pg_backend_pid()")).scalar_one()),
-                int(second.execute(text("SELECT pg_backend_pid()")).scalar_one()),
+                _backend_pid(first),
+                _backend_pid(second),
             }
         # Then exactly one was replaced by a new backend, and the pool still holds two
         assert len(now) == 2
-        assert len(now & {young, old}) == 1
+        assert len(now & {first_pid, second_pid}) == 1
         assert cast(QueuePool, engine.pool).checkedin() == 2
     finally:
         engine.dispose()
