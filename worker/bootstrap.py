@@ -29,17 +29,29 @@ from worker.transport.publisher import DeadLetters, KombuEventPublisher, Publish
 from worker.transport.topology import is_embedded
 
 
-def stripe_client(settings: Settings) -> stripe.StripeClient:
-    base = {"api": str(settings.stripe_api_base).rstrip("/")} if settings.stripe_api_base else None
+def stripe_client(
+    settings: Settings, http_client: Urllib3Client | None = None
+) -> stripe.StripeClient:
+    base = {"api": stripe_api_base(settings)} if settings.stripe_api_base else None
     return stripe.StripeClient(
         settings.require_stripe_key().get_secret_value(),
         base_addresses=base,  # type: ignore[arg-type]
         max_network_retries=settings.stripe_max_network_retries,
-        http_client=Urllib3Client(
-            timeout=settings.stripe_timeout_seconds,
-            pool_size=settings.concurrency,
-            api_base=base["api"] if base else None,
-        ),
+        http_client=http_client or stripe_http_client(settings),
+    )
+
+
+def stripe_api_base(settings: Settings) -> str | None:
+    return str(settings.stripe_api_base).rstrip("/") if settings.stripe_api_base else None
+
+
+def stripe_http_client(settings: Settings) -> Urllib3Client:
+    # A connection for every thread that may call Stripe, so that none opens one of its own
+    # beyond those the pool keeps.
+    return Urllib3Client(
+        timeout=settings.stripe_timeout_seconds,
+        pool_size=settings.concurrency + BACKGROUND_THREADS,
+        api_base=stripe_api_base(settings),
     )
 
 
@@ -111,8 +123,11 @@ def build_services(
         lock_timeout_ms=settings.database_lock_timeout_ms,
     )
     ledger = Ledger.on(engine, clock)
+    open_stripe_connections = None
     if stripe_port is None:  # one gateway (one rate budget) for debits and reconciliation
-        gateway = StripeGateway(stripe_client(settings), rate_budget(settings))
+        http_client = stripe_http_client(settings)
+        open_stripe_connections = http_client.open_connections
+        gateway = StripeGateway(stripe_client(settings, http_client), rate_budget(settings))
         stripe_port = CachedStripe(
             gateway,
             ttl_seconds=settings.account_cache_ttl_seconds,
@@ -134,6 +149,7 @@ def build_services(
         ),
         clock=clock,
         auth=authenticator(settings),
+        open_stripe_connections=open_stripe_connections,
     )
 
 

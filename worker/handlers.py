@@ -101,6 +101,9 @@ class Services:
     records: StripeRecords | None = None
     # The leases this process holds while their attempts run, renewed by the lease keeper.
     leases: LeaseRegistry = field(default_factory=LeaseRegistry)
+    # Opens the Stripe HTTP pool's connections (the warm-up does, as a process starts);
+    # returns how many are open. None with a Stripe port of a test's own.
+    open_stripe_connections: Callable[[], int] | None = None
 
     def require_records(self) -> StripeRecords:
         if self.records is None:

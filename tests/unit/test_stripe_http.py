@@ -4,9 +4,11 @@ SDK's own clients sort them, the proxy read from the environment once."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,8 +23,13 @@ class _Stripe(BaseHTTPRequestHandler):
     """Answers a charge; the first `drop` requests get their connection closed unanswered."""
 
     seen: list[dict[str, Any]]
+    connections: list[tuple[str, int]]
     drop: int
     delay: float
+
+    def setup(self) -> None:
+        type(self).connections.append(self.client_address)
+        super().setup()
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -47,17 +54,29 @@ class _Stripe(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def a_server(*, drop: int = 0, delay: float = 0.0) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def a_server(
+    *, drop: int = 0, delay: float = 0.0
+) -> Iterator[tuple[str, list[dict[str, Any]], list[tuple[str, int]]]]:
+    """The server's address, the requests it got and the connections it accepted."""
     seen: list[dict[str, Any]] = []
-    handler = type("Handler", (_Stripe,), {"seen": seen, "drop": drop, "delay": delay})
+    connections: list[tuple[str, int]] = []
+    attributes = {"seen": seen, "connections": connections, "drop": drop, "delay": delay}
+    handler = type("Handler", (_Stripe,), attributes)
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen, connections
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """The server accepts in its own thread: what a client opened is seen a moment later."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _free_port() -> int:
@@ -68,7 +87,7 @@ def _free_port() -> int:
 
 def test_an_answer_comes_back_as_body_status_and_case_insensitive_headers() -> None:
     # Given a server answering a charge
-    with a_server() as (base, seen):
+    with a_server() as (base, seen, _connections):
         client = Urllib3Client(timeout=5, pool_size=2, api_base=base)
         # When a form-encoded POST is sent
         body, status, headers = client.request(
@@ -98,7 +117,7 @@ def test_a_refused_connection_may_be_retried() -> None:
 
 def test_no_answer_within_the_timeout_may_be_retried() -> None:
     # Given a server slower than the timeout
-    with a_server(delay=2.0) as (base, _seen):
+    with a_server(delay=2.0) as (base, _seen, _connections):
         # When a request is sent, Then it times out as a retryable connection error
         error = _charge_failing(base, timeout=0.3)
     assert error.should_retry is True
@@ -107,7 +126,7 @@ def test_no_answer_within_the_timeout_may_be_retried() -> None:
 
 def test_a_tls_failure_is_not_retried() -> None:
     # Given a plain-HTTP server addressed over HTTPS (the handshake fails)
-    with a_server() as (base, _seen):
+    with a_server() as (base, _seen, _connections):
         # When a request is sent, Then the error is final
         error = _charge_failing(base.replace("http://", "https://"))
     assert error.should_retry is False
@@ -116,7 +135,7 @@ def test_a_tls_failure_is_not_retried() -> None:
 
 def test_the_sdk_repeats_a_dropped_charge_with_the_same_idempotency_key() -> None:
     # Given a server that drops the first request unanswered, and the SDK allowed one retry
-    with a_server(drop=1) as (base, seen):
+    with a_server(drop=1) as (base, seen, _connections):
         client = stripe.StripeClient(
             "sk_test_http",
             base_addresses={"api": base},
@@ -130,6 +149,51 @@ def test_the_sdk_repeats_a_dropped_charge_with_the_same_idempotency_key() -> Non
     # Then the second try answered it, under the same key
     assert response.data["id"] == "ch_1"
     assert [r["headers"]["Idempotency-Key"] for r in seen] == ["debit-k", "debit-k"]
+
+
+def test_opening_the_pool_connects_every_connection_it_keeps_and_sends_nothing() -> None:
+    # Given a server, and a client keeping three connections
+    with a_server(delay=0.2) as (base, seen, connections):
+        client = Urllib3Client(timeout=5, pool_size=3, api_base=base)
+        # When the pool is opened
+        opened = client.open_connections()
+        # Then three connections are open, with no request sent on them
+        _wait_until(lambda: len(connections) >= 3)
+        assert (opened, len(connections), seen) == (3, 3, [])
+        # And three calls at once use those three, opening none of their own
+        calls = [
+            threading.Thread(target=client.request, args=("post", f"{base}/v1/charges", {}, ""))
+            for _ in range(3)
+        ]
+        for call in calls:
+            call.start()
+        for call in calls:
+            call.join()
+    assert (len(seen), len(connections)) == (3, 3)
+
+
+def test_with_stripe_unreachable_opening_the_pool_says_how_many_opened(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given nothing listening at the API base
+    client = Urllib3Client(timeout=1, pool_size=4, api_base=f"http://127.0.0.1:{_free_port()}")
+    # When the pool is opened
+    with caplog.at_level(logging.INFO, logger="worker.adapters.stripe_http"):
+        opened = client.open_connections()
+    # Then none opened, the log says so and why, and nothing was raised
+    assert opened == 0
+    assert "opened 0 of 4 Stripe connections at start: " in caplog.text
+    assert "Connection refused" in caplog.text
+
+
+def test_through_a_proxy_the_pool_opens_on_demand(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a proxy set for Stripe (one that would refuse a connection)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = Urllib3Client(timeout=1, pool_size=2)
+    # When the pool is opened, Then no connection is tried
+    assert client.open_connections() == 0
 
 
 def test_the_proxy_comes_from_the_environment_for_the_api_base(

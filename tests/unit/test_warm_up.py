@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
 
-from tests.unit.fakes import PLATFORM_ID, FakeStripe
+from tests.unit.fakes import PLATFORM_ID, FakeStripe, a_world
 from worker.adapters.facts_cache import CachedStripe
 from worker.adapters.rate_budget import Priority, effective_priority
 from worker.domain.errors import DebitWorkerError, OperatorActionNeeded, TransientFailure
 from worker.domain.types import PlatformFacts
-from worker.ops.warm_up import read_platform
+from worker.ops.warm_up import read_platform, warm_up
 
 
 @dataclass
@@ -100,3 +101,23 @@ def test_the_platform_read_at_start_takes_a_background_token_and_a_debits_does_n
     # Then the start's read went in the background, leaving the budget to debits; the
     # debit's read kept the priority of a read that unblocks a debit
     assert stripe.priorities == [Priority.BACKGROUND, Priority.UNBLOCKS_DEBIT]
+
+
+def test_after_the_platform_read_the_stripe_pool_opens_its_connections(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a process's services whose Stripe pool would open 24 connections
+    world = a_world(tmp_path)
+    opened_after: list[list[tuple[str, str]]] = []
+
+    def open_connections() -> int:
+        opened_after.append(list(world.stripe.reads))
+        return 24
+
+    services = replace(world.services(), open_stripe_connections=open_connections)
+    # When the process warms up
+    with caplog.at_level(logging.INFO, logger="worker.ops.warm_up"):
+        warm_up(services)
+    # Then the pool was opened once, after the platform read, and the log says how many
+    assert opened_after == [[("platform", PLATFORM_ID)]]
+    assert "24 Stripe connections open" in caplog.messages

@@ -10,6 +10,7 @@ and the task. A timeout or broken connection may be retried, a certificate probl
 
 from __future__ import annotations
 
+import logging
 import textwrap
 import urllib.request
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ STRIPE_API = "https://api.stripe.com"
 # Retrying these is what the SDK does for its `requests` client (timeouts, connection errors).
 _RETRYABLE = (TimeoutError, NewConnectionError, ProtocolError, ProxyError)
 
+log = logging.getLogger(__name__)
+
 
 def environ_proxy(api_base: str) -> str | None:
     """The proxy the environment sets for `api_base` (HTTPS_PROXY / HTTP_PROXY, NO_PROXY)."""
@@ -46,6 +49,8 @@ class Urllib3Client(stripe.HTTPClient):
 
     def __init__(self, *, timeout: float, pool_size: int, api_base: str | None = None) -> None:
         super().__init__()
+        self._api_base = api_base or STRIPE_API
+        self._pool_size = pool_size
         options: dict[str, Any] = {
             "num_pools": 2,
             "maxsize": pool_size,
@@ -54,7 +59,7 @@ class Urllib3Client(stripe.HTTPClient):
             "cert_reqs": "CERT_REQUIRED",
             "ca_certs": stripe.ca_bundle_path,
         }
-        proxy = environ_proxy(api_base or STRIPE_API)
+        proxy = environ_proxy(self._api_base)
         self.proxy = proxy
         self._pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
@@ -82,6 +87,38 @@ class Urllib3Client(stripe.HTTPClient):
 
     def close(self) -> None:
         self._pool.clear()
+
+    def open_connections(self) -> int:
+        """Opens now the connections the pool keeps, so that their count stays the same from
+        a process's start to its end instead of rising with each new peak of concurrent calls
+        (a connection the server closed stays in the pool, its socket still open, until its
+        slot is used again); returns how many are open. Stripe unreachable, the rest open on
+        demand, as they always can; through a proxy, always on demand (the tunnel is
+        urllib3's to make)."""
+        if self.proxy:
+            return 0
+        pool = self._pool.connection_from_url(self._api_base)
+        # urllib3 has no public way to fill a pool: these are the calls its own `urlopen`
+        # makes. A connection is held until all are open (the pool hands out the one most
+        # recently returned); a call made meanwhile opens its own, which the pool then keeps
+        # in place of one of these.
+        held: list[Any] = []
+        try:
+            while len(held) < self._pool_size:
+                held.append(pool._get_conn())
+                if held[-1].is_closed:
+                    held[-1].connect()
+        except (HTTPError, OSError) as exc:
+            log.info(
+                "opened %d of %d Stripe connections at start: %s",
+                sum(not conn.is_closed for conn in held),
+                self._pool_size,
+                exc,
+            )
+        finally:
+            for conn in held:
+                pool._put_conn(conn)
+        return sum(not conn.is_closed for conn in held)
 
     def _send(
         self,

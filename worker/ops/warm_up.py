@@ -6,7 +6,8 @@ starts consuming, it is usually cached before the first command arrives (a debit
 sooner waits for this same read). The log also says at once whether Stripe accepts the key.
 It never stops the worker: if the read fails, the first debit reads the platform again.
 The read takes a background token of the rate budget: at full load, the debits that other
-processes are making go first.
+processes are making go first. Then the thread opens the rest of the Stripe HTTP pool's
+connections (no request is sent), so that their count does not creep up with the load.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from worker.adapters.rate_budget import in_background
 from worker.bootstrap import runtime_of
 from worker.domain.errors import DebitWorkerError, OperatorActionNeeded
 from worker.domain.ports import StripePort
+from worker.handlers import Services
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +33,16 @@ class StripeWarmUp(bootsteps.StartStopStep):
         self._app = parent.app
 
     def start(self, parent: Any) -> None:  # noqa: ARG002 - bootstep signature
-        stripe = runtime_of(self._app).services().stripe
+        services = runtime_of(self._app).services()
         threading.Thread(
-            target=read_platform, args=(stripe,), name="stripe-warm-up", daemon=True
+            target=warm_up, args=(services,), name="stripe-warm-up", daemon=True
         ).start()
+
+
+def warm_up(services: Services) -> None:
+    read_platform(services.stripe)
+    if services.open_stripe_connections is not None:
+        log.info("%d Stripe connections open", services.open_stripe_connections())
 
 
 def read_platform(stripe: StripePort) -> None:
