@@ -13,7 +13,7 @@ from pathlib import Path
 
 # Local services by port: what a worker's connections are to.
 SERVICE_PORTS = {5672: "rabbitmq", 5432: "postgresql", 6379: "redis"}
-_ESTABLISHED = "01"  # the `st` column of /proc/net/tcp
+_LISTEN = "0A"  # the `st` column of /proc/net/tcp
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,10 @@ def stat(pid: int) -> ProcessStat | None:
 
 
 def connections(pids: list[int], services: Mapping[int, str] = SERVICE_PORTS) -> Counter[str]:
-    """Established TCP connections of `pids` by the service they reach (port → name)."""
+    """TCP connections `pids` hold, by the service they reach (port → name): every socket
+    still open in a process, whatever its state. A connection its server closed (an idle
+    keep-alive one) still holds its socket, and still counts, until the process closes it:
+    what the process keeps open, not what the server chose to keep."""
     remote_port = _remote_ports()
     counted: Counter[str] = Counter()
     for pid in pids:
@@ -83,13 +86,13 @@ def kill_tree(pid: int) -> frozenset[int]:
 
 
 def _remote_ports() -> dict[int, int]:
-    """Socket inode → remote port of every established TCP connection (IPv4 and IPv6)."""
+    """Socket inode → remote port of every TCP connection (IPv4 and IPv6), listeners aside."""
     ports: dict[int, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
-                if fields[3] == _ESTABLISHED:
+                if fields[3] != _LISTEN:
                     ports[int(fields[9])] = int(fields[2].rsplit(":", 1)[1], 16)
     return ports
 

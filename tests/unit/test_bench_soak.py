@@ -182,3 +182,18 @@ def test_a_process_connections_are_counted_by_the_named_port_they_reach() -> Non
                 # Then the one to that port is counted once (the accepted end reaches a
                 # port with no name), and nothing else is
                 assert counted == {"stripe (the sandbox)": 1}
+
+
+def test_a_connection_its_server_closed_counts_until_the_process_closes_it() -> None:
+    # Given this process's connection to "stripe (the sandbox)", closed by the server
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        named = {port: "stripe (the sandbox)"}
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()
+        # When its connections are counted / Then that socket is still one it holds
+        assert connections([os.getpid()], named) == {"stripe (the sandbox)": 1}
+        # And once the process closes it, it is not
+        client.close()
+        assert connections([os.getpid()], named) == {}
