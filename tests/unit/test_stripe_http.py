@@ -20,7 +20,10 @@ from worker.adapters.stripe_http import Urllib3Client, environ_proxy
 
 
 class _Stripe(BaseHTTPRequestHandler):
-    """Answers a charge; the first `drop` requests get their connection closed unanswered."""
+    """Answers a charge; the first `drop` requests get their connection closed unanswered.
+    Keeps connections open between requests (HTTP/1.1), as Stripe does."""
+
+    protocol_version = "HTTP/1.1"
 
     seen: list[dict[str, Any]]
     connections: list[tuple[str, int]]
@@ -170,6 +173,37 @@ def test_opening_the_pool_connects_every_connection_it_keeps_and_sends_nothing()
         for call in calls:
             call.join()
     assert (len(seen), len(connections)) == (3, 3)
+
+
+def test_calls_beyond_the_pool_wait_for_a_free_connection_instead_of_opening_more() -> None:
+    # Given a client keeping two connections, and a server that takes 0.2 s to answer
+    with a_server(delay=0.2) as (base, seen, connections):
+        client = Urllib3Client(timeout=5, pool_size=2, api_base=base)
+        # When four calls are made at once
+        calls = [
+            threading.Thread(target=client.request, args=("post", f"{base}/v1/charges", {}, ""))
+            for _ in range(4)
+        ]
+        for call in calls:
+            call.start()
+        for call in calls:
+            call.join()
+    # Then all four were answered over the pool's two connections
+    assert (len(seen), len(connections)) == (4, 2)
+
+
+def test_no_free_connection_within_the_timeout_may_be_retried_and_nothing_was_sent() -> None:
+    # Given a client keeping one connection, held by a streamed answer not yet read
+    with a_server() as (base, seen, _connections):
+        client = Urllib3Client(timeout=0.3, pool_size=1, api_base=base)
+        client.request_stream("post", f"{base}/v1/charges", {}, "")
+        # When another call is made
+        with pytest.raises(stripe.APIConnectionError) as raised:
+            client.request("post", f"{base}/v1/charges", {}, "")
+    # Then it fails as a connection error the SDK may retry, and the server saw only the first
+    assert raised.value.should_retry is True
+    assert "EmptyPoolError" in str(raised.value)
+    assert len(seen) == 1
 
 
 def test_with_stripe_unreachable_opening_the_pool_says_how_many_opened(

@@ -14,12 +14,14 @@ import logging
 import textwrap
 import urllib.request
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import stripe
 import urllib3
 from urllib3.exceptions import (
+    EmptyPoolError,
     HTTPError,
     NewConnectionError,
     ProtocolError,
@@ -29,8 +31,11 @@ from urllib3.exceptions import (
 )
 
 STRIPE_API = "https://api.stripe.com"
-# Retrying these is what the SDK does for its `requests` client (timeouts, connection errors).
-_RETRYABLE = (TimeoutError, NewConnectionError, ProtocolError, ProxyError)
+# Retrying these is what the SDK does for its `requests` client (timeouts, connection errors);
+# and no connection free within the timeout: nothing was sent.
+_RETRYABLE = (TimeoutError, NewConnectionError, ProtocolError, ProxyError, EmptyPoolError)
+# Connections opened at once as a process starts: a call meanwhile waits for one of them.
+_OPENING_THREADS = 32
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +54,15 @@ class Urllib3Client(stripe.HTTPClient):
 
     def __init__(self, *, timeout: float, pool_size: int, api_base: str | None = None) -> None:
         super().__init__()
+        self._timeout = timeout
         self._api_base = api_base or STRIPE_API
         self._pool_size = pool_size
         options: dict[str, Any] = {
             "num_pools": 2,
             "maxsize": pool_size,
+            # Never more connections than the pool keeps: a call waits for a free one
+            # (there is one for each thread that calls Stripe) instead of opening its own.
+            "block": True,
             "retries": False,
             "timeout": urllib3.Timeout(connect=timeout, read=timeout),
             "cert_reqs": "CERT_REQUIRED",
@@ -99,26 +108,31 @@ class Urllib3Client(stripe.HTTPClient):
             return 0
         pool = self._pool.connection_from_url(self._api_base)
         # urllib3 has no public way to fill a pool: these are the calls its own `urlopen`
-        # makes. A connection is held until all are open (the pool hands out the one most
-        # recently returned); a call made meanwhile opens its own, which the pool then keeps
-        # in place of one of these.
+        # makes. Every free slot is taken (the pool hands out the one most recently
+        # returned), all are connected at once, then all are returned: a call made
+        # meanwhile waits about one connection's set-up for a free one.
         held: list[Any] = []
         try:
             while len(held) < self._pool_size:
-                held.append(pool._get_conn())
-                if held[-1].is_closed:
-                    held[-1].connect()
-        except (HTTPError, OSError) as exc:
-            log.info(
-                "opened %d of %d Stripe connections at start: %s",
-                sum(not conn.is_closed for conn in held),
-                self._pool_size,
-                exc,
-            )
+                held.append(pool._get_conn(timeout=0))
+        except EmptyPoolError:
+            pass  # calls hold the others
+        closed = [conn for conn in held if conn.is_closed]
+        try:
+            with ThreadPoolExecutor(min(len(closed), _OPENING_THREADS) or 1) as opening:
+                failures = [exc for exc in opening.map(_connect, closed) if exc is not None]
         finally:
             for conn in held:
                 pool._put_conn(conn)
-        return sum(not conn.is_closed for conn in held)
+        opened = sum(not conn.is_closed for conn in held)
+        if failures:
+            log.info(
+                "opened %d of %d Stripe connections at start: %s",
+                opened,
+                self._pool_size,
+                failures[0],
+            )
+        return opened
 
     def _send(
         self,
@@ -137,9 +151,18 @@ class Urllib3Client(stripe.HTTPClient):
                 headers=dict(headers or {}),
                 redirect=False,
                 preload_content=preload,
+                pool_timeout=self._timeout,
             )
         except HTTPError as err:
             _raise_connection_error(err)
+
+
+def _connect(conn: Any) -> HTTPError | OSError | None:
+    try:
+        conn.connect()
+    except (HTTPError, OSError) as exc:
+        return exc
+    return None
 
 
 def _raise_connection_error(err: HTTPError) -> NoReturn:
