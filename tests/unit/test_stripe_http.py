@@ -75,6 +75,17 @@ def a_server(
         server.server_close()
 
 
+def _charges_at_once(client: Urllib3Client, base: str, count: int) -> None:
+    calls = [
+        threading.Thread(target=client.request, args=("post", f"{base}/v1/charges", {}, ""))
+        for _ in range(count)
+    ]
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join()
+
+
 def _wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     """The server accepts in its own thread: what a client opened is seen a moment later."""
     deadline = time.monotonic() + seconds
@@ -164,14 +175,7 @@ def test_opening_the_pool_connects_every_connection_it_keeps_and_sends_nothing()
         _wait_until(lambda: len(connections) >= 3)
         assert (opened, len(connections), seen) == (3, 3, [])
         # And three calls at once use those three, opening none of their own
-        calls = [
-            threading.Thread(target=client.request, args=("post", f"{base}/v1/charges", {}, ""))
-            for _ in range(3)
-        ]
-        for call in calls:
-            call.start()
-        for call in calls:
-            call.join()
+        _charges_at_once(client, base, 3)
     assert (len(seen), len(connections)) == (3, 3)
 
 
@@ -180,14 +184,7 @@ def test_calls_beyond_the_pool_wait_for_a_free_connection_instead_of_opening_mor
     with a_server(delay=0.2) as (base, seen, connections):
         client = Urllib3Client(timeout=5, pool_size=2, api_base=base)
         # When four calls are made at once
-        calls = [
-            threading.Thread(target=client.request, args=("post", f"{base}/v1/charges", {}, ""))
-            for _ in range(4)
-        ]
-        for call in calls:
-            call.start()
-        for call in calls:
-            call.join()
+        _charges_at_once(client, base, 4)
     # Then all four were answered over the pool's two connections
     assert (len(seen), len(connections)) == (4, 2)
 
